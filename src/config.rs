@@ -1,0 +1,1 @@
+//! Typed configuration: see docs/operations.md.

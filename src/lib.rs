@@ -1,0 +1,33 @@
+//! shardpop: a POP3 server for operators who serve millions of mailboxes.
+//!
+//! The path of one session:
+//!
+//! ```text
+//!  client ──TCP──► shard N (SO_REUSEPORT listener, one per core)
+//!                   │ engine: mio (epoll) — only moves bytes
+//!                   ▼
+//!                  Conn ── recv buffer ──► protocol::parse (zero-copy Command<'_>)
+//!                   │                          │
+//!                   │                    protocol::Session (sans-IO state machine)
+//!                   │                          │ replies ──────────► send buffer
+//!                   │                          │ effects (login, body, commit)
+//!                   │                          ▼
+//!                   │                    worker pool (crossbeam): password hashing,
+//!                   │                          │ Maildir scan, unlink on QUIT
+//!                   │◄── completion (channel + mio Waker)
+//!                   ▼
+//!  RETR/TOP: the send side holds a Body over the mmapped file; wire::Stuffer turns
+//!            LF→CRLF and dot-stuffs chunk by chunk as the socket drains.
+//! ```
+//!
+//! Layers (see `docs/architecture.md`): [`protocol`] knows POP3 and nothing else;
+//! [`wire`] is the body transform; [`store`] is Maildir; [`auth`] is the passdb;
+//! [`engine`] moves bytes and runs blocking work on the pool.
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod protocol;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,2 @@
+//! The `shardpop` command line.
+fn main() {}
