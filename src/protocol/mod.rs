@@ -13,5 +13,6 @@ pub mod session;
 pub use capa::Offer;
 pub use command::{Command, ErrorKind, ParseError, Status, parse};
 pub use session::{
-    Completion, Credential, Effect, Limits, LoginFailure, Maildrop, Session, Step, Summary,
+    BodyError, Completion, Credential, Effect, Limits, LoginFailure, Maildrop, Session, Step,
+    Summary,
 };

@@ -79,8 +79,9 @@ pub enum Effect {
         /// What proves it.
         credential: Credential,
     },
-    /// Stream message `index` (0-based) and its terminator; the `+OK` line is
-    /// already queued. Answer with [`Session::body_sent`].
+    /// Open message `index` (0-based), then answer with
+    /// [`Session::body_ready`], stream the body and its terminator, and say
+    /// [`Session::body_sent`].
     SendBody {
         /// The message.
         index: usize,
@@ -102,6 +103,15 @@ pub enum LoginFailure {
     /// Another session holds the mailbox.
     InUse,
     /// The store or passdb failed; the cause is in the engine's log.
+    Temporary,
+}
+
+/// Why a body could not be opened for RETR or TOP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The file is gone (another process removed it since login).
+    Vanished,
+    /// Any other failure; the cause is in the engine's log.
     Temporary,
 }
 
@@ -184,6 +194,8 @@ struct Transaction {
     total_octets: u64,
     /// A LIST or UIDL listing that did not fit under the high-water mark.
     listing: Option<Listing>,
+    /// The RETR/TOP the engine is opening or streaming: index, TOP lines.
+    pending_body: Option<(usize, Option<u64>)>,
 }
 
 #[derive(Clone, Copy)]
@@ -323,8 +335,40 @@ impl Session {
         }
     }
 
+    /// The engine has opened the body it was asked for (`Ok`) or could not
+    /// (`Err`): writes the status line. After `Ok` the engine streams the
+    /// body and then calls [`Session::body_sent`]; after `Err` input resumes.
+    pub fn body_ready(&mut self, opened: Result<(), BodyError>, out: &mut Vec<u8>) {
+        let State::Transaction(t) = &self.state else {
+            return;
+        };
+        match (opened, t.pending_body) {
+            (Ok(()), Some((index, None))) => {
+                out.extend_from_slice(b"+OK ");
+                reply::push_u64(out, t.maildrop.octets(index));
+                out.extend_from_slice(b" octets\r\n");
+                self.summary.bodies_sent += 1;
+            }
+            (Ok(()), Some((_, Some(_)))) => {
+                reply::ok(out, "");
+                self.summary.bodies_sent += 1;
+            }
+            (Err(BodyError::Vanished), _) => {
+                reply::err(out, "Message was removed by another process.");
+                self.body_sent();
+            }
+            (Err(BodyError::Temporary), _) | (_, None) => {
+                reply::err(out, text::SYS_TEMP);
+                self.body_sent();
+            }
+        }
+    }
+
     /// The engine finished streaming the body it was asked for.
     pub fn body_sent(&mut self) {
+        if let State::Transaction(t) = &mut self.state {
+            t.pending_body = None;
+        }
         self.waiting = false;
     }
 
@@ -343,6 +387,7 @@ impl Session {
                     deleted_octets: 0,
                     total_octets,
                     listing: None,
+                    pending_body: None,
                 });
                 reply::ok(out, "Logged in.");
                 None
@@ -613,10 +658,7 @@ impl Session {
             }
             Command::Retr(n) => {
                 let index = t.visible(n, out)?;
-                out.extend_from_slice(b"+OK ");
-                reply::push_u64(out, t.maildrop.octets(index));
-                out.extend_from_slice(b" octets\r\n");
-                self.summary.bodies_sent += 1;
+                t.pending_body = Some((index, None));
                 self.waiting = true;
                 Some(Effect::SendBody {
                     index,
@@ -625,8 +667,7 @@ impl Session {
             }
             Command::Top(n, lines) => {
                 let index = t.visible(n, out)?;
-                reply::ok(out, "");
-                self.summary.bodies_sent += 1;
+                t.pending_body = Some((index, Some(lines)));
                 self.waiting = true;
                 Some(Effect::SendBody {
                     index,

@@ -210,7 +210,7 @@ fn message_numbers_out_of_range() {
 fn retr_and_top_ask_for_the_body() {
     let mut s = logged_in();
     let (out, effect) = feed(&mut s, "RETR 2\r\n");
-    assert_eq!(out, "+OK 200 octets\r\n");
+    assert_eq!(out, "");
     assert!(matches!(
         effect,
         Some(Effect::SendBody {
@@ -219,9 +219,12 @@ fn retr_and_top_ask_for_the_body() {
         })
     ));
     assert!(s.is_waiting());
+    let mut out = Vec::new();
+    s.body_ready(Ok(()), &mut out);
+    assert_eq!(out, b"+OK 200 octets\r\n");
+    assert!(s.is_waiting(), "input waits until the body is out");
     s.body_sent();
-    let (out, effect) = feed(&mut s, "TOP 1 0\r\n");
-    assert_eq!(out, "+OK\r\n");
+    let (_, effect) = feed(&mut s, "TOP 1 0\r\n");
     assert!(matches!(
         effect,
         Some(Effect::SendBody {
@@ -229,8 +232,34 @@ fn retr_and_top_ask_for_the_body() {
             top_lines: Some(0)
         })
     ));
+    out.clear();
+    s.body_ready(Ok(()), &mut out);
+    assert_eq!(out, b"+OK\r\n");
     s.body_sent();
     assert_eq!(s.summary().bodies_sent, 2);
+}
+
+#[test]
+fn a_body_that_cannot_be_opened_is_an_err_and_input_resumes() {
+    let mut s = logged_in();
+    for (why, text) in [
+        (
+            BodyError::Vanished,
+            "-ERR Message was removed by another process.\r\n",
+        ),
+        (
+            BodyError::Temporary,
+            "-ERR [SYS/TEMP] Temporary server failure, try again later.\r\n",
+        ),
+    ] {
+        assert!(feed(&mut s, "RETR 1\r\n").1.is_some());
+        let mut out = Vec::new();
+        s.body_ready(Err(why), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+        assert!(!s.is_waiting());
+        assert_eq!(say(&mut s, "STAT\r\n"), "+OK 3 325\r\n");
+    }
+    assert_eq!(s.summary().bodies_sent, 0);
 }
 
 #[test]
