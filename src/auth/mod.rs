@@ -21,12 +21,14 @@
 
 #![forbid(unsafe_code)]
 
+mod scheme;
 mod username;
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+pub use scheme::{Scheme, hash_password};
 pub use username::valid_username;
 
 /// Why the auth layer could not answer. Bad credentials are never an error:
