@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod passwd_file;
 mod scheme;
 mod username;
 
