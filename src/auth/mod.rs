@@ -21,15 +21,20 @@
 
 #![forbid(unsafe_code)]
 
+mod apop;
+mod passdb;
 mod passwd_file;
 mod scheme;
+mod user;
 mod username;
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+pub use passdb::Passdb;
 pub use scheme::{Scheme, hash_password};
+pub use user::UserEntry;
 pub use username::valid_username;
 
 /// Why the auth layer could not answer. Bad credentials are never an error:
