@@ -21,9 +21,18 @@ pub struct DemoUser {
 
 /// The users the demo creates.
 pub const USERS: [DemoUser; 3] = [
-    DemoUser { name: "alice", password: "wonderland" },
-    DemoUser { name: "bob@example.org", password: "builder" },
-    DemoUser { name: "carol", password: "empty-mailbox" },
+    DemoUser {
+        name: "alice",
+        password: "wonderland",
+    },
+    DemoUser {
+        name: "bob@example.org",
+        password: "builder",
+    },
+    DemoUser {
+        name: "carol",
+        password: "empty-mailbox",
+    },
 ];
 
 /// What [`create`] made.
@@ -40,19 +49,29 @@ pub fn create(dir: &Path) -> io::Result<DemoTree> {
         if !dir.join(MARKER).exists() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a shardpop demo tree; pick another --dir", dir.display()),
+                format!(
+                    "{} exists and is not a shardpop demo tree; pick another --dir",
+                    dir.display()
+                ),
             ));
         }
         fs::remove_dir_all(dir)?;
     }
     fs::create_dir_all(dir)?;
-    fs::write(dir.join(MARKER), b"created by shardpop demo; safe to delete\n")?;
+    fs::write(
+        dir.join(MARKER),
+        b"created by shardpop demo; safe to delete\n",
+    )?;
     let mut passwd = String::new();
     for (i, user) in USERS.iter().enumerate() {
         // Mixed schemes, as a real passwd-file has after years of migrations.
         let scheme = [Scheme::Sha512Crypt, Scheme::Ssha256, Scheme::Plain][i % 3];
         let hash = hash_password(scheme, user.password.as_bytes());
-        passwd.push_str(&format!("{}:{hash}:1000:1000::{}::\n", user.name, dir.join("home").join(user.name).display()));
+        passwd.push_str(&format!(
+            "{}:{hash}:1000:1000::{}::\n",
+            user.name,
+            dir.join("home").join(user.name).display()
+        ));
     }
     let passwd_file = dir.join("passwd");
     fs::write(&passwd_file, passwd)?;
@@ -77,7 +96,10 @@ pub fn create(dir: &Path) -> io::Result<DemoTree> {
             fs::write(maildir.join(sub).join(name), body)?;
         }
     }
-    Ok(DemoTree { passwd_file, mail_location: format!("maildir:{}/home/%u/Maildir", dir.display()) })
+    Ok(DemoTree {
+        passwd_file,
+        mail_location: format!("maildir:{}/home/%u/Maildir", dir.display()),
+    })
 }
 
 fn messages(user: &str) -> Vec<Vec<u8>> {
@@ -89,7 +111,9 @@ fn messages(user: &str) -> Vec<Vec<u8>> {
         )
     };
     use base64::Engine as _;
-    let bytes: Vec<u8> = (0u32..3000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0u32..3000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
     let mut attachment = String::new();
     for line in encoded.as_bytes().chunks(76) {

@@ -11,7 +11,11 @@ use shardpop::auth::{Scheme, hash_password};
 use shardpop::config::Config;
 
 #[derive(Parser)]
-#[command(name = "shardpop", version, about = "A sharded POP3 server over Maildir")]
+#[command(
+    name = "shardpop",
+    version,
+    about = "A sharded POP3 server over Maildir"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,11 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Demo { dir, listen, shards } => demo(dir, listen, shards),
+        Command::Demo {
+            dir,
+            listen,
+            shards,
+        } => demo(dir, listen, shards),
         Command::Passwd { scheme, password } => passwd(&scheme, password),
     };
     match result {
@@ -129,19 +137,27 @@ fn demo(dir: Option<PathBuf>, listen: SocketAddr, shards: usize) -> Result<()> {
     config.auth.apop = true;
     let url = format!("pop3://{listen}");
     println!("shardpop demo: mail tree in {}", dir.display());
-    println!("users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)");
+    println!(
+        "users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)"
+    );
     println!("try, in another terminal:");
     println!("  curl {url}/ --user alice:wonderland          # LIST");
     println!("  curl {url}/2 --user alice:wonderland         # RETR 2 (dot-stuffed lines)");
     println!("  curl {url}/ --user alice:wonderland -X UIDL  # UIDL");
-    println!("  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.user('alice'); p.pass_('wonderland'); print(p.stat()); p.quit()\"", listen.ip(), listen.port());
+    println!(
+        "  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.user('alice'); p.pass_('wonderland'); print(p.stat()); p.quit()\"",
+        listen.ip(),
+        listen.port()
+    );
     println!("stop with Ctrl-C; each run recreates the tree.");
     shardpop::engine::serve(&config)?;
     Ok(())
 }
 
 fn passwd(scheme: &str, password: Option<String>) -> Result<()> {
-    let scheme: Scheme = scheme.parse().map_err(|_| format!("unknown scheme {scheme:?}"))?;
+    let scheme: Scheme = scheme
+        .parse()
+        .map_err(|_| format!("unknown scheme {scheme:?}"))?;
     let password = match password {
         Some(p) => p,
         None => {

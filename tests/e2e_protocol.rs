@@ -25,13 +25,25 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         i += 1;
     }
     vec![
-        ("plain", b"From: a@b\nSubject: hi\n\nHello\nWorld\n".to_vec()),
+        (
+            "plain",
+            b"From: a@b\nSubject: hi\n\nHello\nWorld\n".to_vec(),
+        ),
         ("dots", b"Subject: dots\n\n.\n..\n.x\n x\n.\n".to_vec()),
         ("only-dot-line", b".\n".to_vec()),
-        ("no-final-newline", b"Subject: t\n\nlast line without newline".to_vec()),
+        (
+            "no-final-newline",
+            b"Subject: t\n\nlast line without newline".to_vec(),
+        ),
         ("empty", Vec::new()),
-        ("eight-bit", b"Subject: \xff\xfe\n\n\x00\x01\x80\xff binary\n\r\n".to_vec()),
-        ("crlf-stored", b"Subject: c\r\n\r\n.dot\r\nbody\r\n".to_vec()),
+        (
+            "eight-bit",
+            b"Subject: \xff\xfe\n\n\x00\x01\x80\xff binary\n\r\n".to_vec(),
+        ),
+        (
+            "crlf-stored",
+            b"Subject: c\r\n\r\n.dot\r\nbody\r\n".to_vec(),
+        ),
         ("lone-cr", b"a\rb\n\r\n".to_vec()),
         ("five-mb", big),
     ]
@@ -56,25 +68,46 @@ fn every_body_is_byte_exact_for_retr_and_sizes_match() {
     c.login("alice", "pw-a");
     let total: usize = corpus.iter().map(|(_, b)| crlf(b).len()).sum();
     assert_eq!(c.cmd("STAT"), format!("+OK {} {total}", corpus.len()));
-    assert!(c.cmd("LIST").starts_with(&format!("+OK {} messages", corpus.len())));
+    assert!(
+        c.cmd("LIST")
+            .starts_with(&format!("+OK {} messages", corpus.len()))
+    );
     let (list, _) = c.multiline();
     let list = String::from_utf8(list).unwrap();
     for (n, (name, body)) in corpus.iter().enumerate() {
         let size = crlf(body).len();
-        assert!(list.contains(&format!("{} {size}\r\n", n + 1)), "{name} in LIST");
-        assert_eq!(c.cmd(&format!("LIST {}", n + 1)), format!("+OK {} {size}", n + 1));
-        assert_eq!(c.cmd(&format!("RETR {}", n + 1)), format!("+OK {size} octets"), "{name}");
+        assert!(
+            list.contains(&format!("{} {size}\r\n", n + 1)),
+            "{name} in LIST"
+        );
+        assert_eq!(
+            c.cmd(&format!("LIST {}", n + 1)),
+            format!("+OK {} {size}", n + 1)
+        );
+        assert_eq!(
+            c.cmd(&format!("RETR {}", n + 1)),
+            format!("+OK {size} octets"),
+            "{name}"
+        );
         let (got, raw) = c.multiline();
         let mut want = crlf(body);
         if !want.is_empty() && !want.ends_with(b"\r\n") {
             want.extend_from_slice(b"\r\n");
         }
-        assert!(got == want, "{name}: body differs (got {} bytes, want {})", got.len(), want.len());
+        assert!(
+            got == want,
+            "{name}: body differs (got {} bytes, want {})",
+            got.len(),
+            want.len()
+        );
         // Dot-stuffing: no line of the raw wire form starts with a lone '.'
         // except the terminator.
         let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
         for line in &lines[..lines.len() - 2] {
-            assert!(!(line.starts_with(b".") && !line.starts_with(b"..")), "{name}: unstuffed dot line");
+            assert!(
+                !(line.starts_with(b".") && !line.starts_with(b"..")),
+                "{name}: unstuffed dot line"
+            );
         }
     }
     assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
@@ -89,13 +122,19 @@ fn top_sends_headers_and_n_lines() {
     assert_eq!(c.cmd("TOP 1 0"), "+OK");
     assert_eq!(c.multiline().0, b"From: a@b\r\nSubject: hi\r\n\r\n");
     assert_eq!(c.cmd("TOP 1 1"), "+OK");
-    assert_eq!(c.multiline().0, b"From: a@b\r\nSubject: hi\r\n\r\nHello\r\n");
+    assert_eq!(
+        c.multiline().0,
+        b"From: a@b\r\nSubject: hi\r\n\r\nHello\r\n"
+    );
     assert_eq!(c.cmd("TOP 2 3"), "+OK");
     let (body, raw) = c.multiline();
     assert_eq!(body, b"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\n");
     assert_eq!(raw, b"Subject: dots\r\n\r\n..\r\n...\r\n..x\r\n.\r\n");
     assert_eq!(c.cmd("TOP 1 99999999"), "+OK");
-    assert_eq!(c.multiline().0, crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n"));
+    assert_eq!(
+        c.multiline().0,
+        crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n")
+    );
 }
 
 #[test]
@@ -130,7 +169,10 @@ fn uidls_are_stable_unique_and_printable_across_restarts() {
     let mut seen = std::collections::HashSet::new();
     for line in &lines {
         let uid = line.split_once(' ').unwrap().1;
-        assert!(!uid.is_empty() && uid.len() <= 70 && uid.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{uid}");
+        assert!(
+            !uid.is_empty() && uid.len() <= 70 && uid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{uid}"
+        );
         assert!(seen.insert(uid.to_string()));
     }
     let server = Server::start(&tree);
@@ -177,7 +219,10 @@ fn dele_then_dropped_connection_removes_nothing() {
     }
     // The lock is released at once: a new session gets in and sees everything.
     let mut c = connect_until_unlocked(&server, "alice", "pw-a");
-    assert_eq!(c.cmd("STAT").split(' ').nth(1), Some(before.len().to_string().as_str()));
+    assert_eq!(
+        c.cmd("STAT").split(' ').nth(1),
+        Some(before.len().to_string().as_str())
+    );
     drop(c);
     assert_eq!(tree.files("alice"), before);
 }
@@ -212,7 +257,10 @@ fn connect_until_unlocked(server: &Server, user: &str, password: &str) -> Client
             return c;
         }
         assert!(reply.contains("[IN-USE]"), "{reply}");
-        assert!(Instant::now() < deadline, "mailbox stayed locked after the client dropped");
+        assert!(
+            Instant::now() < deadline,
+            "mailbox stayed locked after the client dropped"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -226,18 +274,30 @@ fn second_login_gets_in_use_and_the_lock_frees_at_once_on_drop() {
     for _ in 0..8 {
         let mut second = server.connect();
         second.cmd("USER alice");
-        assert_eq!(second.cmd("PASS pw-a"), "-ERR [IN-USE] Mailbox is locked by another POP3 session.");
+        assert_eq!(
+            second.cmd("PASS pw-a"),
+            "-ERR [IN-USE] Mailbox is locked by another POP3 session."
+        );
     }
     drop(first);
     let started = Instant::now();
     let _c = connect_until_unlocked(&server, "alice", "pw-a");
-    assert!(started.elapsed() < Duration::from_secs(2), "lock released promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "lock released promptly"
+    );
 }
 
 #[test]
 fn concurrent_logins_on_every_shard_only_one_wins() {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 2, ..Opts::default() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 2,
+            ..Opts::default()
+        },
+    );
     // 32 clients race for the same mailbox; SO_REUSEPORT spreads them over
     // both shards, and exactly one may hold it.
     let mut clients: Vec<Client> = (0..32).map(|_| server.connect()).collect();
@@ -256,11 +316,16 @@ fn concurrent_logins_on_every_shard_only_one_wins() {
     }
     assert_eq!(winners, 1);
     let log = server.wait_log("pop3 login:");
-    let attempts: Vec<&str> =
-        log.lines().filter(|l| l.contains("login failed (InUse)") || l.contains("pop3 login:")).collect();
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("login failed (InUse)") || l.contains("pop3 login:"))
+        .collect();
     assert_eq!(attempts.len(), 32, "{log}");
     for shard in ["shard=0", "shard=1"] {
-        assert!(attempts.iter().any(|l| l.contains(shard)), "no attempt landed on {shard}:\n{log}");
+        assert!(
+            attempts.iter().any(|l| l.contains(shard)),
+            "no attempt landed on {shard}:\n{log}"
+        );
     }
 }
 
@@ -278,14 +343,23 @@ fn wrong_password_and_unknown_user_get_the_same_reply() {
     // And the session may try again.
     c.login("alice", "pw-a");
     let log = server.wait_log("user=<nobody>");
-    assert!(log.contains("pop3 login failed (BadCredentials): user=<alice>, rip=127.0.0.1, shard="), "{log}");
+    assert!(
+        log.contains("pop3 login failed (BadCredentials): user=<alice>, rip=127.0.0.1, shard="),
+        "{log}"
+    );
     assert!(!log.contains("nope"), "passwords never reach the log");
 }
 
 #[test]
 fn failure_delay_holds_the_answer_without_blocking_others() {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 1, toml: "[auth]\nfailure_delay_ms = 700\n".into() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[auth]\nfailure_delay_ms = 700\n".into(),
+        },
+    );
     let mut bad = server.connect();
     bad.cmd("USER alice");
     let started = Instant::now();
@@ -296,7 +370,11 @@ fn failure_delay_holds_the_answer_without_blocking_others() {
     assert_eq!(good.cmd("STAT"), "+OK 0 0");
     assert!(started.elapsed() < Duration::from_millis(600));
     assert_eq!(bad.line(), "-ERR [AUTH] Authentication failed.");
-    assert!(started.elapsed() >= Duration::from_millis(650), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -308,15 +386,26 @@ fn pipelined_commands_are_answered_in_order() {
     assert!(c.line().starts_with("+OK"));
     let (capa, _) = c.multiline();
     let capa = String::from_utf8(capa).unwrap();
-    for tag in ["TOP", "UIDL", "USER", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "IMPLEMENTATION shardpop"] {
+    for tag in [
+        "TOP",
+        "UIDL",
+        "USER",
+        "PIPELINING",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "IMPLEMENTATION shardpop",
+    ] {
         assert!(capa.contains(tag), "{tag}: {capa}");
     }
     assert_eq!(c.line(), "+OK");
     assert_eq!(c.line(), "+OK Logged in.");
     assert!(c.line().starts_with("+OK 9 "));
     assert!(c.line().ends_with("octets"));
-    assert_eq!(c.multiline().0, crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n"));
-    assert_eq!(c.line(), "+OK 2 20");
+    assert_eq!(
+        c.multiline().0,
+        crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n")
+    );
+    assert_eq!(c.line(), "+OK 2 35");
     assert_eq!(c.line(), "+OK");
     assert_eq!(c.line(), "+OK");
     c.multiline();
@@ -327,7 +416,13 @@ fn pipelined_commands_are_answered_in_order() {
 #[test]
 fn hostile_input_gets_err_and_others_are_unharmed() {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 1, ..Opts::default() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
     let mut other = server.connect();
     other.login("empty", "pw-e");
 
@@ -346,7 +441,15 @@ fn hostile_input_gets_err_and_others_are_unharmed() {
     c.send(b"USER alice\nPASS pw-a\n");
     assert_eq!(c.line(), "+OK");
     assert_eq!(c.line(), "+OK Logged in.");
-    for cmd in ["RETR 0", "RETR 10", "RETR -1", "RETR 99999999999999999999999", "DELE 4294967296", "TOP 1 -3", "LIST abc"] {
+    for cmd in [
+        "RETR 0",
+        "RETR 10",
+        "RETR -1",
+        "RETR 99999999999999999999999",
+        "DELE 4294967296",
+        "TOP 1 -3",
+        "LIST abc",
+    ] {
         let reply = c.cmd(cmd);
         assert!(reply.starts_with("-ERR"), "{cmd}: {reply}");
     }
@@ -383,7 +486,13 @@ fn a_flood_of_bad_commands_is_closed_politely() {
 #[test]
 fn silent_client_is_timed_out_before_login() {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 1, toml: "[limits]\nlogin_timeout_ms = 300\n".into() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[limits]\nlogin_timeout_ms = 300\n".into(),
+        },
+    );
     let mut c = server.connect();
     let started = Instant::now();
     assert_eq!(c.line(), "-ERR Disconnected for inactivity.");
@@ -394,7 +503,13 @@ fn silent_client_is_timed_out_before_login() {
 #[test]
 fn slow_reader_gets_the_whole_body_with_bounded_buffering() {
     let (tree, corpus) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 1, ..Opts::default() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
     let mut c = server.connect();
     c.login("alice", "pw-a");
     let (_, big) = corpus.last().unwrap();
@@ -413,7 +528,13 @@ fn slow_reader_gets_the_whole_body_with_bounded_buffering() {
 fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
     let (tree, _) = tree_with_corpus();
     let before = tree.files("alice");
-    let server = Server::start_with(&tree, Opts { shards: 2, toml: "[limits]\nshutdown_grace_ms = 300\n".into() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 2,
+            toml: "[limits]\nshutdown_grace_ms = 300\n".into(),
+        },
+    );
     let mut c = server.connect();
     c.login("alice", "pw-a");
     c.cmd("DELE 1");
@@ -438,14 +559,23 @@ fn half_closed_client_still_gets_its_quit_committed() {
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = String::new();
     c.reader.read_to_string(&mut rest).unwrap();
-    assert!(rest.ends_with("+OK Logging out, messages deleted.\r\n"), "{rest}");
+    assert!(
+        rest.ends_with("+OK Logging out, messages deleted.\r\n"),
+        "{rest}"
+    );
     assert_eq!(tree.files("alice"), before[1..]);
 }
 
 #[test]
 fn writes_to_a_closed_socket_do_not_hurt_the_server() {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(&tree, Opts { shards: 1, ..Opts::default() });
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
     for _ in 0..20 {
         let mut c = server.connect();
         c.login("alice", "pw-a");

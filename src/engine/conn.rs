@@ -21,6 +21,11 @@ use crate::store::Mailbox;
 use crate::store::body::MessageMap;
 use crate::wire::{Extent, Stuffer, TERMINATOR_MAX};
 
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, so the kernel ends it with FIN rather than RST and the
+/// client reads our last line (a lingering close, as web servers do).
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Bytes of body transformed per step: large enough for few syscalls per
 /// message, small enough to stay in L2 while it is written out.
 const BODY_CHUNK_BYTES: usize = 16 * 1024;
@@ -93,15 +98,26 @@ pub struct Conn {
     closing: bool,
     /// The client closed its sending side.
     peer_eof: bool,
+    /// Our side is shut down; discarding input until EOF or this instant.
+    linger_until: Option<Instant>,
     last_activity: Instant,
     /// Bumped whenever a timer entry is pushed, so stale entries are ignored.
     pub timer_gen: u64,
+    /// When the live timer entry fires; `None` while none is queued.
+    pub armed_at: Option<Instant>,
     bytes_sent: u64,
 }
 
 impl Conn {
     /// A new connection; writes the greeting into its output.
-    pub fn new(id: u64, socket: TcpStream, peer: SocketAddr, session: Session, s: &Settings, now: Instant) -> Conn {
+    pub fn new(
+        id: u64,
+        socket: TcpStream,
+        peer: SocketAddr,
+        session: Session,
+        s: &Settings,
+        now: Instant,
+    ) -> Conn {
         let mut out = Vec::with_capacity(128);
         session.greet(&mut out);
         Conn {
@@ -120,8 +136,10 @@ impl Conn {
             held: None,
             closing: false,
             peer_eof: false,
+            linger_until: None,
             last_activity: now,
             timer_gen: 0,
+            armed_at: None,
             bytes_sent: 0,
         }
     }
@@ -129,7 +147,14 @@ impl Conn {
     /// When the connection next needs the timer: its idle deadline, or
     /// earlier when a held answer is due.
     pub fn next_wakeup(&self, s: &Settings) -> Instant {
-        let idle = if self.session.is_authorized() { s.autologout } else { s.login_timeout };
+        if let Some(until) = self.linger_until {
+            return until;
+        }
+        let idle = if self.session.is_authorized() {
+            s.autologout
+        } else {
+            s.login_timeout
+        };
         let deadline = self.last_activity + idle;
         match &self.held {
             Some((due, _)) => deadline.min(*due),
@@ -139,6 +164,9 @@ impl Conn {
 
     /// Called by the timer: delivers a held answer or ends an idle session.
     pub fn on_timer(&mut self, cx: &mut Context<'_>) -> Verdict {
+        if self.linger_until.is_some_and(|until| until <= cx.now) {
+            return Verdict::Close;
+        }
         if let Some((due, _)) = &self.held
             && *due <= cx.now
         {
@@ -189,7 +217,10 @@ impl Conn {
                     cx.settings.shard
                 );
                 if why == LoginFailure::BadCredentials && !cx.settings.failure_delay.is_zero() {
-                    self.held = Some((cx.now + cx.settings.failure_delay, Completion::LoginFailed(why)));
+                    self.held = Some((
+                        cx.now + cx.settings.failure_delay,
+                        Completion::LoginFailed(why),
+                    ));
                     return Verdict::Keep;
                 }
                 Completion::LoginFailed(why)
@@ -204,6 +235,9 @@ impl Conn {
 
     /// Moves bytes until nothing more can move.
     pub fn drive(&mut self, cx: &mut Context<'_>) -> Verdict {
+        if self.linger_until.is_some() {
+            return self.linger(cx);
+        }
         loop {
             let mut progress = false;
             match self.read_in() {
@@ -220,7 +254,7 @@ impl Conn {
                 self.last_activity = cx.now;
             }
             if self.closing && self.pending_out() == 0 && self.body.is_none() {
-                return Verdict::Close;
+                return self.linger(cx);
             }
             if self.peer_eof && !progress && !self.busy() {
                 // The client is gone and nothing it sent is left to answer.
@@ -229,6 +263,29 @@ impl Conn {
             }
             if !progress {
                 return Verdict::Keep;
+            }
+        }
+    }
+
+    /// Everything is said: shut down our side and discard input until the
+    /// client closes too (or `LINGER` passes).
+    fn linger(&mut self, cx: &Context<'_>) -> Verdict {
+        if self.peer_eof {
+            return Verdict::Close;
+        }
+        if self.linger_until.is_none() {
+            if self.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                return Verdict::Close;
+            }
+            self.linger_until = Some(cx.now + LINGER);
+        }
+        loop {
+            match self.socket.read(&mut self.recv) {
+                Ok(0) => return Verdict::Close,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Verdict::Keep,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Verdict::Close,
             }
         }
     }
@@ -278,7 +335,9 @@ impl Conn {
         if self.session.has_pending_output() {
             self.session.continue_output(&mut self.out);
         }
-        let step = self.session.handle_input(&self.recv[self.recv_start..self.recv_end], &mut self.out);
+        let step = self
+            .session
+            .handle_input(&self.recv[self.recv_start..self.recv_end], &mut self.out);
         self.recv_start += step.consumed;
         let acted = step.effect.is_some();
         if let Some(effect) = step.effect {
@@ -288,12 +347,25 @@ impl Conn {
     }
 
     fn apply(&mut self, effect: Effect, cx: &mut Context<'_>) {
-        let reply = Reply { conn: ConnRef { slot: cx.reply.conn.slot, id: self.id }, ..cx.reply.clone() };
+        let reply = Reply {
+            conn: ConnRef {
+                slot: cx.reply.conn.slot,
+                id: self.id,
+            },
+            ..cx.reply.clone()
+        };
         match effect {
             Effect::Login { user, credential } => {
-                let job = Job::Login { reply, user, credential };
+                let job = Job::Login {
+                    reply,
+                    user,
+                    credential,
+                };
                 if cx.jobs.send(job).is_err() {
-                    self.session.complete(Completion::LoginFailed(LoginFailure::Temporary), &mut self.out);
+                    self.session.complete(
+                        Completion::LoginFailed(LoginFailure::Temporary),
+                        &mut self.out,
+                    );
                 }
             }
             Effect::SendBody { index, top_lines } => self.open_body(index, top_lines),
@@ -302,13 +374,23 @@ impl Conn {
                     Some(m) => Arc::clone(&m.snapshot),
                     None => {
                         debug_assert!(false, "commit without a mailbox");
-                        self.session.complete(Completion::Committed(false), &mut self.out);
+                        self.session
+                            .complete(Completion::Committed(false), &mut self.out);
                         self.closing = true;
                         return;
                     }
                 };
-                if cx.jobs.send(Job::Commit { reply, snapshot, deleted }).is_err() {
-                    self.session.complete(Completion::Committed(false), &mut self.out);
+                if cx
+                    .jobs
+                    .send(Job::Commit {
+                        reply,
+                        snapshot,
+                        deleted,
+                    })
+                    .is_err()
+                {
+                    self.session
+                        .complete(Completion::Committed(false), &mut self.out);
                 }
             }
             Effect::Close => self.closing = true,
@@ -320,7 +402,8 @@ impl Conn {
     /// and it saves a round trip through the pool per message.
     fn open_body(&mut self, index: usize, top_lines: Option<u64>) {
         let Some(mailbox) = &self.mailbox else {
-            self.session.body_ready(Err(BodyError::Temporary), &mut self.out);
+            self.session
+                .body_ready(Err(BodyError::Temporary), &mut self.out);
             return;
         };
         let path = mailbox.snapshot.path(index);
@@ -330,7 +413,11 @@ impl Conn {
                     None => Extent::Whole,
                     Some(body_lines) => Extent::Top { body_lines },
                 };
-                self.body = Some(BodyStream { map, pos: 0, stuffer: Stuffer::new(extent) });
+                self.body = Some(BodyStream {
+                    map,
+                    pos: 0,
+                    stuffer: Stuffer::new(extent),
+                });
                 self.session.body_ready(Ok(()), &mut self.out);
             }
             Err(e) => {
@@ -347,7 +434,9 @@ impl Conn {
 
     /// Transforms more of the body while the output is below its bound.
     fn fill_body(&mut self, cx: &Context<'_>) -> bool {
-        let Some(body) = &mut self.body else { return false };
+        let Some(body) = &mut self.body else {
+            return false;
+        };
         let low_water = cx.settings.output_buffer_bytes / 2;
         if self.out.len() - self.out_pos >= low_water {
             return false;
@@ -366,7 +455,8 @@ impl Conn {
             self.session.body_sent();
             return true;
         }
-        while self.out.len() < low_water + BODY_CHUNK_BYTES && body.pos < body.map.as_slice().len() {
+        while self.out.len() < low_water + BODY_CHUNK_BYTES && body.pos < body.map.as_slice().len()
+        {
             let input = &body.map.as_slice()[body.pos..];
             let take = input.len().min(BODY_CHUNK_BYTES / 2);
             let len = self.out.len();

@@ -15,14 +15,21 @@ const BACKLOG: i32 = 4096;
 
 /// Binds `shards` sockets for each address. Returns the bound addresses (port
 /// 0 resolved) and, per shard, one listener per address.
-pub fn bind_all(addrs: &[SocketAddr], shards: usize) -> Result<(Vec<SocketAddr>, Vec<Vec<TcpListener>>), StartError> {
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<TcpListener>>), StartError> {
     let mut bound = Vec::with_capacity(addrs.len());
-    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::with_capacity(addrs.len())).collect();
+    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards)
+        .map(|_| Vec::with_capacity(addrs.len()))
+        .collect();
     for &addr in addrs {
         let mut actual = addr;
         for listeners in &mut per_shard {
             let listener = bind(actual).map_err(|e| StartError::Bind(actual, e))?;
-            actual = listener.local_addr().map_err(|e| StartError::Bind(actual, e))?;
+            actual = listener
+                .local_addr()
+                .map_err(|e| StartError::Bind(actual, e))?;
             listeners.push(listener);
         }
         bound.push(actual);

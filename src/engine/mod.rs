@@ -54,7 +54,9 @@ impl std::error::Error for StartError {}
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn serve(config: &Config) -> Result<(), StartError> {
-    config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
     let passdb = Passdb::open(passwd_file).map_err(|e| StartError::Config(e.to_string()))?;
     let location = MailLocation::parse(config.mail.location.as_deref().expect("validated"))
@@ -94,15 +96,22 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
             output_buffer_bytes: config.limits.output_buffer_bytes,
             recv_buffer_bytes: config.limits.recv_buffer_bytes,
         };
-        let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(&shared)).map_err(StartError::Os)?;
+        let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(&shared))
+            .map_err(StartError::Os)?;
         wakers.push(shard.waker());
-        let handle = thread::Builder::new().name(format!("shard-{id}")).spawn(move || shard.run()).map_err(StartError::Os)?;
+        let handle = thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || shard.run())
+            .map_err(StartError::Os)?;
         threads.push(handle);
     }
     drop(jobs);
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(StartError::Os)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(StartError::Os)?;
     let signal_handle = signals.handle();
     let watcher = thread::Builder::new()
         .name("signals".into())
@@ -132,5 +141,7 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

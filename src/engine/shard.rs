@@ -68,11 +68,22 @@ impl Shard {
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
-            poll.registry().register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
+            poll.registry()
+                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
             mio_listeners.push(l);
         }
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        Ok(Shard { id, poll, listeners: mio_listeners, waker, done_tx, done_rx, jobs, settings, shared })
+        Ok(Shard {
+            id,
+            poll,
+            listeners: mio_listeners,
+            waker,
+            done_tx,
+            done_rx,
+            jobs,
+            settings,
+            shared,
+        })
     }
 
     /// Wakes the shard's poll (used by the signal thread).
@@ -93,11 +104,11 @@ impl Shard {
         let mut shard = self;
         loop {
             let timeout = state.timeout(Instant::now());
-            if let Err(e) = shard.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(shard = shard.id, error = %e, "poll failed; shard stops");
-                    return;
-                }
+            if let Err(e) = shard.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(shard = shard.id, error = %e, "poll failed; shard stops");
+                return;
             }
             let now = Instant::now();
             for event in events.iter() {
@@ -111,7 +122,8 @@ impl Shard {
             }
             shard.completions(&mut state, now);
             shard.expire(&mut state, now);
-            if shard.shared.shutdown.load(Ordering::Relaxed) && shard.shutting_down(&mut state, now) {
+            if shard.shared.shutdown.load(Ordering::Relaxed) && shard.shutting_down(&mut state, now)
+            {
                 return;
             }
         }
@@ -152,36 +164,47 @@ impl Shard {
             let _ = socket.set_nodelay(true);
             let entry = state.conns.vacant_entry();
             let slot = entry.key();
-            if let Err(e) = self.poll.registry().register(&mut socket, Token(slot), Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
                 continue;
             }
             state.next_id += 1;
             let id = state.next_id;
             let challenge = self.shared.apop.then(|| {
-                format!("<{}.{}.{}@{}>", std::process::id(), self.id, id, self.shared.hostname).into_boxed_str()
+                format!(
+                    "<{}.{}.{}@{}>",
+                    std::process::id(),
+                    self.id,
+                    id,
+                    self.shared.hostname
+                )
+                .into_boxed_str()
             });
-            let offer = Offer { plaintext_auth: true, stls: false };
+            let offer = Offer {
+                plaintext_auth: true,
+                stls: false,
+            };
             let session = Session::new(self.shared.limits, offer, challenge);
             let conn = entry.insert(Conn::new(id, socket, peer, session, &self.settings, now));
             let mut cx = self.context(slot, now);
             cx.reply.peer = peer;
-            let wake = conn.next_wakeup(&self.settings);
-            conn.timer_gen += 1;
-            state.timers.push(Reverse((wake, slot, id, conn.timer_gen)));
-            if conn.drive(&mut cx) == Verdict::Close {
-                self.close(state, slot);
-            }
+            let verdict = conn.drive(&mut cx);
+            self.settle(state, slot, verdict);
         }
     }
 
     fn conn_event(&mut self, state: &mut Loop, slot: usize, now: Instant) {
-        let Some(conn) = state.conns.get_mut(slot) else { return };
+        let Some(conn) = state.conns.get_mut(slot) else {
+            return;
+        };
         let mut cx = self.context(slot, now);
         cx.reply.peer = conn.peer;
-        if conn.drive(&mut cx) == Verdict::Close {
-            self.close(state, slot);
-        }
+        let verdict = conn.drive(&mut cx);
+        self.settle(state, slot, verdict);
     }
 
     fn completions(&mut self, state: &mut Loop, now: Instant) {
@@ -189,16 +212,13 @@ impl Shard {
             let ConnRef { slot, id } = done.conn;
             // The connection may have gone (and its slot been reused) meanwhile;
             // dropping the result drops any mailbox lock it carried.
-            let Some(conn) = state.conns.get_mut(slot).filter(|c| c.id == id) else { continue };
+            let Some(conn) = state.conns.get_mut(slot).filter(|c| c.id == id) else {
+                continue;
+            };
             let mut cx = self.context(slot, now);
             cx.reply.peer = conn.peer;
             let verdict = conn.on_done(done, &mut cx);
-            let wake = conn.next_wakeup(&self.settings);
-            conn.timer_gen += 1;
-            state.timers.push(Reverse((wake, slot, id, conn.timer_gen)));
-            if verdict == Verdict::Close {
-                self.close(state, slot);
-            }
+            self.settle(state, slot, verdict);
         }
     }
 
@@ -208,19 +228,19 @@ impl Shard {
                 break;
             }
             state.timers.pop();
-            let Some(conn) = state.conns.get_mut(slot).filter(|c| c.id == id && c.timer_gen == generation) else {
+            let Some(conn) = state
+                .conns
+                .get_mut(slot)
+                .filter(|c| c.id == id && c.timer_gen == generation)
+            else {
                 continue;
             };
+            conn.armed_at = None;
             let mut cx = self.context(slot, now);
             cx.reply.peer = conn.peer;
-            if conn.on_timer(&mut cx) == Verdict::Close {
-                self.close(state, slot);
-                continue;
-            }
+            let verdict = conn.on_timer(&mut cx);
             // Activity moved the deadline (no heap work per command): re-arm.
-            let wake = conn.next_wakeup(&self.settings);
-            conn.timer_gen += 1;
-            state.timers.push(Reverse((wake.max(now + Duration::from_millis(1)), slot, id, conn.timer_gen)));
+            self.settle(state, slot, verdict);
         }
         if state.accept_paused_until.is_some_and(|t| t <= now) {
             for i in 0..self.listeners.len() {
@@ -240,7 +260,11 @@ impl Shard {
                 self.listeners.clear();
                 let d = now + self.shared.shutdown_grace;
                 state.shutdown_deadline = Some(d);
-                tracing::info!(shard = self.id, sessions = state.conns.len(), "shutting down");
+                tracing::info!(
+                    shard = self.id,
+                    sessions = state.conns.len(),
+                    "shutting down"
+                );
                 d
             }
         };
@@ -252,6 +276,25 @@ impl Shard {
             }
         }
         state.conns.is_empty()
+    }
+
+    /// Closes the connection, or makes sure the timer heap holds an entry no
+    /// later than its next wakeup. Pushing only when the wakeup moved earlier
+    /// keeps heap work off the per-command path.
+    fn settle(&mut self, state: &mut Loop, slot: usize, verdict: Verdict) {
+        if verdict == Verdict::Close {
+            self.close(state, slot);
+            return;
+        }
+        let conn = &mut state.conns[slot];
+        let want = conn.next_wakeup(&self.settings);
+        if conn.armed_at.is_none_or(|at| want < at) {
+            conn.timer_gen += 1;
+            conn.armed_at = Some(want);
+            state
+                .timers
+                .push(Reverse((want, slot, conn.id, conn.timer_gen)));
+        }
     }
 
     fn close(&mut self, state: &mut Loop, slot: usize) {
@@ -275,7 +318,10 @@ struct Loop {
 impl Loop {
     fn timeout(&self, now: Instant) -> Option<Duration> {
         let mut next = self.timers.peek().map(|Reverse((when, ..))| *when);
-        for extra in [self.accept_paused_until, self.shutdown_deadline].into_iter().flatten() {
+        for extra in [self.accept_paused_until, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+        {
             next = Some(next.map_or(extra, |n| n.min(extra)));
         }
         next.map(|when| when.saturating_duration_since(now))

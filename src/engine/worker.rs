@@ -122,35 +122,57 @@ pub fn start(threads: usize, ctx: Arc<LoginContext>) -> (Sender<Job>, Vec<thread
 
 fn run(ctx: &LoginContext, job: Job) {
     let (reply, outcome) = match job {
-        Job::Login { reply, user, credential } => {
+        Job::Login {
+            reply,
+            user,
+            credential,
+        } => {
             let outcome = login(ctx, &user, &credential, reply.peer);
             (reply, outcome)
         }
-        Job::Commit { reply, snapshot, deleted } => {
+        Job::Commit {
+            reply,
+            snapshot,
+            deleted,
+        } => {
             let failed = store::commit::commit(&snapshot, &deleted);
             (reply, Outcome::Committed { failed })
         }
     };
     // The shard may be gone (shutdown); then nobody waits for this.
-    if reply.to.send(Done { conn: reply.conn, outcome }).is_ok() {
+    if reply
+        .to
+        .send(Done {
+            conn: reply.conn,
+            outcome,
+        })
+        .is_ok()
+    {
         let _ = reply.waker.wake();
     }
 }
 
 fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketAddr) -> Outcome {
     let shown = String::from_utf8_lossy(user).into_owned();
-    let failed = |why| Outcome::LoginFailed { why, user: shown.clone() };
+    let failed = |why| Outcome::LoginFailed {
+        why,
+        user: shown.clone(),
+    };
     let name = match std::str::from_utf8(user) {
         Ok(name) if crate::auth::valid_username(user) => name,
         _ => return failed(LoginFailure::BadCredentials),
     };
     let verified = match credential {
         Credential::Password(password) => ctx.passdb.verify_plain(name, password),
-        Credential::Apop { challenge, digest } => ctx.passdb.verify_apop(name, challenge.as_bytes(), digest),
+        Credential::Apop { challenge, digest } => {
+            ctx.passdb.verify_apop(name, challenge.as_bytes(), digest)
+        }
     };
     let entry = match verified {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return failed(LoginFailure::BadCredentials),
+        // Dovecot's allow_nets: a right password from the wrong network is a
+        // failed login like any other.
+        Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
+        Ok(_) => return failed(LoginFailure::BadCredentials),
         Err(e) => {
             tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
             return failed(LoginFailure::Temporary);
@@ -164,7 +186,10 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
         }
     };
     match Mailbox::open(&dir) {
-        Ok(mailbox) => Outcome::LoggedIn { user: entry.user.clone(), mailbox },
+        Ok(mailbox) => Outcome::LoggedIn {
+            user: entry.user.clone(),
+            mailbox,
+        },
         Err(OpenError::InUse) => failed(LoginFailure::InUse),
         Err(OpenError::Io(e)) => {
             tracing::error!(user = %entry.user, dir = %dir.display(), error = %e, "cannot open the mailbox");

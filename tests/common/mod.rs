@@ -24,7 +24,10 @@ impl Tree {
     pub fn new() -> Tree {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(dir.path().join("mail")).unwrap();
-        Tree { dir, users: Vec::new() }
+        Tree {
+            dir,
+            users: Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -79,7 +82,10 @@ impl Tree {
 
     /// Delivers `body` to `user` as `cur/<n>.M<n>.test:2,` (delivery order = n).
     pub fn deliver(&self, user: &str, n: u32, body: &[u8]) -> PathBuf {
-        let path = self.maildir(user).join("cur").join(format!("{}.M{n}.test:2,", 1_700_000_000 + n));
+        let path = self
+            .maildir(user)
+            .join("cur")
+            .join(format!("{}.M{n}.test:2,", 1_700_000_000 + n));
         fs::write(&path, body).unwrap();
         path
     }
@@ -132,7 +138,10 @@ pub struct Opts {
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { shards: 2, toml: String::new() }
+        Opts {
+            shards: 2,
+            toml: String::new(),
+        }
     }
 }
 
@@ -150,7 +159,15 @@ impl Server {
         };
         config.write_all(toml.as_bytes()).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardpop"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--shards", &opts.shards.to_string(), "--workers", "2"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &opts.shards.to_string(),
+                "--workers",
+                "2",
+            ])
             .arg("--passwd-file")
             .arg(tree.passwd())
             .arg("--mail-location")
@@ -190,7 +207,12 @@ impl Server {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        Server { child, addr, log, _config: config }
+        Server {
+            child,
+            addr,
+            log,
+            _config: config,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -205,7 +227,10 @@ impl Server {
             if log.contains(needle) {
                 return log;
             }
-            assert!(Instant::now() < deadline, "log never contained {needle:?}:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?}:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -226,13 +251,20 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn signal(&self, signal: i32) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -284,8 +316,14 @@ impl Client {
     /// One reply line, without CRLF.
     pub fn line(&mut self) -> String {
         let mut buf = Vec::new();
-        self.reader.read_until(b'\n', &mut buf).expect("read a reply line");
-        assert!(buf.ends_with(b"\r\n"), "reply line not CRLF-terminated: {:?}", String::from_utf8_lossy(&buf));
+        self.reader
+            .read_until(b'\n', &mut buf)
+            .expect("read a reply line");
+        assert!(
+            buf.ends_with(b"\r\n"),
+            "reply line not CRLF-terminated: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.truncate(buf.len() - 2);
         String::from_utf8_lossy(&buf).into_owned()
     }
@@ -309,7 +347,11 @@ impl Client {
             if line == b".\r\n" {
                 return (body, raw);
             }
-            let content = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+            let content = if line.starts_with(b".") {
+                &line[1..]
+            } else {
+                &line[..]
+            };
             body.extend_from_slice(content);
         }
     }
