@@ -15,20 +15,17 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::body::BodyStream;
 use super::worker::{ConnRef, Done, Job, Outcome, Reply};
 use crate::protocol::{BodyError, Completion, Effect, LoginFailure, Session};
 use crate::store::Mailbox;
 use crate::store::body::MessageMap;
-use crate::wire::{Extent, Stuffer, TERMINATOR_MAX};
+use crate::wire::Extent;
 
 /// How long a closing connection keeps reading (and discarding) what the
 /// client still sends, so the kernel ends it with FIN rather than RST and the
 /// client reads our last line (a lingering close, as web servers do).
 const LINGER: Duration = Duration::from_secs(2);
-
-/// Bytes of body transformed per step: large enough for few syscalls per
-/// message, small enough to stay in L2 while it is written out.
-const BODY_CHUNK_BYTES: usize = 16 * 1024;
 
 /// What the event loop should do with the connection after `drive`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +63,6 @@ pub struct Settings {
     pub output_buffer_bytes: usize,
     /// Receive buffer size.
     pub recv_buffer_bytes: usize,
-}
-
-/// A body on its way out.
-struct BodyStream {
-    map: MessageMap,
-    pos: usize,
-    stuffer: Stuffer,
 }
 
 /// One client connection.
@@ -245,10 +235,13 @@ impl Conn {
                 Err(_) => return Verdict::Close,
             }
             progress |= self.run_session(cx);
-            progress |= self.fill_body(cx);
+            match self.fill_body(cx) {
+                Ok(p) => progress |= p,
+                Err(e) => return self.fail(&e),
+            }
             match self.write_out() {
                 Ok(n) => progress |= n > 0,
-                Err(_) => return Verdict::Close,
+                Err(e) => return self.fail(&e),
             }
             if progress {
                 self.last_activity = cx.now;
@@ -413,12 +406,19 @@ impl Conn {
                     None => Extent::Whole,
                     Some(body_lines) => Extent::Top { body_lines },
                 };
-                self.body = Some(BodyStream {
-                    map,
-                    pos: 0,
-                    stuffer: Stuffer::new(extent),
-                });
-                self.session.body_ready(Ok(()), &mut self.out);
+                // A file as long as its CRLF size has no bare LF: send it raw.
+                let crlf = map.len() as u64 == mailbox.snapshot.messages[index].octets;
+                match BodyStream::new(map, extent, crlf) {
+                    Ok(body) => {
+                        self.body = Some(body);
+                        self.session.body_ready(Ok(()), &mut self.out);
+                    }
+                    Err(_) => {
+                        tracing::warn!(file = %path.display(), "message file truncated before it was sent");
+                        self.session
+                            .body_ready(Err(BodyError::Temporary), &mut self.out);
+                    }
+                }
             }
             Err(e) => {
                 let why = if e.kind() == io::ErrorKind::NotFound {
@@ -432,43 +432,30 @@ impl Conn {
         }
     }
 
-    /// Transforms more of the body while the output is below its bound.
-    fn fill_body(&mut self, cx: &Context<'_>) -> bool {
+    /// Produces more of the body while the output is below its bound.
+    fn fill_body(&mut self, cx: &Context<'_>) -> io::Result<bool> {
         let Some(body) = &mut self.body else {
-            return false;
+            return Ok(false);
         };
         let low_water = cx.settings.output_buffer_bytes / 2;
         if self.out.len() - self.out_pos >= low_water {
-            return false;
+            return Ok(false);
         }
+        // Less than low_water is pending, so this moves little; it keeps the
+        // buffer from growing by what was already sent.
         if self.out_pos > 0 {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
-        let input = &body.map.as_slice()[body.pos..];
-        let len = self.out.len();
-        if input.is_empty() || body.stuffer.is_input_done() {
-            self.out.resize(len + TERMINATOR_MAX, 0);
-            let written = body.stuffer.finish(&mut self.out[len..]);
-            self.out.truncate(len + written);
+        let limit = low_water;
+        let progress = body
+            .fill(&mut self.out, limit)
+            .map_err(|_| io::Error::other("message file truncated while it was sent"))?;
+        if body.is_done() {
             self.body = None;
             self.session.body_sent();
-            return true;
         }
-        while self.out.len() < low_water + BODY_CHUNK_BYTES && body.pos < body.map.as_slice().len()
-        {
-            let input = &body.map.as_slice()[body.pos..];
-            let take = input.len().min(BODY_CHUNK_BYTES / 2);
-            let len = self.out.len();
-            self.out.resize(len + BODY_CHUNK_BYTES, 0);
-            let (consumed, written) = body.stuffer.transform(&input[..take], &mut self.out[len..]);
-            self.out.truncate(len + written);
-            body.pos += consumed;
-            if body.stuffer.is_input_done() {
-                break;
-            }
-        }
-        true
+        Ok(progress)
     }
 
     /// Drops written output so appends do not grow the buffer without bound.
@@ -479,14 +466,23 @@ impl Conn {
         }
     }
 
-    /// Writes queued output until the socket would block.
+    /// Writes queued output until the socket would block; in raw body mode
+    /// the queued replies and the file ranges go out in one writev.
     fn write_out(&mut self) -> io::Result<usize> {
         let mut total = 0;
-        while self.out_pos < self.out.len() {
-            match self.socket.write(&self.out[self.out_pos..]) {
+        loop {
+            let pending = &self.out[self.out_pos..];
+            let raw = self.body.as_mut().filter(|b| b.wants_raw_write());
+            let result = match raw {
+                Some(body) => body.write_raw(&mut self.socket, pending),
+                None if pending.is_empty() => break,
+                None => self.socket.write(pending),
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.out_pos += n;
+                    self.out_pos += n.min(pending.len());
+                    self.bytes_sent += n as u64;
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -494,7 +490,6 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        self.bytes_sent += total as u64;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -504,6 +499,21 @@ impl Conn {
             }
         }
         Ok(total)
+    }
+
+    /// A socket or file error ends this session only.
+    fn fail(&mut self, e: &io::Error) -> Verdict {
+        match e.raw_os_error() {
+            // The kernel hit a hole in a mapped file during writev.
+            Some(libc::EFAULT) => {
+                tracing::warn!(peer = %self.peer, "message file truncated while it was sent; closing the session");
+            }
+            _ if e.kind() == io::ErrorKind::Other => {
+                tracing::warn!(peer = %self.peer, error = %e, "closing the session");
+            }
+            _ => tracing::debug!(peer = %self.peer, error = %e, "connection error"),
+        }
+        Verdict::Close
     }
 
     /// The logout line's facts, logged when the connection is dropped.

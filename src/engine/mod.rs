@@ -13,6 +13,7 @@
 //! table in `store::lock`).
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod conn;
 pub mod listen;
 pub mod shard;

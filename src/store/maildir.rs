@@ -153,7 +153,7 @@ fn message(dir: &Path, file_name: String, in_new: bool) -> io::Result<Message> {
             let path = dir
                 .join(if in_new { "new" } else { "cur" })
                 .join(&file_name);
-            let sizes = measured_sizes(base, &path)?;
+            let sizes = measured_sizes(dir, base, &path)?;
             (sizes.octets, Some(sizes.file_bytes))
         }
     };
@@ -212,25 +212,34 @@ struct Sizes {
 /// 100 bytes an entry this bounds the cache near 100 MiB.
 const SIZE_CACHE_ENTRIES_MAX: usize = 1 << 20;
 
-static SIZE_CACHE: Mutex<Option<HashMap<Box<str>, Sizes>>> = Mutex::new(None);
+/// Keyed by (Maildir, base name): base names are unique within a Maildir,
+/// and survive the renames that flag changes make.
+static SIZE_CACHE: Mutex<Option<HashMap<(PathBuf, Box<str>), Sizes>>> = Mutex::new(None);
 
 /// Sizes of a file whose name does not carry them: read once per process.
-fn measured_sizes(base: &str, path: &Path) -> io::Result<Sizes> {
-    if let Some(hit) = SIZE_CACHE.lock().as_ref().and_then(|c| c.get(base)) {
+fn measured_sizes(dir: &Path, base: &str, path: &Path) -> io::Result<Sizes> {
+    let key = (dir.to_path_buf(), Box::<str>::from(base));
+    if let Some(hit) = SIZE_CACHE.lock().as_ref().and_then(|c| c.get(&key)) {
         return Ok(*hit);
     }
     let map = MessageMap::open(path)?;
-    let bytes = map.as_slice();
-    let sizes = Sizes {
-        file_bytes: bytes.len() as u64,
-        octets: crate::wire::scan(bytes).crlf_octets,
-    };
+    let sizes = map
+        .read_guarded(|bytes| Sizes {
+            file_bytes: bytes.len() as u64,
+            octets: crate::wire::scan(bytes).crlf_octets,
+        })
+        .map_err(|_| {
+            io::Error::other(format!(
+                "{} was truncated while it was measured",
+                path.display()
+            ))
+        })?;
     let mut cache = SIZE_CACHE.lock();
     let cache = cache.get_or_insert_with(HashMap::new);
     if cache.len() >= SIZE_CACHE_ENTRIES_MAX {
         cache.clear();
     }
-    cache.insert(base.into(), sizes);
+    cache.insert(key, sizes);
     Ok(sizes)
 }
 
