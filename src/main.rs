@@ -135,22 +135,25 @@ fn demo(dir: Option<PathBuf>, listen: SocketAddr, shards: usize) -> Result<()> {
     config.auth.passwd_file = Some(tree.passwd_file);
     config.mail.location = Some(tree.mail_location);
     config.auth.apop = true;
-    let url = format!("pop3://{listen}");
-    println!("shardpop demo: mail tree in {}", dir.display());
-    println!(
-        "users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)"
-    );
-    println!("try, in another terminal:");
-    println!("  curl {url}/ --user alice:wonderland          # LIST");
-    println!("  curl {url}/2 --user alice:wonderland         # RETR 2 (dot-stuffed lines)");
-    println!("  curl {url}/ --user alice:wonderland -X UIDL  # UIDL");
-    println!(
-        "  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.user('alice'); p.pass_('wonderland'); print(p.stat()); p.quit()\"",
-        listen.ip(),
-        listen.port()
-    );
-    println!("stop with Ctrl-C; each run recreates the tree.");
-    shardpop::engine::serve(&config)?;
+    let print_help = |bound: &[SocketAddr]| {
+        let addr = bound.first().copied().unwrap_or(listen);
+        let url = format!("pop3://{addr}");
+        println!("shardpop demo: mail tree in {}", dir.display());
+        println!(
+            "users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)"
+        );
+        println!("try, in another terminal:");
+        println!("  curl {url}/ --user alice:wonderland          # LIST");
+        println!("  curl {url}/2 --user alice:wonderland         # RETR 2 (dot-stuffed lines)");
+        println!("  curl {url}/ --user alice:wonderland -X UIDL  # UIDL");
+        println!(
+            "  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.apop('alice', 'wonderland'); print(p.stat()); p.quit()\"",
+            addr.ip(),
+            addr.port()
+        );
+        println!("stop with Ctrl-C; each run recreates the tree.");
+    };
+    shardpop::engine::serve_with(&config, print_help)?;
     Ok(())
 }
 

@@ -55,6 +55,15 @@ impl std::error::Error for StartError {}
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn serve(config: &Config) -> Result<(), StartError> {
+    serve_with(config, |_| {})
+}
+
+/// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
+/// once every listener is up.
+pub fn serve_with(
+    config: &Config,
+    ready: impl FnOnce(&[std::net::SocketAddr]),
+) -> Result<(), StartError> {
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -107,6 +116,7 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
         threads.push(handle);
     }
     drop(jobs);
+    ready(&bound);
 
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
