@@ -28,7 +28,6 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod engine;
-pub mod metrics;
 pub mod protocol;
 pub mod store;
 pub mod wire;
