@@ -11,7 +11,8 @@
 //!   copied in user space.
 #![forbid(unsafe_code)]
 
-use std::io::{self, IoSlice, Write};
+use std::io::IoSlice;
+use std::sync::Arc;
 
 use crate::store::body::{MessageMap, Truncated};
 use crate::wire::{self, Extent, Stuffer, TERMINATOR_MAX};
@@ -19,14 +20,17 @@ use crate::wire::{self, Extent, Stuffer, TERMINATOR_MAX};
 /// Input bytes transformed per step: large enough for few syscalls per
 /// message, small enough that input and output stay in L2.
 const CHUNK_BYTES: usize = 16 * 1024;
-/// Slices per writev in raw mode (well under IOV_MAX).
-const IOVECS_MAX: usize = 64;
+/// Slices per writev in raw mode (well under IOV_MAX), the queued replies
+/// included.
+pub const IOVECS_MAX: usize = 64;
 /// Bytes offered per writev in raw mode: about what a socket buffer takes.
 const RAW_BYTES_MAX: usize = 256 * 1024;
 
 /// The streaming state of one body.
 pub struct BodyStream {
-    map: MessageMap,
+    /// Shared with in-flight sends, which may outlive the stream (a send the
+    /// kernel still holds keeps the map alive).
+    map: Arc<MessageMap>,
     /// Input consumed (transform) or sent (raw).
     pos: usize,
     mode: Mode,
@@ -43,9 +47,9 @@ enum Mode {
 }
 
 /// One piece of a raw writev.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Segment {
-    /// The stuffed '.' before the line at `at`; `after` is the next dot line.
+    /// A stuffed '.'; `after` is the next dot line once it is sent.
     Dot { after: Option<usize> },
     /// Bytes of the file.
     Range { start: usize, end: usize },
@@ -64,7 +68,7 @@ impl BodyStream {
             Mode::Transform(Stuffer::new(extent))
         };
         Ok(BodyStream {
-            map,
+            map: Arc::new(map),
             pos: 0,
             mode,
             done: false,
@@ -76,13 +80,14 @@ impl BodyStream {
         self.done
     }
 
-    /// True while raw ranges remain to be written with [`BodyStream::write_raw`].
-    pub fn wants_raw_write(&self) -> bool {
+    /// Raw mode: true while file ranges remain to be sent.
+    pub fn has_raw_left(&self) -> bool {
         matches!(self.mode, Mode::Raw { .. }) && self.pos < self.map.len()
     }
 
     /// Appends more of the body to `out` while it is shorter than `limit`;
     /// appends the terminator at the end. Returns whether anything was added.
+    /// In raw mode only the terminator is appended, once every range is sent.
     pub fn fill(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<bool, Truncated> {
         if self.done || out.len() >= limit {
             return Ok(false);
@@ -95,8 +100,7 @@ impl BodyStream {
                 let ends_line = self
                     .map
                     .read_guarded(|bytes| bytes.is_empty() || bytes.ends_with(b"\n"))?;
-                let terminator: &[u8] = if ends_line { b".\r\n" } else { b"\r\n.\r\n" };
-                out.extend_from_slice(terminator);
+                out.extend_from_slice(if ends_line { b".\r\n" } else { b"\r\n.\r\n" });
                 self.done = true;
                 Ok(true)
             }
@@ -110,31 +114,34 @@ impl BodyStream {
         }
     }
 
-    /// Raw mode: writes `prefix` (queued replies) and then file ranges with
-    /// stuffed dots in one writev. Returns bytes written, prefix included.
-    pub fn write_raw(&mut self, socket: &mut impl Write, prefix: &[u8]) -> io::Result<usize> {
-        let Mode::Raw { next_dot } = &mut self.mode else {
-            return Ok(0);
+    /// Raw mode: the next file ranges and stuffed dots to send after
+    /// `prefix_bytes` of queued replies. `None` when no raw range is due.
+    pub fn plan_raw(&self, prefix_bytes: usize) -> Result<Option<RawPlan>, Truncated> {
+        let Mode::Raw { next_dot } = self.mode else {
+            return Ok(None);
         };
-        let mut segments = [Segment::Range { start: 0, end: 0 }; IOVECS_MAX];
+        if self.pos >= self.map.len() {
+            return Ok(None);
+        }
+        let mut segments = [Segment::Range { start: 0, end: 0 }; IOVECS_MAX - 1];
         // Finding dot lines reads the mapping in user space: guarded.
         let count = self
             .map
-            .read_guarded(|bytes| plan(bytes, self.pos, *next_dot, prefix.len(), &mut segments))
-            .map_err(|_| io::Error::other("message file truncated while it was sent"))?;
-        let bytes = self.map.raw();
-        let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
-        iov[0] = IoSlice::new(prefix);
-        for (slot, segment) in iov[1..].iter_mut().zip(&segments[..count]) {
-            *slot = IoSlice::new(match *segment {
-                Segment::Dot { .. } => b".",
-                Segment::Range { start, end } => &bytes[start..end],
-            });
-        }
-        let written = socket.write_vectored(&iov[..=count])?;
-        // Advance over what the kernel took.
-        let mut left = written.saturating_sub(prefix.len());
-        for segment in &segments[..count] {
+            .read_guarded(|bytes| plan(bytes, self.pos, next_dot, prefix_bytes, &mut segments))?;
+        Ok(Some(RawPlan {
+            map: Arc::clone(&self.map),
+            segments,
+            count,
+        }))
+    }
+
+    /// Raw mode: `sent` bytes of `plan` reached the socket.
+    pub fn advance_raw(&mut self, plan: &RawPlan, sent: usize) {
+        let Mode::Raw { next_dot } = &mut self.mode else {
+            return;
+        };
+        let mut left = sent;
+        for segment in &plan.segments[..plan.count] {
             match *segment {
                 Segment::Dot { after } if left >= 1 => {
                     left -= 1;
@@ -148,7 +155,46 @@ impl BodyStream {
                 _ => break,
             }
         }
-        Ok(written)
+    }
+}
+
+/// File ranges and stuffed dots for one writev; holds the map alive for as
+/// long as a send of it is in flight.
+#[derive(Debug)]
+pub struct RawPlan {
+    map: Arc<MessageMap>,
+    segments: [Segment; IOVECS_MAX - 1],
+    count: usize,
+}
+
+impl RawPlan {
+    /// Writes the plan's slices into `iov` (at least `IOVECS_MAX - 1` long);
+    /// returns how many.
+    pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let bytes = self.map.raw();
+        for (slot, segment) in iov.iter_mut().zip(&self.segments[..self.count]) {
+            *slot = IoSlice::new(match *segment {
+                Segment::Dot { .. } => b".",
+                Segment::Range { start, end } => &bytes[start..end],
+            });
+        }
+        self.count
+    }
+
+    /// Bytes the plan covers.
+    pub fn len(&self) -> usize {
+        self.segments[..self.count]
+            .iter()
+            .map(|s| match *s {
+                Segment::Dot { .. } => 1,
+                Segment::Range { start, end } => end - start,
+            })
+            .sum()
+    }
+
+    /// True when the plan covers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 }
 
@@ -163,7 +209,7 @@ fn plan(
 ) -> usize {
     let mut count = 0;
     let mut offered = prefix;
-    while count < segments.len() - 2 && at < bytes.len() && offered < RAW_BYTES_MAX {
+    while count + 2 <= segments.len() && at < bytes.len() && offered < RAW_BYTES_MAX {
         if dot == Some(at) {
             let after = wire::find_dot_line(bytes, at + 1);
             segments[count] = Segment::Dot { after };
@@ -210,6 +256,7 @@ fn transform(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, Write};
     use std::path::Path;
 
     /// A writer that takes at most `cap` bytes per call, like a busy socket.
@@ -265,13 +312,21 @@ mod tests {
         };
         let mut out = Vec::new();
         while !body.is_done() || !out.is_empty() {
-            if body.wants_raw_write() {
-                let n = body.write_raw(&mut sock, &out).unwrap();
-                out.drain(..n.min(out.len()));
-            } else {
-                body.fill(&mut out, limit).unwrap();
-                let n = sock.write(&out).unwrap();
-                out.drain(..n);
+            match body.plan_raw(out.len()).unwrap() {
+                Some(plan) => {
+                    let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
+                    iov[0] = IoSlice::new(&out);
+                    let count = 1 + plan.slices(&mut iov[1..]);
+                    let n = sock.write_vectored(&iov[..count]).unwrap();
+                    let from_out = n.min(out.len());
+                    out.drain(..from_out);
+                    body.advance_raw(&plan, n - from_out);
+                }
+                None => {
+                    body.fill(&mut out, limit).unwrap();
+                    let n = sock.write(&out).unwrap();
+                    out.drain(..n);
+                }
             }
         }
         sock.got
@@ -327,7 +382,7 @@ mod tests {
             true,
         )
         .unwrap();
-        assert!(!s.wants_raw_write());
+        assert!(s.plan_raw(0).unwrap().is_none());
         assert_eq!(stream(&mut s, 5, 4096), b"H: 1\r\n\r\nb1\r\n..b2\r\n.\r\n");
     }
 }

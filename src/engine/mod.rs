@@ -17,6 +17,7 @@ pub mod body;
 pub mod conn;
 pub mod listen;
 pub mod shard;
+pub mod timer;
 pub mod worker;
 
 use std::fmt;
