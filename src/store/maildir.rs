@@ -214,7 +214,10 @@ const SIZE_CACHE_ENTRIES_MAX: usize = 1 << 20;
 
 /// Keyed by (Maildir, base name): base names are unique within a Maildir,
 /// and survive the renames that flag changes make.
-static SIZE_CACHE: Mutex<Option<HashMap<(PathBuf, Box<str>), Sizes>>> = Mutex::new(None);
+static SIZE_CACHE: Mutex<Option<HashMap<SizeKey, Sizes>>> = Mutex::new(None);
+
+/// (Maildir, base name).
+type SizeKey = (PathBuf, Box<str>);
 
 /// Sizes of a file whose name does not carry them: read once per process.
 fn measured_sizes(dir: &Path, base: &str, path: &Path) -> io::Result<Sizes> {
