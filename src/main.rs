@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use shardpop::auth::{Scheme, hash_password};
-use shardpop::config::Config;
+use shardpop::config::{Config, PlaintextAuth};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Worker-pool threads (0 = two per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Where USER/PASS and SASL PLAIN are allowed.
+    #[arg(long, value_enum)]
+    plaintext_auth: Option<PlaintextAuth>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +124,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(n) = args.workers {
         config.server.workers = n;
+    }
+    if let Some(p) = args.plaintext_auth {
+        config.auth.plaintext_auth = p;
     }
     shardpop::engine::serve(&config)?;
     Ok(())

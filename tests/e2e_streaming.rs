@@ -20,7 +20,7 @@ fn text(bytes: usize, line_end: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 100);
     let mut i = 0u64;
     while out.len() < bytes {
-        let lead = if i % 7 == 0 { "." } else { "x" };
+        let lead = if i.is_multiple_of(7) { "." } else { "x" };
         out.extend_from_slice(format!("{lead}{i:077}{line_end}").as_bytes());
         i += 1;
     }

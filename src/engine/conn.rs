@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::body::{BodyStream, RawPlan};
+use super::guard::Guard;
 use super::worker::{ConnRef, Done, Job, Outcome, Reply};
 use crate::protocol::{BodyError, Completion, Effect, LoginFailure, Session};
 use crate::store::Mailbox;
@@ -62,6 +63,8 @@ pub struct Context<'a> {
     pub now: Instant,
     /// The connection's slab key.
     pub slot: usize,
+    /// Per-address defences.
+    pub guard: &'a Guard,
 }
 
 /// Settings every connection of a shard shares.
@@ -73,8 +76,6 @@ pub struct Settings {
     pub login_timeout: Duration,
     /// Idle time after login.
     pub autologout: Duration,
-    /// Wait before a failed login's answer.
-    pub failure_delay: Duration,
     /// Output bound per connection.
     pub output_buffer_bytes: usize,
     /// Receive buffer size.
@@ -555,12 +556,13 @@ impl Conn {
                     self.peer.ip(),
                     cx.settings.shard
                 );
-                if why == LoginFailure::BadCredentials && !cx.settings.failure_delay.is_zero() {
-                    self.held = Some((
-                        cx.now + cx.settings.failure_delay,
-                        Completion::LoginFailed(why),
-                    ));
-                    return;
+                if why == LoginFailure::BadCredentials {
+                    // The delay grows with the address's recent failures.
+                    let delay = cx.guard.login_failed(self.peer.ip(), cx.now);
+                    if !delay.is_zero() {
+                        self.held = Some((cx.now + delay, Completion::LoginFailed(why)));
+                        return;
+                    }
                 }
                 Completion::LoginFailed(why)
             }

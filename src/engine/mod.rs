@@ -15,7 +15,9 @@
 
 pub mod body;
 pub mod conn;
+pub mod guard;
 pub mod listen;
+pub mod privilege;
 pub mod shard;
 pub mod timer;
 pub mod worker;
@@ -81,6 +83,15 @@ pub fn serve_with(
     for addr in &bound {
         tracing::info!(%addr, shards, "listening");
     }
+    // Before any thread starts: every thread inherits the new identity.
+    match privilege::drop_to(
+        config.server.user.as_deref(),
+        config.server.group.as_deref(),
+    ) {
+        Ok(Some(identity)) => tracing::info!(%identity, "dropped root privileges"),
+        Ok(None) => {}
+        Err(e) => return Err(StartError::Config(e)),
+    }
 
     let ctx = Arc::new(worker::LoginContext { passdb, location });
     let (jobs, workers) = worker::start(config.workers(), ctx);
@@ -90,10 +101,16 @@ pub fn serve_with(
         limits: Limits {
             line_bytes_max: config.limits.line_bytes_max,
             bad_commands_max: config.limits.bad_commands_max,
+            commands_before_login_max: config.limits.commands_before_login_max,
             output_high_water_bytes: config.limits.output_buffer_bytes,
         },
         apop: config.auth.apop,
         hostname: hostname(),
+        plaintext_auth: config.auth.plaintext_auth,
+        guard: guard::Guard::new(guard::GuardConfig::new(
+            &config.auth,
+            config.limits.connections_per_address_max,
+        )),
     });
 
     let mut wakers = Vec::with_capacity(shards);
@@ -103,7 +120,6 @@ pub fn serve_with(
             shard: id,
             login_timeout: config.login_timeout(),
             autologout: config.autologout(),
-            failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
             output_buffer_bytes: config.limits.output_buffer_bytes,
             recv_buffer_bytes: config.limits.recv_buffer_bytes,
         };

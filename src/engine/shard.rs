@@ -18,8 +18,10 @@ use slab::Slab;
 
 use super::body::IOVECS_MAX;
 use super::conn::{Conn, Context, Settings, Status};
+use super::guard::{Admission, Guard};
 use super::timer::Timers;
 use super::worker::{ConnRef, Done, Job, Reply};
+use crate::config::PlaintextAuth;
 use crate::protocol::{Limits, Offer, Session};
 
 const WAKER: Token = Token(usize::MAX);
@@ -40,22 +42,23 @@ pub struct Shared {
     pub apop: bool,
     /// Host name for APOP challenges.
     pub hostname: String,
+    /// Where plaintext logins are allowed.
+    pub plaintext_auth: PlaintextAuth,
+    /// Per-address defences, shared by every shard.
+    pub guard: Guard,
 }
 
 impl Shared {
     /// A new session for a connection accepted by `shard` as its `id`th.
-    pub fn session(&self, shard: usize, id: u64) -> Session {
+    pub fn session(&self, shard: usize, id: u64, peer: std::net::SocketAddr) -> Session {
         let challenge = self.apop.then(|| {
             format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
         });
-        Session::new(
-            self.limits,
-            Offer {
-                plaintext_auth: true,
-                stls: false,
-            },
-            challenge,
-        )
+        let offer = Offer {
+            plaintext_auth: self.plaintext_auth.allows(false, peer.ip()),
+            stls: false,
+        };
+        Session::new(self.limits, offer, challenge)
     }
 }
 
@@ -63,6 +66,8 @@ impl Shared {
 struct Entry {
     socket: TcpStream,
     conn: Conn,
+    /// Holds a per-address connection slot in the guard.
+    counted: bool,
 }
 
 /// A shard before its thread starts: created on the main thread so that a
@@ -191,6 +196,13 @@ impl Shard {
                     return;
                 }
             };
+            let counted = match self.shared.guard.admit(peer.ip(), now) {
+                Admission::Admit { counted } => counted,
+                refused => {
+                    refuse(&mut socket, refused);
+                    continue;
+                }
+            };
             let _ = socket.set_nodelay(true);
             let slot = self.entries.vacant_key();
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -200,12 +212,19 @@ impl Shard {
                 .register(&mut socket, Token(slot), interest)
             {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
+                if counted {
+                    self.shared.guard.release(peer.ip());
+                }
                 continue;
             }
             self.next_id += 1;
-            let session = self.shared.session(self.id, self.next_id);
+            let session = self.shared.session(self.id, self.next_id, peer);
             let conn = Conn::new(self.next_id, peer, session, &self.settings, now);
-            self.entries.insert(Entry { socket, conn });
+            self.entries.insert(Entry {
+                socket,
+                conn,
+                counted,
+            });
             self.drive(slot, now);
         }
     }
@@ -222,6 +241,7 @@ impl Shard {
             settings: &self.settings,
             now,
             slot,
+            guard: &self.shared.guard,
         };
         let status = pump(entry, &cx);
         self.settle(slot, status);
@@ -241,6 +261,7 @@ impl Shard {
                 settings: &self.settings,
                 now,
                 slot,
+                guard: &self.shared.guard,
             };
             entry.conn.on_done(done, &cx);
             self.drive(slot, now);
@@ -262,6 +283,7 @@ impl Shard {
                 settings: &self.settings,
                 now,
                 slot,
+                guard: &self.shared.guard,
             };
             match entry.conn.on_timer(&cx) {
                 Status::Close => {
@@ -333,8 +355,28 @@ impl Shard {
         let mut entry = self.entries.remove(slot);
         let _ = self.poll.registry().deregister(&mut entry.socket);
         entry.conn.log_end(self.id);
+        if entry.counted {
+            self.shared.guard.release(entry.conn.peer.ip());
+        }
         // Dropping `entry` closes the socket and releases the mailbox lock.
     }
+}
+
+/// Tells a refused client why, if its socket takes the line at once, and
+/// drops it. The log line is what fail2ban or an operator looks for.
+fn refuse(socket: &mut TcpStream, why: Admission) {
+    let line: &[u8] = match why {
+        Admission::TooManyConnections => {
+            b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+        }
+        _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
+    };
+    let peer = socket
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    tracing::info!("pop3 connection refused ({why:?}): rip={peer}");
+    let _ = socket.write(line);
 }
 
 /// The readiness pump for one connection: read until the socket is drained

@@ -32,6 +32,9 @@ pub struct Limits {
     pub line_bytes_max: usize,
     /// Bad commands before the connection is closed.
     pub bad_commands_max: u32,
+    /// Commands (of any kind) allowed before a successful login; a client
+    /// that keeps talking without logging in is a scanner or a guesser.
+    pub commands_before_login_max: u32,
     /// Stop answering pipelined commands while this much output is queued.
     pub output_high_water_bytes: usize,
 }
@@ -41,6 +44,7 @@ impl Default for Limits {
         Limits {
             line_bytes_max: 255,
             bad_commands_max: 20,
+            commands_before_login_max: 30,
             output_high_water_bytes: 64 * 1024,
         }
     }
@@ -162,6 +166,7 @@ pub struct Session {
     offer: Offer,
     apop_challenge: Option<Box<str>>,
     bad_commands: u32,
+    commands_before_login: u32,
     /// Dropping the rest of an overlong line, through its LF.
     discarding: bool,
     /// An effect is out; input waits.
@@ -220,6 +225,7 @@ impl Session {
             offer,
             apop_challenge,
             bad_commands: 0,
+            commands_before_login: 0,
             discarding: false,
             waiting: false,
             summary: Summary::default(),
@@ -500,6 +506,14 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command<'_>, out: &mut Vec<u8>) -> Option<Effect> {
+        if let State::Authorization(_) = self.state {
+            self.commands_before_login += 1;
+            if self.commands_before_login > self.limits.commands_before_login_max {
+                reply::err(out, text::TOO_MANY_BEFORE_LOGIN);
+                self.state = State::Closed;
+                return Some(Effect::Close);
+            }
+        }
         if let Command::Capa = cmd {
             capa::write(out, self.offer, self.is_authorized());
             return None;

@@ -596,3 +596,25 @@ fn debug_of_effects_redacts_passwords() {
     let shown = format!("{effect:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn too_many_commands_before_login_close_the_session() {
+    let limits = Limits {
+        commands_before_login_max: 4,
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    let (out, effect) = feed(&mut s, "CAPA\r\nUSER a\r\nUSER b\r\nUSER c\r\nUSER d\r\n");
+    assert!(
+        out.ends_with("+OK\r\n-ERR Too many commands before login, closing.\r\n"),
+        "{out}"
+    );
+    assert!(matches!(effect, Some(Effect::Close)));
+    // After login the count no longer applies.
+    let mut s = Session::new(limits, offer(), None);
+    say(&mut s, "USER a\r\n");
+    feed(&mut s, "PASS b\r\n");
+    let mut out = Vec::new();
+    s.complete(Completion::LoggedIn(drop3()), &mut out);
+    assert_eq!(say(&mut s, &"NOOP\r\n".repeat(10)), "+OK\r\n".repeat(10));
+}
