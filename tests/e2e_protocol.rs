@@ -586,3 +586,34 @@ fn writes_to_a_closed_socket_do_not_hurt_the_server() {
     let mut c = connect_until_unlocked(&server, "alice", "pw-a");
     assert!(c.cmd("STAT").starts_with("+OK 9 "));
 }
+
+#[test]
+fn disk_errors_are_sys_temp_with_the_cause_logged() {
+    let (mut tree, _) = tree_with_corpus();
+    // A user whose Maildir path is a plain file: the store cannot open it.
+    tree.user("broken", "pw-b");
+    let md = tree.maildir("broken");
+    std::fs::remove_dir_all(&md).unwrap();
+    std::fs::write(&md, b"not a directory").unwrap();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.cmd("USER broken");
+    assert_eq!(
+        c.cmd("PASS pw-b"),
+        "-ERR [SYS/TEMP] Temporary server failure, try again later."
+    );
+    server.wait_log("cannot open the mailbox");
+
+    // A commit that cannot remove a file: cur/ replaced under the session.
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("DELE 1"), "+OK Marked to be deleted.");
+    let cur = tree.maildir("alice").join("cur");
+    std::fs::rename(&cur, tree.maildir("alice").join("moved-away")).unwrap();
+    std::fs::write(&cur, b"").unwrap();
+    assert_eq!(
+        c.cmd("QUIT"),
+        "-ERR [SYS/TEMP] Some deleted messages were not removed."
+    );
+    server.wait_log("cannot remove deleted message");
+}

@@ -618,3 +618,20 @@ fn too_many_commands_before_login_close_the_session() {
     s.complete(Completion::LoggedIn(drop3()), &mut out);
     assert_eq!(say(&mut s, &"NOOP\r\n".repeat(10)), "+OK\r\n".repeat(10));
 }
+
+#[test]
+fn nothing_is_answered_while_update_runs() {
+    let mut s = logged_in();
+    say(&mut s, "DELE 1\r\n");
+    let mut out = Vec::new();
+    let step = s.handle_input(b"QUIT\r\nSTAT\r\nNOOP\r\n", &mut out);
+    assert!(matches!(step.effect, Some(Effect::Commit(_))));
+    assert_eq!(step.consumed, 6);
+    let step = s.handle_input(b"STAT\r\nNOOP\r\n", &mut out);
+    assert_eq!(
+        (step.consumed, out.len()),
+        (0, 0),
+        "UPDATE answers nothing but QUIT's result"
+    );
+    assert!(s.is_authorized() && s.is_waiting());
+}
