@@ -125,12 +125,25 @@ impl Default for Auth {
 }
 
 /// `[mail]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mail {
     /// Dovecot's `mail_location` syntax, e.g. `maildir:~/Maildir` or
     /// `maildir:/srv/mail/%d/%n`. A user's `userdb_mail` extra field wins.
     pub location: Option<String>,
+    /// Dovecot's `pop3_uidl_format`: `%08Xu%08Xv` (Dovecot's default, from
+    /// `dovecot-uidlist`), `%f` (the Maildir base name), `%v`, `%u`.
+    /// Messages Dovecot has not numbered fall back to their base name.
+    pub pop3_uidl_format: String,
+}
+
+impl Default for Mail {
+    fn default() -> Self {
+        Mail {
+            location: None,
+            pop3_uidl_format: "%08Xu%08Xv".into(),
+        }
+    }
 }
 
 /// `[limits]`
@@ -218,6 +231,8 @@ impl Config {
             return invalid("no mail location: set mail.location or --mail-location");
         };
         MailLocation::parse(location).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::store::UidlFormat::parse(&self.mail.pop3_uidl_format)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let l = &self.limits;
         if !(16..=8192).contains(&l.line_bytes_max) {
             return invalid("limits.line_bytes_max must be between 16 and 8192");

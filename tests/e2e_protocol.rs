@@ -617,3 +617,35 @@ fn disk_errors_are_sys_temp_with_the_cause_logged() {
     );
     server.wait_log("cannot remove deleted message");
 }
+
+#[test]
+fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
+    let mut tree = Tree::new();
+    tree.user("d", "pw");
+    let md = tree.maildir("d");
+    // Three messages Dovecot numbered (UID order differs from name order),
+    // one a migration saved a UIDL for, and one Dovecot has not seen yet.
+    std::fs::write(md.join("cur/1700000001.M1.h,S=2,W=3:2,S"), b"a\n").unwrap();
+    std::fs::write(md.join("cur/1700000002.M2.h,S=2,W=3:2,"), b"b\n").unwrap();
+    std::fs::write(md.join("cur/1700000003.M3.h:2,"), b"c\n").unwrap();
+    std::fs::write(md.join("new/1700000004.M4.h"), b"d\n").unwrap();
+    std::fs::write(
+        md.join("dovecot-uidlist"),
+        "3 V1234 N9 G00112233445566778899aabbccddeeff\n\
+         7 :1700000001.M1.h,S=2,W=3\n\
+         5 W3 :1700000002.M2.h,S=2,W=3\n\
+         8 Pmigrated-uidl-1 :1700000003.M3.h\n",
+    )
+    .unwrap();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("d", "pw");
+    assert_eq!(c.cmd("UIDL"), "+OK");
+    let (list, _) = c.multiline();
+    assert_eq!(
+        String::from_utf8(list).unwrap(),
+        "1 00000005000004D2\r\n2 00000007000004D2\r\n3 migrated-uidl-1\r\n4 1700000004.M4.h\r\n"
+    );
+    assert_eq!(c.cmd("RETR 1"), "+OK 3 octets");
+    assert_eq!(c.multiline().0, b"b\r\n");
+}

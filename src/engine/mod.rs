@@ -93,7 +93,13 @@ pub fn serve_with(
         Err(e) => return Err(StartError::Config(e)),
     }
 
-    let ctx = Arc::new(worker::LoginContext { passdb, location });
+    let uidl_format = crate::store::UidlFormat::parse(&config.mail.pop3_uidl_format)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let ctx = Arc::new(worker::LoginContext {
+        passdb,
+        location,
+        uidl_format,
+    });
     let (jobs, workers) = worker::start(config.workers(), ctx);
     let shared = Arc::new(shard::Shared {
         shutdown: AtomicBool::new(false),
