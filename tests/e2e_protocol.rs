@@ -644,7 +644,7 @@ fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
     let (list, _) = c.multiline();
     assert_eq!(
         String::from_utf8(list).unwrap(),
-        "1 00000005000004D2\r\n2 00000007000004D2\r\n3 migrated-uidl-1\r\n4 1700000004.M4.h\r\n"
+        "1 00000005000004d2\r\n2 00000007000004d2\r\n3 migrated-uidl-1\r\n4 1700000004.M4.h\r\n"
     );
     assert_eq!(c.cmd("RETR 1"), "+OK 3 octets");
     assert_eq!(c.multiline().0, b"b\r\n");

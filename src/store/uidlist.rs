@@ -104,8 +104,8 @@ impl Uidlist {
 }
 
 /// A `pop3_uidl_format` template: `%f` (base file name), `%u` (UID), `%v`
-/// (UIDVALIDITY), each optionally with a zero-padded width and `X`/`x` for
-/// hex (`%08Xu%08Xv`, Dovecot's default), and `%%`.
+/// (UIDVALIDITY), each optionally with a zero-padded width and `X` for
+/// lowercase hex as Dovecot prints it (`%08Xu%08Xv`, Dovecot's default), and `%%`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UidlFormat {
     parts: Vec<Part>,
@@ -225,9 +225,10 @@ impl UidlFormat {
                         NumberVar::UidValidity => uid_validity?,
                     };
                     let w = *width;
+                    // Dovecot's `X` modifier prints lowercase hex (checked
+                    // against Dovecot 2.3.19's UIDL output).
                     match hex {
-                        Some(true) => out.push_str(&format!("{n:0w$X}")),
-                        Some(false) => out.push_str(&format!("{n:0w$x}")),
+                        Some(_) => out.push_str(&format!("{n:0w$x}")),
                         None => out.push_str(&format!("{n:0w$}")),
                     }
                 }
