@@ -284,7 +284,7 @@ mod tests {
         assert!(default.needs_uidlist());
         assert_eq!(
             default.render("b", Some(1), Some(1_655_390_361)).unwrap(),
-            "0000000162AB4099"
+            "0000000162ab4099"
         );
         assert_eq!(default.render("b", None, Some(1)), None);
         let f = UidlFormat::parse("%f").unwrap();
