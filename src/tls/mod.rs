@@ -24,6 +24,7 @@
 
 mod config;
 mod layer;
+mod reload;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ pub use config::{
     load_server_config,
 };
 pub use layer::{PLAINTEXT_BUFFERED_BYTES_MAX, TlsLayer};
+pub use reload::TlsReloader;
 
 /// Why TLS could not be set up, or why a session failed.
 #[derive(Debug)]

@@ -468,6 +468,82 @@ fn tls12_clients_without_tickets_resume_from_the_session_cache() {
     assert_eq!(third.client.handshake_kind(), Some(HandshakeKind::Full));
 }
 
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn reloader_is_shared_between_shards() {
+    assert_send_sync::<TlsReloader>();
+    fn assert_send<T: Send>() {}
+    assert_send::<TlsLayer>();
+}
+
+#[test]
+fn reload_serves_the_new_certificate_to_new_sessions_only() {
+    let fx = Fixture::new();
+    let reloader = TlsReloader::new(fx.files()).unwrap();
+    assert_eq!(reloader.files(), &fx.files());
+    let client = fx.client_config(&version::TLS13);
+    let before = reloader.current();
+    let mut old = Pair::new(before.clone(), client.clone(), 1 << 20);
+    old.handshake();
+
+    let renewed = fx.ca.issue_over(&fx.leaf.cert, &fx.leaf.key);
+    assert_ne!(renewed.der, fx.leaf.der);
+    reloader.reload().expect("reload");
+    assert!(!Arc::ptr_eq(&before, &reloader.current()));
+
+    // A new session gets the new certificate (full handshake with a fresh
+    // client config, so it is not a resumption).
+    let mut new = Pair::new(
+        reloader.current(),
+        fx.client_config(&version::TLS13),
+        1 << 20,
+    );
+    new.handshake();
+    let served = new.client.peer_certificates().unwrap();
+    assert_eq!(served[0].as_ref(), renewed.der.as_slice());
+
+    // The session from before the reload carries on with its own config.
+    old.client.writer().write_all(b"STAT\r\n").unwrap();
+    old.run();
+    assert_eq!(old.server_got, b"STAT\r\n");
+    old.server.send_plaintext(b"+OK 0 0\r\n").unwrap();
+    old.run();
+    assert_eq!(old.client_got, b"+OK 0 0\r\n");
+
+    // Resumption state outlives the reload: the old client resumes.
+    let mut again = Pair::new(reloader.current(), client, 1 << 20);
+    again.handshake();
+    assert_eq!(again.client.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_config() {
+    let fx = Fixture::new();
+    let reloader = TlsReloader::new(fx.files()).unwrap();
+    let before = reloader.current();
+
+    std::fs::write(&fx.leaf.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let error = reloader.reload().unwrap_err();
+    assert!(matches!(&error, TlsError::Pem { path, .. } if *path == fx.leaf.cert));
+    assert!(
+        error
+            .to_string()
+            .contains(&fx.leaf.cert.display().to_string())
+    );
+    assert!(Arc::ptr_eq(&before, &reloader.current()));
+
+    // New sessions still get the old, good certificate.
+    let mut pair = Pair::new(
+        reloader.current(),
+        fx.client_config(&version::TLS12),
+        1 << 20,
+    );
+    pair.handshake();
+    let served = pair.client.peer_certificates().unwrap();
+    assert_eq!(served[0].as_ref(), fx.leaf.der.as_slice());
+}
+
 #[test]
 fn certificate_and_key_in_one_file_load() {
     let fx = Fixture::new();
