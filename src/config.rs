@@ -24,6 +24,21 @@ pub struct Config {
     pub mail: Mail,
     /// Protocol and resource limits.
     pub limits: Limits,
+    /// Certificates and implicit-TLS listeners.
+    pub tls: Tls,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain. With `key`, STLS is offered on the plain
+    /// listeners. Reloaded on SIGHUP.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Implicit-TLS listeners (RFC 8314; port 995 in production).
+    pub listen: Vec<SocketAddr>,
 }
 
 /// `[server]`
@@ -221,8 +236,15 @@ impl Config {
     /// Checks what can be checked before binding anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
-        if self.server.listen.is_empty() {
+        if self.server.listen.is_empty() && self.tls.listen.is_empty() {
             return invalid("no listen address: set server.listen or --listen");
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), Some(_)) | (None, None) => {}
+            _ => return invalid("tls.cert and tls.key go together (--tls-cert, --tls-key)"),
+        }
+        if !self.tls.listen.is_empty() && self.tls.cert.is_none() {
+            return invalid("tls.listen (--tls-listen) needs tls.cert and tls.key");
         }
         if self.auth.passwd_file.is_none() {
             return invalid("no passdb: set auth.passwd_file or --passwd-file");

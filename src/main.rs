@@ -74,6 +74,15 @@ struct ServeArgs {
     /// Where USER/PASS and SASL PLAIN are allowed.
     #[arg(long, value_enum)]
     plaintext_auth: Option<PlaintextAuth>,
+    /// Implicit-TLS listen address (repeatable); replaces tls.listen.
+    #[arg(long)]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain (STLS is offered on plain listeners when set).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +137,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(p) = args.plaintext_auth {
         config.auth.plaintext_auth = p;
     }
+    if !args.tls_listen.is_empty() {
+        config.tls.listen = args.tls_listen;
+    }
+    if let Some(p) = args.tls_cert {
+        config.tls.cert = Some(p);
+    }
+    if let Some(p) = args.tls_key {
+        config.tls.key = Some(p);
+    }
     shardpop::engine::serve(&config)?;
     Ok(())
 }
@@ -141,8 +159,8 @@ fn demo(dir: Option<PathBuf>, listen: SocketAddr, shards: usize) -> Result<()> {
     config.auth.passwd_file = Some(tree.passwd_file);
     config.mail.location = Some(tree.mail_location);
     config.auth.apop = true;
-    let print_help = |bound: &[SocketAddr]| {
-        let addr = bound.first().copied().unwrap_or(listen);
+    let print_help = |bound: &[(SocketAddr, bool)]| {
+        let addr = bound.first().map_or(listen, |&(addr, _)| addr);
         let url = format!("pop3://{addr}");
         println!("shardpop demo: mail tree in {}", dir.display());
         println!(

@@ -191,6 +191,7 @@ fn autologout_ends_an_idle_session_and_deletes_nothing() {
         Opts {
             shards: 1,
             toml: "[limits]\nautologout_ms = 400\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();

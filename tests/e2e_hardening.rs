@@ -33,6 +33,7 @@ fn failed_login_delay_grows_per_address() {
         Opts {
             shards: 2,
             toml: toml.into(),
+            ..Opts::default()
         },
     );
     let delays: Vec<Duration> = (0..4).map(|_| fail_login(&server, "alice")).collect();
@@ -58,6 +59,7 @@ fn an_address_past_its_budget_is_refused_for_a_while() {
         Opts {
             shards: 2,
             toml: toml.into(),
+            ..Opts::default()
         },
     );
     for _ in 0..3 {
@@ -88,6 +90,7 @@ fn trusted_networks_are_exempt() {
         Opts {
             shards: 1,
             toml: toml.into(),
+            ..Opts::default()
         },
     );
     for _ in 0..6 {
@@ -105,6 +108,7 @@ fn connections_per_address_can_be_capped() {
         Opts {
             shards: 2,
             toml: "[limits]\nconnections_per_address_max = 3\n".into(),
+            ..Opts::default()
         },
     );
     let held: Vec<_> = (0..3).map(|_| server.connect()).collect();
@@ -142,6 +146,7 @@ fn unknown_users_cost_as_much_as_wrong_passwords() {
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 0\npenalty_failures_before_block = 1000\n".into(),
+            ..Opts::default()
         },
     );
     let median = |user: &str| {
@@ -203,6 +208,7 @@ fn plaintext_auth_policy_tls_refuses_even_loopback() {
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 0\nplaintext_auth = \"tls\"\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();
@@ -258,6 +264,7 @@ fn a_client_that_never_reads_its_retr_is_timed_out() {
         Opts {
             shards: 1,
             toml: "[limits]\nautologout_ms = 700\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();
@@ -295,6 +302,7 @@ fn started_as_root_it_drops_to_the_configured_user() {
         Opts {
             shards: 1,
             toml: "[server]\nuser = \"nobody\"\n".into(),
+            ..Opts::default()
         },
     );
     if !root {

@@ -358,6 +358,7 @@ fn failure_delay_holds_the_answer_without_blocking_others() {
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 700\n".into(),
+            ..Opts::default()
         },
     );
     let mut bad = server.connect();
@@ -491,6 +492,7 @@ fn silent_client_is_timed_out_before_login() {
         Opts {
             shards: 1,
             toml: "[limits]\nlogin_timeout_ms = 300\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();
@@ -533,6 +535,7 @@ fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
         Opts {
             shards: 2,
             toml: "[limits]\nshutdown_grace_ms = 300\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();

@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 use super::body::{BodyStream, RawPlan};
 use super::guard::Guard;
 use super::worker::{ConnRef, Done, Job, Outcome, Reply};
-use crate::protocol::{BodyError, Completion, Effect, LoginFailure, Session};
+use crate::config::PlaintextAuth;
+use crate::protocol::{BodyError, Completion, Effect, LoginFailure, Offer, Session};
 use crate::store::Mailbox;
 use crate::store::body::MessageMap;
+use crate::tls::{TlsLayer, TlsReloader};
 use crate::wire::Extent;
 
 /// How long a closing connection keeps reading (and discarding) what the
@@ -68,7 +70,7 @@ pub struct Context<'a> {
 }
 
 /// Settings every connection of a shard shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// Shard number, for logs.
     pub shard: usize,
@@ -80,6 +82,18 @@ pub struct Settings {
     pub output_buffer_bytes: usize,
     /// Receive buffer size.
     pub recv_buffer_bytes: usize,
+    /// Certificates for STLS and implicit TLS; `None` when none is configured.
+    pub tls: Option<Arc<TlsReloader>>,
+    /// Where plaintext logins are allowed (decides the offer after STLS).
+    pub plaintext_auth: PlaintextAuth,
+}
+
+/// TLS on a connection: the layer and the ciphertext not yet fed to it.
+struct Tls {
+    layer: TlsLayer,
+    cipher_in: Box<[u8]>,
+    start: usize,
+    end: usize,
 }
 
 /// Bytes handed to the pump to send: queued replies (or transformed body),
@@ -117,6 +131,29 @@ impl Outgoing {
     }
 }
 
+impl Tls {
+    fn new(layer: TlsLayer, bytes: usize) -> Tls {
+        Tls {
+            layer,
+            cipher_in: vec![0; bytes].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn input_space(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.end == self.cipher_in.len() {
+            self.cipher_in.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.cipher_in[self.end..]
+    }
+}
+
 /// One client connection.
 pub struct Conn {
     /// Unique per shard.
@@ -144,6 +181,10 @@ pub struct Conn {
     closing: bool,
     /// The client closed its sending side.
     peer_eof: bool,
+    /// TLS, when on: input and output pass through it.
+    tls: Option<Box<Tls>>,
+    /// STLS was accepted: TLS starts with this layer once the `+OK` is out.
+    stls_pending: Option<(TlsLayer, Offer)>,
     /// Our side is shut down; discarding input until EOF or this instant.
     linger_until: Option<Instant>,
     last_activity: Instant,
@@ -155,10 +196,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A new connection; queues the greeting.
-    pub fn new(id: u64, peer: SocketAddr, session: Session, s: &Settings, now: Instant) -> Conn {
+    /// A new connection; queues the greeting. `tls` is set for implicit TLS
+    /// (the greeting then waits for the handshake).
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        session: Session,
+        s: &Settings,
+        now: Instant,
+        tls: Option<TlsLayer>,
+    ) -> Conn {
         let mut out = Vec::with_capacity(256);
         session.greet(&mut out);
+        let tls = tls.map(|layer| Box::new(Tls::new(layer, s.recv_buffer_bytes)));
         Conn {
             id,
             peer,
@@ -176,6 +226,8 @@ impl Conn {
             held: None,
             closing: false,
             peer_eof: false,
+            tls,
+            stls_pending: None,
             linger_until: None,
             last_activity: now,
             timer_gen: 0,
@@ -188,6 +240,10 @@ impl Conn {
 
     /// True when the connection can take more input now.
     pub fn wants_input(&self) -> bool {
+        if let Some(tls) = &self.tls {
+            return !self.peer_eof
+                && (self.linger_until.is_some() || tls.end < tls.cipher_in.len() || tls.start > 0);
+        }
         !self.peer_eof
             && (self.linger_until.is_some()
                 || self.recv_end < self.recv.len()
@@ -199,6 +255,9 @@ impl Conn {
     pub fn input_space(&mut self) -> &mut [u8] {
         if self.linger_until.is_some() {
             return &mut self.recv;
+        }
+        if let Some(tls) = &mut self.tls {
+            return tls.input_space();
         }
         if self.recv_start == self.recv_end {
             self.recv_start = 0;
@@ -213,10 +272,14 @@ impl Conn {
 
     /// `n` bytes were written into [`Conn::input_space`].
     pub fn on_input(&mut self, n: usize, now: Instant) {
-        if self.linger_until.is_none() {
-            self.recv_end += n;
-            self.last_activity = now;
+        if self.linger_until.is_some() {
+            return;
         }
+        match &mut self.tls {
+            Some(tls) => tls.end += n,
+            None => self.recv_end += n,
+        }
+        self.last_activity = now;
     }
 
     /// The client closed its sending side.
@@ -234,12 +297,51 @@ impl Conn {
             return Ok(());
         }
         loop {
+            let decrypted = self.tls_input()?;
             let answered = self.run_session(cx);
             let filled = self.fill_body(cx)?;
-            if !answered && !filled {
+            if !decrypted && !answered && !filled {
                 return Ok(());
             }
         }
+    }
+
+    /// Feeds buffered ciphertext to TLS and moves the plaintext it yields into
+    /// the receive buffer, as far as that has room. Returns whether bytes moved.
+    fn tls_input(&mut self) -> io::Result<bool> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        loop {
+            if tls.start < tls.end {
+                let taken = tls
+                    .layer
+                    .receive(&tls.cipher_in[tls.start..tls.end])
+                    .map_err(io::Error::other)?;
+                tls.start += taken;
+                moved |= taken > 0;
+            }
+            if self.recv_start == self.recv_end {
+                self.recv_start = 0;
+                self.recv_end = 0;
+            } else if self.recv_start > 0 && self.recv_end == self.recv.len() {
+                self.recv.copy_within(self.recv_start..self.recv_end, 0);
+                self.recv_end -= self.recv_start;
+                self.recv_start = 0;
+            }
+            let got = tls.layer.read_plaintext(&mut self.recv[self.recv_end..]);
+            self.recv_end += got;
+            moved |= got > 0;
+            if got == 0 || tls.start == tls.end {
+                break;
+            }
+        }
+        if tls.layer.peer_closed() {
+            // close_notify: a clean end of input.
+            self.peer_eof = true;
+        }
+        Ok(moved)
     }
 
     fn queued_bytes(&self) -> usize {
@@ -319,6 +421,29 @@ impl Conn {
                         .complete(Completion::Committed(false), &mut self.out);
                 }
             }
+            Effect::StartTls => {
+                // Anything the client pipelined after STLS is plaintext it must
+                // not have sent (the STARTTLS injection class of bugs): drop it.
+                self.recv_start = self.recv_end;
+                let Some(reloader) = &cx.settings.tls else {
+                    debug_assert!(false, "STLS offered without a certificate");
+                    self.closing = true;
+                    return;
+                };
+                match TlsLayer::new(reloader.current()) {
+                    Ok(layer) => {
+                        let offer = Offer {
+                            plaintext_auth: cx.settings.plaintext_auth.allows(true, self.peer.ip()),
+                            stls: false,
+                        };
+                        self.stls_pending = Some((layer, offer));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start TLS");
+                        self.closing = true;
+                    }
+                }
+            }
             Effect::Close => self.closing = true,
         }
     }
@@ -351,7 +476,9 @@ impl Conn {
             Some(body_lines) => Extent::Top { body_lines },
         };
         // A file as long as its CRLF size has no bare LF: send it raw.
-        let crlf = map.len() as u64 == mailbox.snapshot.messages[index].octets;
+        // Over TLS every byte is encrypted anyway: always transform.
+        let crlf =
+            map.len() as u64 == mailbox.snapshot.messages[index].octets && self.tls.is_none();
         match BodyStream::new(map, extent, crlf) {
             Ok(body) => {
                 self.body = Some(body);
@@ -391,7 +518,10 @@ impl Conn {
 
     /// True when bytes are waiting to be sent (or a raw range is due).
     pub fn has_output(&self) -> bool {
-        self.unsent.is_some() || !self.out.is_empty() || self.raw_due()
+        self.unsent.is_some()
+            || !self.out.is_empty()
+            || self.raw_due()
+            || self.tls.as_ref().is_some_and(|t| t.layer.wants_write())
     }
 
     fn raw_due(&self) -> bool {
@@ -408,6 +538,23 @@ impl Conn {
             Outgoing {
                 buf,
                 pos,
+                raw: None,
+            }
+        } else if let Some(tls) = &mut self.tls {
+            if !self.out.is_empty() {
+                tls.layer
+                    .send_plaintext(&self.out)
+                    .map_err(io::Error::other)?;
+                self.out.clear();
+            }
+            let mut buf = std::mem::take(&mut self.spare);
+            if tls.layer.write_ciphertext(&mut buf) == 0 {
+                self.spare = buf;
+                return Ok(None);
+            }
+            Outgoing {
+                buf,
+                pos: 0,
                 raw: None,
             }
         } else {
@@ -448,6 +595,15 @@ impl Conn {
         buf.clear();
         if buf.capacity() <= SPARE_BYTES_MAX {
             self.spare = buf;
+        }
+        // STLS: the +OK has left in plaintext; everything from here is TLS.
+        if self.out.is_empty()
+            && let Some((layer, offer)) = self.stls_pending.take()
+        {
+            self.recv_start = 0;
+            self.recv_end = 0;
+            self.tls = Some(Box::new(Tls::new(layer, self.recv.len())));
+            self.session.tls_started(offer);
         }
     }
 
@@ -536,11 +692,13 @@ impl Conn {
     pub fn on_done(&mut self, done: Done, cx: &Context<'_>) {
         let completion = match done.outcome {
             Outcome::LoggedIn { user, mailbox } => {
+                let tls = self.tls.as_ref().and_then(|t| t.layer.describe());
                 tracing::info!(
-                    "pop3 login: user=<{user}>, rip={}, shard={}, messages={}",
+                    "pop3 login: user=<{user}>, rip={}, shard={}, messages={}, tls={}",
                     self.peer.ip(),
                     cx.settings.shard,
-                    mailbox.snapshot.messages.len()
+                    mailbox.snapshot.messages.len(),
+                    tls.as_deref().unwrap_or("no")
                 );
                 let maildrop = Box::new(Arc::clone(&mailbox.snapshot));
                 self.mailbox = Some(mailbox);

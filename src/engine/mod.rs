@@ -63,10 +63,7 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
 
 /// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
 /// once every listener is up.
-pub fn serve_with(
-    config: &Config,
-    ready: impl FnOnce(&[std::net::SocketAddr]),
-) -> Result<(), StartError> {
+pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Result<(), StartError> {
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -79,9 +76,29 @@ pub fn serve_with(
     }
 
     let shards = config.shards();
-    let (bound, listeners) = listen::bind_all(&config.server.listen, shards)?;
-    for addr in &bound {
-        tracing::info!(%addr, shards, "listening");
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            Some(Arc::new(
+                crate::tls::TlsReloader::new(files)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ))
+        }
+        _ => None,
+    };
+    let addrs: Vec<listen::Bound> = config
+        .server
+        .listen
+        .iter()
+        .map(|&a| (a, false))
+        .chain(config.tls.listen.iter().map(|&a| (a, true)))
+        .collect();
+    let (bound, listeners) = listen::bind_all(&addrs, shards)?;
+    for (addr, implicit_tls) in &bound {
+        tracing::info!(%addr, tls = implicit_tls, shards, "listening");
     }
     // Before any thread starts: every thread inherits the new identity.
     match privilege::drop_to(
@@ -128,6 +145,8 @@ pub fn serve_with(
             autologout: config.autologout(),
             output_buffer_bytes: config.limits.output_buffer_bytes,
             recv_buffer_bytes: config.limits.recv_buffer_bytes,
+            tls: tls.clone(),
+            plaintext_auth: config.auth.plaintext_auth,
         };
         let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(&shared))
             .map_err(StartError::Os)?;
@@ -141,21 +160,31 @@ pub fn serve_with(
     drop(jobs);
     ready(&bound);
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(StartError::Os)?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Os)?;
     let signal_handle = signals.handle();
     let watcher = thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // New certificates for new connections; sessions keep theirs.
+                    match &tls {
+                        Some(reloader) => match reloader.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate"),
+                        },
+                        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+                    }
+                    continue;
+                }
                 tracing::info!(signal, "shutdown requested");
                 shared.shutdown.store(true, Ordering::Relaxed);
                 for w in &wakers {
                     let _ = w.wake();
                 }
+                break;
             }
         })
         .map_err(StartError::Os)?;

@@ -50,13 +50,20 @@ pub struct Shared {
 
 impl Shared {
     /// A new session for a connection accepted by `shard` as its `id`th.
-    pub fn session(&self, shard: usize, id: u64, peer: std::net::SocketAddr) -> Session {
+    pub fn session(
+        &self,
+        shard: usize,
+        id: u64,
+        peer: std::net::SocketAddr,
+        tls: bool,
+        stls: bool,
+    ) -> Session {
         let challenge = self.apop.then(|| {
             format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
         });
         let offer = Offer {
-            plaintext_auth: self.plaintext_auth.allows(false, peer.ip()),
-            stls: false,
+            plaintext_auth: self.plaintext_auth.allows(tls, peer.ip()),
+            stls,
         };
         Session::new(self.limits, offer, challenge)
     }
@@ -75,7 +82,8 @@ struct Entry {
 pub struct Shard {
     id: usize,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// Each with its implicit-TLS flag.
+    listeners: Vec<(TcpListener, bool)>,
     waker: Arc<mio::Waker>,
     reply: Reply,
     done_rx: Receiver<Done>,
@@ -93,7 +101,7 @@ impl Shard {
     /// Registers `listeners` with a new poll.
     pub fn new(
         id: usize,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<(std::net::TcpListener, bool)>,
         jobs: Sender<Job>,
         settings: Settings,
         shared: Arc<Shared>,
@@ -101,11 +109,11 @@ impl Shard {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut mio_listeners = Vec::with_capacity(listeners.len());
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, (l, tls)) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            mio_listeners.push(l);
+            mio_listeners.push((l, tls));
         }
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let reply = Reply {
@@ -184,7 +192,9 @@ impl Shard {
         }
         self.accept_paused_until = None;
         loop {
-            let (mut socket, peer) = match self.listeners[index].accept() {
+            let (listener, implicit_tls) = &self.listeners[index];
+            let implicit_tls = *implicit_tls;
+            let (mut socket, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -218,8 +228,21 @@ impl Shard {
                 continue;
             }
             self.next_id += 1;
-            let session = self.shared.session(self.id, self.next_id, peer);
-            let conn = Conn::new(self.next_id, peer, session, &self.settings, now);
+            let tls = match (implicit_tls, &self.settings.tls) {
+                (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
+                    Ok(layer) => Some(layer),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start TLS for a new connection");
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            let stls = tls.is_none() && self.settings.tls.is_some();
+            let session = self
+                .shared
+                .session(self.id, self.next_id, peer, tls.is_some(), stls);
+            let conn = Conn::new(self.next_id, peer, session, &self.settings, now, tls);
             self.entries.insert(Entry {
                 socket,
                 conn,
@@ -306,7 +329,7 @@ impl Shard {
         let deadline = match self.shutdown_deadline {
             Some(d) => d,
             None => {
-                for l in &mut self.listeners {
+                for (l, _) in &mut self.listeners {
                     let _ = self.poll.registry().deregister(l);
                 }
                 self.listeners.clear();

@@ -95,6 +95,9 @@ pub enum Effect {
     /// UPDATE state: remove these messages (0-based indices), then answer
     /// with [`Completion::Committed`].
     Commit(Vec<usize>),
+    /// STLS was accepted: flush the `+OK`, discard any input received after
+    /// the STLS line, start TLS, then call [`Session::tls_started`].
+    StartTls,
     /// Flush what is queued, then close the connection.
     Close,
 }
@@ -240,6 +243,17 @@ impl Session {
             out.extend_from_slice(challenge.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+    }
+
+    /// TLS is now on (RFC 2595 §4): forget what the client said before it
+    /// (a USER name, a half-done SASL exchange) and offer what the secured
+    /// connection allows.
+    pub fn tls_started(&mut self, offer: Offer) {
+        self.offer = offer;
+        if let State::Authorization(auth) = &mut self.state {
+            *auth = Authorization::default();
+        }
+        self.discarding = false;
     }
 
     /// True while an effect is out and input must wait.
@@ -612,6 +626,10 @@ impl Session {
                 reply::ok(out, "Logging out.");
                 self.state = State::Closed;
                 Some(Effect::Close)
+            }
+            Command::Stls if self.offer.stls => {
+                reply::ok(out, "Begin TLS negotiation now.");
+                Some(Effect::StartTls)
             }
             Command::Stls => {
                 reply::err(out, "TLS is not available.");

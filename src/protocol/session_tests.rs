@@ -635,3 +635,59 @@ fn nothing_is_answered_while_update_runs() {
     );
     assert!(s.is_authorized() && s.is_waiting());
 }
+
+#[test]
+fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: false,
+            stls: true,
+        },
+        None,
+    );
+    let capa = say(&mut s, "CAPA\r\n");
+    assert!(
+        capa.contains("\r\nSTLS\r\n") && !capa.contains("USER"),
+        "{capa}"
+    );
+    assert!(say(&mut s, "USER a\r\n").starts_with("-ERR [AUTH]"));
+    let (out, effect) = feed(&mut s, "STLS\r\n");
+    assert_eq!(out, "+OK Begin TLS negotiation now.\r\n");
+    assert!(matches!(effect, Some(Effect::StartTls)));
+    s.tls_started(Offer {
+        plaintext_auth: true,
+        stls: false,
+    });
+    let capa = say(&mut s, "CAPA\r\n");
+    assert!(
+        !capa.contains("STLS") && capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN"),
+        "{capa}"
+    );
+    assert_eq!(say(&mut s, "STLS\r\n"), "-ERR TLS is not available.\r\n");
+    assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+    say(&mut s, "USER a\r\n");
+    assert!(matches!(
+        feed(&mut s, "PASS b\r\n").1,
+        Some(Effect::Login { .. })
+    ));
+}
+
+#[test]
+fn a_user_given_before_stls_is_forgotten() {
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: true,
+            stls: true,
+        },
+        None,
+    );
+    say(&mut s, "USER early\r\n");
+    assert!(matches!(feed(&mut s, "STLS\r\n").1, Some(Effect::StartTls)));
+    s.tls_started(Offer {
+        plaintext_auth: true,
+        stls: false,
+    });
+    assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+}
