@@ -71,6 +71,10 @@ struct ServeArgs {
     /// Worker-pool threads (0 = two per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// I/O engine: epoll, uring (io_uring; fails if the kernel refuses it)
+    /// or auto (io_uring when allowed, else epoll); replaces server.engine.
+    #[arg(long, value_parser = ["epoll", "uring", "auto"])]
+    engine: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(n) = args.workers {
         config.server.workers = n;
+    }
+    if let Some(e) = args.engine {
+        config.server.engine = e.parse()?;
     }
     shardpop::engine::serve(&config)?;
     Ok(())

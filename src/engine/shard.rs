@@ -19,6 +19,7 @@ use slab::Slab;
 use super::body::IOVECS_MAX;
 use super::conn::{Conn, Context, Settings, Status};
 use super::timer::Timers;
+use super::waker::Waker;
 use super::worker::{ConnRef, Done, Job, Reply};
 use crate::protocol::{Limits, Offer, Session};
 
@@ -71,7 +72,7 @@ pub struct Shard {
     id: usize,
     poll: Poll,
     listeners: Vec<TcpListener>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<Waker>,
     reply: Reply,
     done_rx: Receiver<Done>,
     jobs: Sender<Job>,
@@ -94,7 +95,7 @@ impl Shard {
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
         let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Waker::Mio(mio::Waker::new(poll.registry(), WAKER)?));
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, l) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
@@ -128,7 +129,7 @@ impl Shard {
     }
 
     /// Wakes the shard's poll (used by the signal thread).
-    pub fn waker(&self) -> Arc<mio::Waker> {
+    pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
 
@@ -191,7 +192,6 @@ impl Shard {
                     return;
                 }
             };
-            let _ = socket.set_nodelay(true);
             let slot = self.entries.vacant_key();
             let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = self
