@@ -1,13 +1,14 @@
 //! Streaming RETR from the mmap: bounded memory for a slow reader, the raw
 //! CRLF path, and files truncated while they are being sent.
 
+#[macro_use]
 mod common;
 
 use std::fs::OpenOptions;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{Opts, Server, Tree, crlf};
+use common::{Engine, Opts, Server, Tree, crlf};
 
 fn rss_anon_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -20,15 +21,15 @@ fn text(bytes: usize, line_end: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 100);
     let mut i = 0u64;
     while out.len() < bytes {
-        let lead = if i % 7 == 0 { "." } else { "x" };
+        let lead = if i.is_multiple_of(7) { "." } else { "x" };
         out.extend_from_slice(format!("{lead}{i:077}{line_end}").as_bytes());
         i += 1;
     }
     out
 }
 
-#[test]
-fn a_slow_reader_of_50_mb_does_not_grow_server_memory() {
+engine_test!(a_slow_reader_of_50_mb_does_not_grow_server_memory);
+fn a_slow_reader_of_50_mb_does_not_grow_server_memory(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("u", "p");
     let big = text(50 << 20, "\n");
@@ -37,7 +38,7 @@ fn a_slow_reader_of_50_mb_does_not_grow_server_memory() {
         &tree,
         Opts {
             shards: 1,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -57,8 +58,8 @@ fn a_slow_reader_of_50_mb_does_not_grow_server_memory() {
     assert_eq!(c.cmd("NOOP"), "+OK");
 }
 
-#[test]
-fn crlf_files_go_out_raw_and_byte_exact() {
+engine_test!(crlf_files_go_out_raw_and_byte_exact);
+fn crlf_files_go_out_raw_and_byte_exact(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("u", "p");
     let stored = text(3 << 20, "\r\n");
@@ -67,7 +68,7 @@ fn crlf_files_go_out_raw_and_byte_exact() {
     let name = format!("1700000001.M1.test,S={0},W={0}:2,", stored.len());
     std::fs::write(md.join("cur").join(name), &stored).unwrap();
     tree.deliver("u", 2, b"tail\r\n.\r\n");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("u", "p");
     assert_eq!(c.cmd("RETR 1"), format!("+OK {} octets", stored.len()));
@@ -84,7 +85,7 @@ fn crlf_files_go_out_raw_and_byte_exact() {
 
 /// Starts a RETR of a big file, lets the server send a little, truncates the
 /// file under it, and checks that only that session ends.
-fn truncate_mid_retr(line_end: &str) {
+fn truncate_mid_retr(engine: Engine, line_end: &str) {
     let mut tree = Tree::new();
     tree.user("u", "p");
     tree.user("other", "p");
@@ -95,7 +96,7 @@ fn truncate_mid_retr(line_end: &str) {
         &tree,
         Opts {
             shards: 1,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -128,12 +129,12 @@ fn truncate_mid_retr(line_end: &str) {
     assert_eq!(o.multiline().0, b"hello\r\n");
 }
 
-#[test]
-fn truncation_during_transform_closes_only_that_session() {
-    truncate_mid_retr("\n");
+engine_test!(truncation_during_transform_closes_only_that_session);
+fn truncation_during_transform_closes_only_that_session(engine: Engine) {
+    truncate_mid_retr(engine, "\n");
 }
 
-#[test]
-fn truncation_during_raw_send_closes_only_that_session() {
-    truncate_mid_retr("\r\n");
+engine_test!(truncation_during_raw_send_closes_only_that_session);
+fn truncation_during_raw_send_closes_only_that_session(engine: Engine) {
+    truncate_mid_retr(engine, "\r\n");
 }
