@@ -52,7 +52,7 @@ fn passwd_hashes_log_in_for_every_scheme(engine: Engine) {
     let out = child.wait_with_output().unwrap();
     tree.user_with_hash("piped", String::from_utf8(out.stdout).unwrap().trim());
     let server = Server::start(&tree, engine);
-    for i in 0..schemes.len() {
+    for (i, scheme) in schemes.iter().enumerate() {
         let mut c = server.connect();
         c.login(&format!("user{i}"), "pa ss");
         let mut c = server.connect();
@@ -60,8 +60,7 @@ fn passwd_hashes_log_in_for_every_scheme(engine: Engine) {
         assert_eq!(
             c.cmd("PASS pa sS"),
             "-ERR [AUTH] Authentication failed.",
-            "{}",
-            schemes[i]
+            "{scheme}"
         );
     }
     server.connect().login("piped", "from stdin");
