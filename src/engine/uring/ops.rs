@@ -373,3 +373,99 @@ impl Io {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// Waits until `n` completions have arrived (or panics after 5 s).
+    fn completions(io: &mut Io, n: usize) -> Vec<Cqe> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut cqes = Vec::new();
+        while cqes.len() < n {
+            assert!(std::time::Instant::now() < deadline, "{cqes:?}");
+            io.wait(Some(Duration::from_millis(100))).unwrap();
+            io.reap(&mut cqes);
+        }
+        cqes
+    }
+
+    #[test]
+    fn a_recv_draws_a_ring_buffer_and_the_completion_names_it() {
+        let mut io = Io::new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut socket = Socket::new(OwnedFd::from(a));
+        let ud = io.recv(5, &mut socket, 100);
+        b.write_all(b"USER alice\r\n").unwrap();
+        let cqe = completions(&mut io, 1)[0];
+        assert_eq!((cqe.user_data, cqe.result), (ud, 12));
+        assert!(matches!(io.table.remove(ud), Op::Recv { slot: 5 }));
+        socket.finished(Kind::Recv);
+        let bid = cqe.buffer().expect("the kernel picked a buffer");
+        assert_eq!(io.bufs.get(bid, 12), b"USER alice\r\n");
+        io.bufs.recycle(bid);
+        assert!(io.table.is_empty());
+    }
+
+    #[test]
+    fn a_recv_asks_for_no_more_than_the_space_it_was_given() {
+        let mut io = Io::new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut socket = Socket::new(OwnedFd::from(a));
+        let ud = io.recv(0, &mut socket, 4);
+        b.write_all(b"NOOP\r\nSTAT\r\n").unwrap();
+        let cqe = completions(&mut io, 1)[0];
+        assert_eq!(cqe.result, 4);
+        io.table.remove(ud);
+        io.bufs.recycle(cqe.buffer().unwrap());
+    }
+
+    #[test]
+    fn a_closed_socket_keeps_its_fd_until_the_cancelled_recv_completes() {
+        let mut io = Io::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut socket = Socket::new(OwnedFd::from(a));
+        let recv = io.recv(9, &mut socket, 64);
+        // Nothing to read: the recv waits in the kernel.
+        io.wait(Some(Duration::from_millis(20))).unwrap();
+        let targets = socket.close();
+        assert_eq!(targets, vec![recv]);
+        for t in targets {
+            io.cancel(t);
+        }
+        assert!(
+            socket.release().is_none(),
+            "parked while the recv is in flight"
+        );
+        let cqes = completions(&mut io, 2);
+        let done = cqes.iter().find(|c| c.user_data == recv).unwrap();
+        assert_eq!(done.result, -libc::ECANCELED);
+        for c in &cqes {
+            io.table.remove(c.user_data);
+        }
+        socket.finished(Kind::Recv);
+        let fd = socket.release().expect("released after the completion");
+        io.close(fd);
+        let closed = completions(&mut io, 1)[0];
+        assert_eq!(closed.result, 0);
+        io.table.remove(closed.user_data);
+        assert!(io.table.is_empty());
+        drop(b);
+    }
+
+    #[test]
+    fn drain_cancels_what_is_left_and_empties_the_table() {
+        let mut io = Io::new().unwrap();
+        let eventfd = super::super::sys::EventFd::new().unwrap();
+        io.wake_read(eventfd.raw(), Box::new([0; 8]));
+        let mut seen = 0;
+        let drained = io.drain(Duration::from_secs(5), |io, cqe| {
+            seen += 1;
+            io.table.remove(cqe.user_data);
+        });
+        assert!(drained);
+        assert_eq!(seen, 2, "the read and its cancel");
+    }
+}
