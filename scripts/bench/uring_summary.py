@@ -20,10 +20,14 @@ def load(path):
 runs = {}
 for path in sorted(glob.glob(os.path.join(out, "run-*.json"))):
     _, rnd, scenario, engine = os.path.basename(path)[:-5].split("-")
-    runs.setdefault((scenario, engine), []).append(load(path))
+    r = load(path)
+    cpu = os.path.join(out, f"cpu-{rnd}-{scenario}-{engine}.txt")
+    ticks, hz = (int(x) for x in open(cpu).read().split())
+    r["server_cpu_ms_per_session"] = ticks * 1000 / hz / r["sessions_total"]
+    runs.setdefault((scenario, engine), []).append(r)
 
-print("| scenario | engine | rounds | sessions/s | MB/s | p50 session ms | p99 session ms | errors | mismatches |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| scenario | engine | rounds (sessions/s each) | sessions/s | MB/s | server CPU ms/session | p50 session ms | p99 session ms | errors | mismatches |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 med = {}
 for scenario in ("login", "download"):
     for engine in ("epoll", "uring"):
@@ -37,28 +41,31 @@ for scenario in ("login", "download"):
         p99 = m(lambda r: r["latency_us"]["session"]["p99"]) / 1000
         errors = sum(r["errors"] for r in rs)
         mism = sum(r.get("mismatches", 0) + r.get("size_mismatches", 0) for r in rs)
-        med[(scenario, engine)] = (sps, mbs, p99)
+        cpu = m(lambda r: r["server_cpu_ms_per_session"])
+        med[(scenario, engine)] = (sps, mbs, p99, cpu)
         each = ", ".join(f'{r["sessions_per_s"]:.0f}' for r in rs)
-        print(f"| {scenario} | {engine} | {len(rs)} ({each}) | {sps:.0f} | {mbs:.1f} | {p50:.2f} | {p99:.2f} | {errors} | {mism} |")
+        print(f"| {scenario} | {engine} | {len(rs)} ({each}) | {sps:.0f} | {mbs:.1f} | {cpu:.3f} | {p50:.2f} | {p99:.2f} | {errors} | {mism} |")
 print()
 for scenario in ("login", "download"):
     if (scenario, "epoll") in med and (scenario, "uring") in med:
         e, u = med[(scenario, "epoll")], med[(scenario, "uring")]
-        print(f"{scenario}: io_uring/epoll sessions/s = {u[0] / e[0]:.3f}, MB/s = {(u[1] / e[1]) if e[1] else float('nan'):.3f}, p99 = {u[2] / e[2]:.3f}")
+        mb = f"{u[1] / e[1]:.3f}" if e[1] else "n/a"
+        print(f"{scenario}: io_uring/epoll sessions/s = {u[0] / e[0]:.3f}, MB/s = {mb}, server CPU/session = {u[3] / e[3]:.3f}, p99 = {u[2] / e[2]:.3f}")
 print()
 
-print("| scenario | engine | sessions | syscalls (perf) | syscalls/session | top calls per session (strace -c -f) |")
-print("|---|---|---|---|---|---|")
+print("| scenario | engine | sessions | syscalls/session | context switches/session | CPU ms/session | top calls per session (strace -c -f) |")
+print("|---|---|---|---|---|---|---|")
 for scenario in ("login", "download"):
     for engine in ("epoll", "uring"):
         perf = os.path.join(out, f"perf-{scenario}-{engine}.txt")
         sysj = os.path.join(out, f"sys-{scenario}-{engine}.json")
         if not (os.path.exists(perf) and os.path.exists(sysj)):
             continue
-        count = None
+        counts = {}
         for line in open(perf):
-            if "raw_syscalls:sys_enter" in line:
-                count = int(line.split(",")[0])
+            f = line.strip().split(",")
+            if len(f) > 2 and f[2] in ("raw_syscalls:sys_enter", "context-switches", "task-clock"):
+                counts[f[2]] = float(f[0])
         sessions = load(sysj)["sessions_total"]
         top = ""
         st = os.path.join(out, f"strace-{scenario}-{engine}.txt")
@@ -73,4 +80,5 @@ for scenario in ("login", "download"):
             calls.sort(reverse=True)
             top = ", ".join(f"{name} {n / s_sessions:.2f}" for n, name in calls[:8])
             top += f" (over {s_sessions} sessions)"
-        print(f"| {scenario} | {engine} | {sessions} | {count} | {count / sessions:.2f} | {top} |")
+        per = lambda k: counts.get(k, float("nan")) / sessions
+        print(f"| {scenario} | {engine} | {sessions} | {per('raw_syscalls:sys_enter'):.2f} | {per('context-switches'):.2f} | {per('task-clock'):.3f} | {top} |")

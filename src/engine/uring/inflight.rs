@@ -20,7 +20,7 @@
 //! `AsyncCancel` aimed at a finished operation cannot hit its successor.
 #![forbid(unsafe_code)]
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use slab::Slab;
 
@@ -48,11 +48,6 @@ pub enum Op<S> {
         slot: usize,
         /// The bytes and the iovec/msghdr describing them.
         buf: S,
-    },
-    /// shutdown(SHUT_WR) of `slot` before a lingering close.
-    Shutdown {
-        /// The connection's slab key.
-        slot: usize,
     },
     /// close(2) of a released descriptor (the kernel owns the fd now).
     Close,
@@ -151,20 +146,19 @@ pub enum Kind {
     Recv,
     /// Its send.
     Send,
-    /// Its shutdown(SHUT_WR).
-    Shutdown,
 }
 
 /// One connection's descriptor and its operations in flight (at most one
 /// of each kind: the `Conn` hands out one `Outgoing` at a time, and one
-/// recv at a time keeps input in order).
+/// recv at a time keeps input in order). shutdown(2) is a direct call, not
+/// an op: IORING_OP_SHUTDOWN always runs on an io-wq thread, which costs a
+/// context switch per session for a call that never blocks.
 #[derive(Debug)]
 pub struct Socket {
     /// `None` once released for closing.
     fd: Option<OwnedFd>,
     recv: Option<UserData>,
     send: Option<UserData>,
-    shutdown: Option<UserData>,
     closing: bool,
 }
 
@@ -175,7 +169,6 @@ impl Socket {
             fd: Some(fd),
             recv: None,
             send: None,
-            shutdown: None,
             closing: false,
         }
     }
@@ -183,15 +176,20 @@ impl Socket {
     /// The descriptor for a new SQE. Panics once the connection is closing:
     /// nothing new may be submitted on a parked descriptor.
     pub fn raw(&self) -> RawFd {
+        self.fd().as_raw_fd()
+    }
+
+    /// The descriptor, for a direct call (getpeername, shutdown). Panics
+    /// once the connection is closing, as [`Socket::raw`] does.
+    pub fn fd(&self) -> BorrowedFd<'_> {
         assert!(!self.closing, "new operation on a closing connection");
-        self.fd.as_ref().expect("descriptor present").as_raw_fd()
+        self.fd.as_ref().expect("descriptor present").as_fd()
     }
 
     fn field(&mut self, kind: Kind) -> &mut Option<UserData> {
         match kind {
             Kind::Recv => &mut self.recv,
             Kind::Send => &mut self.send,
-            Kind::Shutdown => &mut self.shutdown,
         }
     }
 
@@ -200,7 +198,6 @@ impl Socket {
         match kind {
             Kind::Recv => self.recv.is_some(),
             Kind::Send => self.send.is_some(),
-            Kind::Shutdown => self.shutdown.is_some(),
         }
     }
 
@@ -228,7 +225,7 @@ impl Socket {
     /// descriptor stays parked until they complete.
     pub fn close(&mut self) -> Vec<UserData> {
         self.closing = true;
-        [self.recv, self.send, self.shutdown]
+        [self.recv, self.send]
             .into_iter()
             .flatten()
             .collect()
@@ -237,7 +234,7 @@ impl Socket {
     /// The descriptor, once the connection is closing and no operation
     /// names it; `Some` exactly once.
     pub fn release(&mut self) -> Option<OwnedFd> {
-        let idle = self.recv.is_none() && self.send.is_none() && self.shutdown.is_none();
+        let idle = self.recv.is_none() && self.send.is_none();
         if self.closing && idle {
             self.fd.take()
         } else {

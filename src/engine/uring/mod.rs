@@ -2,8 +2,8 @@
 //! `Conn` as the epoll shard, with no protocol logic of its own.
 //!
 //! - `shard.rs`: the completion pump (multishot accept, recv, send/sendmsg,
-//!   shutdown, close, the waker's read; timers on the shard's heap with the
-//!   ring wait's timeout).
+//!   close, the waker's read; timers on the shard's heap with the ring
+//!   wait's timeout; shutdown(2) called directly, see `inflight::Socket`).
 //! - `ops.rs`: the ring and every SQE the backend pushes, each with the
 //!   `// SAFETY:` that names the owner of what the kernel touches.
 //! - `inflight.rs`: the owners, keyed by `user_data`, until the completion

@@ -294,18 +294,6 @@ impl Io {
         outgoing
     }
 
-    /// shutdown(SHUT_WR) of connection `slot`.
-    pub fn shutdown(&mut self, slot: usize, socket: &mut Socket) {
-        let ud = self.table.insert(Op::Shutdown { slot });
-        socket.started(Kind::Shutdown, ud);
-        let entry = opcode::Shutdown::new(Fd(socket.raw()), libc::SHUT_WR)
-            .build()
-            .user_data(ud);
-        // SAFETY: no memory is referenced; the descriptor is owned by
-        // `socket`, parked until this op completes (`Kind::Shutdown`).
-        unsafe { self.push(entry) };
-    }
-
     /// Closes a released descriptor through the ring.
     pub fn close(&mut self, fd: OwnedFd) {
         let ud = self.table.insert(Op::Close);

@@ -17,12 +17,11 @@ use super::ops;
 pub const FORCE_FAIL_ENV: &str = "SHARDPOP_URING_FORCE_FAIL";
 
 /// The opcodes the backend submits, with their names for the log.
-const OPCODES: [(u8, &str); 8] = [
+const OPCODES: [(u8, &str); 7] = [
     (opcode::AcceptMulti::CODE, "ACCEPT"),
     (opcode::Recv::CODE, "RECV"),
     (opcode::Send::CODE, "SEND"),
     (opcode::SendMsg::CODE, "SENDMSG"),
-    (opcode::Shutdown::CODE, "SHUTDOWN"),
     (opcode::Close::CODE, "CLOSE"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     (opcode::Read::CODE, "READ"),

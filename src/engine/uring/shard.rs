@@ -4,7 +4,7 @@
 //! ring keeps a read on. The completion pump: it moves bytes between the
 //! ring and the I/O-free `Conn`, the same `Conn` the epoll shard drives.
 //!
-//! Per connection at most one recv, one send and one shutdown are in flight
+//! Per connection at most one recv and one send are in flight
 //! (`inflight::Socket`). A closed connection's `Conn` is dropped at once
 //! (which releases its mailbox lock); its socket stays in the slab, parked,
 //! until the cancelled operations complete, and only then is its descriptor
@@ -219,7 +219,6 @@ impl Shard {
         match self.io.table.remove(cqe.user_data) {
             Op::Recv { slot } => self.received(slot, &cqe, now),
             Op::Send { slot, buf } => self.sent(slot, buf, &cqe, now),
-            Op::Shutdown { slot } => self.shut_down(slot, &cqe),
             // Pool results are drained every loop; keep the next wake armed.
             Op::Wake { buf } => self.arm_wake(buf),
             Op::Close | Op::Cancel => {}
@@ -353,16 +352,6 @@ impl Shard {
                 conn.fail(&e);
                 self.close(slot);
             }
-        }
-    }
-
-    fn shut_down(&mut self, slot: usize, cqe: &Cqe) {
-        let entry = &mut self.entries[slot];
-        entry.socket.finished(Kind::Shutdown);
-        if entry.conn.is_none() {
-            self.release(slot);
-        } else if cqe.error().is_some() {
-            self.close(slot);
         }
     }
 
@@ -564,7 +553,15 @@ fn pump(
     match conn.status() {
         Status::Close => return Status::Close,
         Status::Linger => {
-            io.shutdown(slot, socket);
+            // Directly, not through the ring (see `inflight::Socket`); the
+            // last send has completed, so the FIN follows every byte.
+            let fd = socket.fd();
+            if socket2::SockRef::from(&fd)
+                .shutdown(std::net::Shutdown::Write)
+                .is_err()
+            {
+                return Status::Close;
+            }
             conn.start_linger(cx.now);
         }
         Status::Open => {}
