@@ -239,7 +239,10 @@ fn start_uring(
         .map_err(StartError::Os)?;
     match rx.recv() {
         Ok(Ok(waker)) => Ok((waker, handle)),
-        Ok(Err(e)) => Err(StartError::Os(e)),
+        Ok(Err(e)) => Err(StartError::Os(std::io::Error::new(
+            e.kind(),
+            format!("io_uring shard {id}: {e}"),
+        ))),
         Err(_) => Err(StartError::Os(std::io::Error::other(
             "an io_uring shard thread died while starting",
         ))),

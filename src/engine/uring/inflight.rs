@@ -225,10 +225,7 @@ impl Socket {
     /// descriptor stays parked until they complete.
     pub fn close(&mut self) -> Vec<UserData> {
         self.closing = true;
-        [self.recv, self.send]
-            .into_iter()
-            .flatten()
-            .collect()
+        [self.recv, self.send].into_iter().flatten().collect()
     }
 
     /// The descriptor, once the connection is closing and no operation
