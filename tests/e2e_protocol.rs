@@ -590,3 +590,62 @@ fn writes_to_a_closed_socket_do_not_hurt_the_server(engine: Engine) {
     let mut c = connect_until_unlocked(&server, "alice", "pw-a");
     assert!(c.cmd("STAT").starts_with("+OK 9 "));
 }
+
+engine_test!(out_of_descriptors_pauses_accepts_and_recovers);
+fn out_of_descriptors_pauses_accepts_and_recovers(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    // Find which descriptor numbers a warmed-up server uses, then start one
+    // whose limit leaves exactly two free numbers (descriptors inherited
+    // from the test harness sit high, so count numbers, not entries).
+    let opts = || Opts {
+        shards: 1,
+        ..Opts::new(engine)
+    };
+    let warm = |server: &Server| -> Vec<usize> {
+        drop(server.connect());
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let used = warm(&Server::start_with(&tree, opts()));
+    let second_free = (0..).filter(|fd| !used.contains(fd)).nth(1).unwrap();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            nofile: Some(second_free + 1),
+            ..opts()
+        },
+    );
+    warm(&server);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    // The third waits in the backlog: accepting it fails with EMFILE.
+    let mut waiting = std::net::TcpStream::connect(server.addr).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut greeting = [0u8; 64];
+    assert!(
+        waiting.read(&mut greeting).is_err(),
+        "no descriptor, no greeting"
+    );
+    server.wait_log("accept failed; pausing accepts");
+    // A descriptor comes free: the paused accept is retried and succeeds.
+    assert!(a.cmd("QUIT").starts_with("+OK"));
+    assert!(a.is_closed());
+    drop(a);
+    waiting.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let n = waiting.read(&mut greeting).unwrap();
+    assert!(greeting[..n].starts_with(b"+OK"), "{:?}", &greeting[..n]);
+    assert!(b.cmd("CAPA").starts_with("+OK"));
+}

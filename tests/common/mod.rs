@@ -182,12 +182,13 @@ impl Engine {
 }
 
 /// How to start the server: engine, shards, extra TOML appended to the
-/// defaults the tests use, and environment variables.
+/// defaults the tests use, environment variables, and a descriptor limit.
 pub struct Opts {
     pub engine: Engine,
     pub shards: usize,
     pub toml: String,
     pub env: Vec<(&'static str, &'static str)>,
+    pub nofile: Option<usize>,
 }
 
 impl Opts {
@@ -199,6 +200,7 @@ impl Opts {
             shards: 2,
             toml: String::new(),
             env: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -216,7 +218,19 @@ impl Server {
             format!("[auth]\nfailure_delay_ms = 0\n{}", opts.toml)
         };
         config.write_all(toml.as_bytes()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        // With a descriptor limit, `prlimit` sets it before the server starts
+        // (a limit lowered later would not reach an accept already armed).
+        let mut command = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_shardpop"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shardpop")),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
