@@ -69,6 +69,15 @@ impl SendBuf {
     }
 }
 
+/// EINTR (a signal), EAGAIN or EBUSY (the CQ must be reaped first): the
+/// caller reaps and tries again on its next turn.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}
+
 /// One completion, copied out of the CQ.
 #[derive(Clone, Copy, Debug)]
 pub struct Cqe {
@@ -164,7 +173,13 @@ impl Io {
                     self.backlog.pop_front();
                 }
             }
-            self.ring.submit()?;
+            match self.ring.submit() {
+                Ok(_) => {}
+                // The CQ is full (EBUSY) or a signal came: reap, then go on
+                // flushing on the next turn (`wait` does not sleep then).
+                Err(e) if is_transient(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -173,6 +188,11 @@ impl Io {
     /// until `timeout` (a ring timeout: the wait's EXT_ARG timespec).
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.flush_backlog()?;
+        let timeout = if self.backlog.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let result = match timeout {
             Some(d) => {
                 let ts = Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -183,16 +203,8 @@ impl Io {
         };
         match result {
             Ok(_) => Ok(()),
-            // ETIME: the timeout passed; EINTR: a signal; EBUSY: the CQ is
-            // full and must be reaped first, which the caller does next.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
+            // ETIME: the timeout passed.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || is_transient(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -441,6 +453,27 @@ mod tests {
         io.table.remove(closed.user_data);
         assert!(io.table.is_empty());
         drop(b);
+    }
+
+    #[test]
+    fn more_entries_than_the_sq_holds_wait_in_the_backlog_in_order() {
+        let mut io = Io::new().unwrap();
+        let n = 3 * SQ_ENTRIES as usize;
+        // Cancels of nothing: each completes at once with ENOENT.
+        for _ in 0..n {
+            io.cancel(0);
+        }
+        assert!(!io.backlog.is_empty());
+        let cqes = completions(&mut io, n);
+        assert!(io.backlog.is_empty());
+        assert!(cqes.iter().all(|c| c.result == -libc::ENOENT));
+        let order: Vec<UserData> = cqes.iter().map(|c| c.user_data).collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|ud| ud >> 32);
+        assert_eq!(order, sorted, "submitted in the order pushed");
+        for c in cqes {
+            io.table.remove(c.user_data);
+        }
     }
 
     #[test]
