@@ -112,33 +112,7 @@ pub fn serve_with(
         hostname: hostname(),
     });
 
-    let mut wakers = Vec::with_capacity(shards);
-    let mut threads = Vec::with_capacity(shards);
-    for (id, own) in listeners.into_iter().enumerate() {
-        let settings = conn::Settings {
-            shard: id,
-            login_timeout: config.login_timeout(),
-            autologout: config.autologout(),
-            failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
-            output_buffer_bytes: config.limits.output_buffer_bytes,
-            recv_buffer_bytes: config.limits.recv_buffer_bytes,
-        };
-        let (waker, handle) = match backend {
-            Backend::Epoll => {
-                let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(&shared))
-                    .map_err(StartError::Os)?;
-                let waker = shard.waker();
-                let handle = thread::Builder::new()
-                    .name(format!("shard-{id}"))
-                    .spawn(move || shard.run())
-                    .map_err(StartError::Os)?;
-                (waker, handle)
-            }
-            Backend::Uring => start_uring(id, own, jobs.clone(), settings, Arc::clone(&shared))?,
-        };
-        wakers.push(waker);
-        threads.push(handle);
-    }
+    let (wakers, threads) = start_shards(backend, listeners, config, &jobs, &shared)?;
     drop(jobs);
     ready(&bound);
 
@@ -173,6 +147,46 @@ pub fn serve_with(
     let _ = watcher.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One shard thread per listener set, on `backend`; returns their wakers
+/// (for the signal thread) and join handles.
+fn start_shards(
+    backend: Backend,
+    listeners: Vec<Vec<std::net::TcpListener>>,
+    config: &Config,
+    jobs: &crossbeam_channel::Sender<worker::Job>,
+    shared: &Arc<shard::Shared>,
+) -> Result<(Vec<Arc<waker::Waker>>, Vec<thread::JoinHandle<()>>), StartError> {
+    let shards = listeners.len();
+    let mut wakers = Vec::with_capacity(shards);
+    let mut threads = Vec::with_capacity(shards);
+    for (id, own) in listeners.into_iter().enumerate() {
+        let settings = conn::Settings {
+            shard: id,
+            login_timeout: config.login_timeout(),
+            autologout: config.autologout(),
+            failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
+            output_buffer_bytes: config.limits.output_buffer_bytes,
+            recv_buffer_bytes: config.limits.recv_buffer_bytes,
+        };
+        let (waker, handle) = match backend {
+            Backend::Epoll => {
+                let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(shared))
+                    .map_err(StartError::Os)?;
+                let waker = shard.waker();
+                let handle = thread::Builder::new()
+                    .name(format!("shard-{id}"))
+                    .spawn(move || shard.run())
+                    .map_err(StartError::Os)?;
+                (waker, handle)
+            }
+            Backend::Uring => start_uring(id, own, jobs.clone(), settings, Arc::clone(shared))?,
+        };
+        wakers.push(waker);
+        threads.push(handle);
+    }
+    Ok((wakers, threads))
 }
 
 /// The pump the shards run.
