@@ -149,6 +149,9 @@ pub fn serve_with(
     Ok(())
 }
 
+/// A running shard's thread.
+type ShardThread = thread::JoinHandle<()>;
+
 /// One shard thread per listener set, on `backend`; returns their wakers
 /// (for the signal thread) and join handles.
 fn start_shards(
@@ -157,7 +160,7 @@ fn start_shards(
     config: &Config,
     jobs: &crossbeam_channel::Sender<worker::Job>,
     shared: &Arc<shard::Shared>,
-) -> Result<(Vec<Arc<waker::Waker>>, Vec<thread::JoinHandle<()>>), StartError> {
+) -> Result<(Vec<Arc<waker::Waker>>, Vec<ShardThread>), StartError> {
     let shards = listeners.len();
     let mut wakers = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
@@ -235,7 +238,7 @@ fn start_uring(
     jobs: crossbeam_channel::Sender<worker::Job>,
     settings: conn::Settings,
     shared: Arc<shard::Shared>,
-) -> Result<(Arc<waker::Waker>, thread::JoinHandle<()>), StartError> {
+) -> Result<(Arc<waker::Waker>, ShardThread), StartError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let handle = thread::Builder::new()
         .name(format!("shard-{id}"))
