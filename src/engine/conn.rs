@@ -1,7 +1,8 @@
 //! One client connection, without its socket: buffers, the protocol session,
 //! the mailbox and the body being streamed. `Conn` does no I/O; a backend
-//! (the pump: `epoll.rs`) moves bytes in and out through a small contract,
-//! the same for a readiness loop and a completion ring:
+//! (the pump: `shard.rs` on epoll, `uring/shard.rs` on io_uring) moves bytes
+//! in and out through a small contract, the same for a readiness loop and a
+//! completion ring:
 //!
 //! - input: [`Conn::input_space`] → the pump writes received bytes there →
 //!   [`Conn::on_input`] (or [`Conn::on_eof`]);
