@@ -712,3 +712,18 @@ fn uidls_and_order_follow_dovecot_uidlist_like_dovecot(engine: Engine) {
     assert_eq!(c.cmd("RETR 1"), "+OK 3 octets");
     assert_eq!(c.multiline().0, b"b\r\n");
 }
+
+engine_test!(the_mailbox_is_free_as_soon_as_quit_is_answered);
+fn the_mailbox_is_free_as_soon_as_quit_is_answered(engine: Engine) {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree, engine);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+    // The client keeps its socket open (the server lingers); a new session
+    // must get in at once, not after the linger.
+    let mut again = server.connect();
+    again.cmd("USER alice");
+    assert_eq!(again.cmd("PASS pw-a"), "+OK Logged in.");
+    drop(c);
+}

@@ -643,6 +643,9 @@ impl Conn {
     /// The pump shut down the write side: discard input until EOF or `LINGER`.
     pub fn start_linger(&mut self, now: Instant) {
         self.linger_until = Some(now + LINGER);
+        // The session is over: free the mailbox now, not when the client
+        // finally closes its side.
+        self.mailbox = None;
     }
 
     /// When the connection next needs the timer: its idle deadline, or
