@@ -15,6 +15,7 @@
 #![no_main]
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 
 use libfuzzer_sys::fuzz_target;
 use shardpop::protocol::{
@@ -66,11 +67,12 @@ impl Maildrop for MemDrop {
 }
 
 fn maildrop(script: &mut Script<'_>) -> MemDrop {
-    // Mostly small; sometimes past a 64-bit word of deletion marks and past
-    // the output high-water mark when listed.
+    // Mostly small; sometimes past a 64-bit word of deletion marks; rarely
+    // long enough for a listing to pass the output high-water mark.
     let count = match script.byte() {
         b @ 0..=199 => usize::from(b % 8),
-        b => usize::from(b) * 3,
+        b @ 200..=254 => 10 + usize::from(b - 200) * 2,
+        255 => 700,
     };
     let seed = u64::from(script.byte());
     let scale = if script.byte() & 1 == 1 { 1 << 30 } else { 1 };
@@ -401,7 +403,7 @@ impl Harness {
         };
         if list {
             for (i, size) in self.model.visible() {
-                want.push_str(&format!("{} {size}\r\n", i + 1));
+                write!(want, "{} {size}\r\n", i + 1).unwrap();
             }
             want.push_str(".\r\n");
         }
