@@ -283,6 +283,17 @@ impl Harness {
                 assert_eq!(self.session.summary().deleted, indices.len());
                 Pending::Commit
             }
+            // A SASL step is answered like a login (or, for SCRAM, with a
+            // challenge the model does not need).
+            Effect::Sasl { .. } => {
+                assert!(!self.model.logged_in, "SASL effect in TRANSACTION");
+                Pending::Login
+            }
+            Effect::StartTls => {
+                assert!(!self.model.logged_in, "STLS in TRANSACTION");
+                self.session.tls_started(shardpop::protocol::Offer { plaintext_auth: true, stls: false });
+                Pending::Nothing
+            }
             Effect::Close => {
                 assert!(self.session.is_closed());
                 Pending::Closed

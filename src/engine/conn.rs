@@ -450,7 +450,13 @@ impl Conn {
                     }
                 }
             }
-            Effect::Close => self.closing = true,
+            Effect::Close => {
+                self.closing = true;
+                // The session is over (QUIT answered, deletions committed):
+                // free the mailbox before the reply reaches the client, so
+                // its next login never meets its own lock.
+                self.mailbox = None;
+            }
         }
     }
 
