@@ -65,6 +65,9 @@ pub struct Stash {
     link: PathBuf,
 }
 
+/// A Maildir listing: base name → current path.
+type Listing = HashMap<Vec<u8>, PathBuf>;
+
 /// Bytes of CRLF content kept in memory before the cache stops growing.
 struct ContentCache {
     map: HashMap<(usize, Vec<u8>), Arc<[u8]>>,
@@ -76,7 +79,7 @@ struct ContentCache {
 pub struct Corpus {
     maildirs: Vec<PathBuf>,
     /// Per user: base name → current path, refreshed when a lookup misses.
-    index: Vec<Mutex<Option<HashMap<Vec<u8>, PathBuf>>>>,
+    index: Vec<Mutex<Option<Listing>>>,
     cache: Mutex<ContentCache>,
 }
 
@@ -111,10 +114,10 @@ impl Corpus {
     pub fn path_of(&self, user: usize, uidl: &[u8]) -> Option<PathBuf> {
         let base = base_name(uidl);
         let mut slot = self.index[user].lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(path) = slot.as_ref().and_then(|m| m.get(base)) {
-            if path.exists() {
-                return Some(path.clone());
-            }
+        if let Some(path) = slot.as_ref().and_then(|m| m.get(base))
+            && path.exists()
+        {
+            return Some(path.clone());
         }
         let fresh = scan_maildir(&self.maildirs[user]);
         let found = fresh.get(base).cloned();
@@ -194,7 +197,7 @@ impl Corpus {
 
 /// Lists `new/` and `cur/`: base name → path. Unreadable directories read as empty
 /// (the caller then reports the message as unmapped).
-fn scan_maildir(dir: &Path) -> HashMap<Vec<u8>, PathBuf> {
+fn scan_maildir(dir: &Path) -> Listing {
     let mut map = HashMap::new();
     for sub in ["new", "cur"] {
         let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {

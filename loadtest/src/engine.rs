@@ -177,14 +177,14 @@ fn watch<T>(
         std::thread::sleep(Duration::from_millis(50));
         let idling = Live::get(&live.idling);
         idle_peak = idle_peak.max(idling);
-        if let (Some(path), false) = (&cfg.ready_file, ready_written) {
-            if idling >= cfg.concurrency as u64 {
-                ready_written = std::fs::write(path, format!("{idling}\n")).is_ok();
-                eprintln!(
-                    "idle: {idling} connections logged in after {:.1}s",
-                    start.elapsed().as_secs_f64()
-                );
-            }
+        if let (Some(path), false) = (&cfg.ready_file, ready_written)
+            && idling >= cfg.concurrency as u64
+        {
+            ready_written = std::fs::write(path, format!("{idling}\n")).is_ok();
+            eprintln!(
+                "idle: {idling} connections logged in after {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
         }
         let now = Instant::now();
         if cfg.progress && now >= next_print {
@@ -298,11 +298,11 @@ impl<'a> Worker<'a> {
             }
             self.launch(now);
             let timeout = self.next_wake(now, next_tick);
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("loadtest: poll failed: {e}");
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                eprintln!("loadtest: poll failed: {e}");
+                break;
             }
             for event in events.iter() {
                 self.on_event(event.token().0);
@@ -335,16 +335,18 @@ impl<'a> Worker<'a> {
     }
 
     fn next_wake(&self, now: Instant, next_tick: Instant) -> Duration {
-        let mut wake = next_tick.min(self.clock.deadline.max(now));
-        if self.stopping {
-            wake = wake.min(self.clock.hard_stop);
+        let wake = if self.stopping {
+            next_tick.min(self.clock.hard_stop)
         } else if self.interval.is_some() {
-            wake = wake.min(self.next_arrival);
-        } else if let Some(Reverse(slot)) = self.slots.peek() {
-            if !self.free_users.is_empty() && self.may_connect() {
-                wake = wake.min(*slot);
+            next_tick.min(self.clock.deadline).min(self.next_arrival)
+        } else {
+            let slot = self.slots.peek().map(|Reverse(at)| *at);
+            let can_start = !self.free_users.is_empty() && self.may_connect();
+            match slot {
+                Some(at) if can_start => next_tick.min(self.clock.deadline).min(at),
+                _ => next_tick.min(self.clock.deadline),
             }
-        }
+        };
         wake.saturating_duration_since(now)
     }
 
@@ -482,7 +484,13 @@ impl<'a> Worker<'a> {
             Step::Completed => {
                 conn.state = ConnState::Closing;
                 conn.deadline = now + CLOSE_WAIT;
+                // The server's close may have come with the reply (edge-triggered:
+                // no new event would tell us), so read on now.
+                let closed = matches!(drain_to_eof(conn, &mut self.scratch), Step::Close);
                 self.session_ended(now);
+                if closed {
+                    self.close(key);
+                }
             }
             Step::Close => self.close(key),
             Step::Fail(error) => {

@@ -204,10 +204,10 @@ impl Session {
                     Sink::Body(check) => check.feed(chunk),
                 });
                 at += progress.consumed;
-                if let (false, Sink::Listing(buf)) = (progress.done, &*sink) {
-                    if buf.len() > LISTING_BYTES_MAX {
-                        return Err(SessionError::new(ErrorKind::Protocol, "listing too long"));
-                    }
+                if let (false, Sink::Listing(buf)) = (progress.done, &*sink)
+                    && buf.len() > LISTING_BYTES_MAX
+                {
+                    return Err(SessionError::new(ErrorKind::Protocol, "listing too long"));
                 }
                 if progress.done {
                     let (_, sink) = self.multiline.take().expect("checked above");

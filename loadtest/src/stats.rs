@@ -412,11 +412,13 @@ mod tests {
 
     #[test]
     fn json_line_has_the_stable_fields() {
-        let mut s = Stats::default();
-        s.sessions = 50;
-        s.messages = 200;
-        s.bytes = 4_000_000;
-        s.mismatches = 1;
+        let mut s = Stats {
+            sessions: 50,
+            messages: 200,
+            bytes: 4_000_000,
+            mismatches: 1,
+            ..Stats::default()
+        };
         s.errors[ErrorKind::Timeout as usize] = 3;
         s.record(Timer::Connect, 250);
         let report = Report::new(input(2.0), &s);
