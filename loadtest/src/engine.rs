@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// Idle: a file written once every connection is logged in and idling.
     pub ready_file: Option<PathBuf>,
+    /// Idle: end the run this long after every connection is idling
+    /// (`duration` stays the upper bound).
+    pub hold: Option<Duration>,
 }
 
 /// What a run produced.
@@ -69,6 +72,8 @@ pub struct Outcome {
     pub measured_s: f64,
     pub idle_peak: u64,
     pub client_cpu_s: f64,
+    /// Sessions completed over the whole run (warm-up and drain included).
+    pub sessions_total: u64,
 }
 
 /// The clock of a run, the same for every thread.
@@ -158,6 +163,7 @@ pub fn run(cfg: RunConfig) -> Result<Outcome, String> {
         measured_s,
         idle_peak,
         client_cpu_s: crate::stats::process_cpu_s() - cpu_before,
+        sessions_total: Live::get(&live.sessions),
     })
 }
 
@@ -171,6 +177,7 @@ fn watch<T>(
 ) -> u64 {
     let mut idle_peak = 0;
     let mut ready_written = false;
+    let mut all_idle_at: Option<Instant> = None;
     let mut last = (Instant::now(), 0u64, 0u64);
     let mut next_print = start + Duration::from_secs(1);
     while !handles.iter().all(|h| h.is_finished()) {
@@ -181,12 +188,23 @@ fn watch<T>(
             && idling >= cfg.concurrency as u64
         {
             ready_written = std::fs::write(path, format!("{idling}\n")).is_ok();
+        }
+        if all_idle_at.is_none()
+            && cfg.plan.scenario == Scenario::Idle
+            && idling >= cfg.concurrency as u64
+        {
+            all_idle_at = Some(Instant::now());
             eprintln!(
                 "idle: {idling} connections logged in after {:.1}s",
                 start.elapsed().as_secs_f64()
             );
         }
         let now = Instant::now();
+        if let (Some(at), Some(hold)) = (all_idle_at, cfg.hold)
+            && now >= at + hold
+        {
+            live.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if cfg.progress && now >= next_print {
             next_print += Duration::from_secs(1);
             let (sessions, bytes) = (Live::get(&live.sessions), Live::get(&live.bytes));
@@ -290,7 +308,8 @@ impl<'a> Worker<'a> {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let now = Instant::now();
-            if !self.stopping && now >= self.clock.deadline {
+            let stop_early = self.live.stop.load(std::sync::atomic::Ordering::Relaxed);
+            if !self.stopping && (now >= self.clock.deadline || stop_early) {
                 self.begin_stop(now);
             }
             if self.stopping && (self.conns.is_empty() || now >= self.clock.hard_stop) {

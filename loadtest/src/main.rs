@@ -88,6 +88,10 @@ struct Args {
     /// idle: write this file once all connections are logged in.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// idle: stop this many seconds after every connection is logged in
+    /// (--duration remains the upper bound).
+    #[arg(long)]
+    hold: Option<f64>,
     /// Never print the live progress line (it is shown only on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
@@ -202,6 +206,7 @@ fn build_config(args: &Args) -> Result<RunConfig, String> {
         seed: args.seed,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         ready_file: args.ready_file.clone(),
+        hold: args.hold.map(seconds).transpose()?,
     })
 }
 
@@ -227,6 +232,7 @@ fn run_load(args: &Args) -> Result<(), String> {
             verify,
             idle_peak: outcome.idle_peak,
             client_cpu_s: outcome.client_cpu_s,
+            sessions_total: outcome.sessions_total,
         },
         &outcome.stats,
     );

@@ -155,6 +155,8 @@ pub struct Live {
     pub open: AtomicU64,
     /// Idle scenario: connections logged in and idling.
     pub idling: AtomicU64,
+    /// Set by the main thread to end the run early (idle `--hold`).
+    pub stop: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -216,6 +218,9 @@ pub struct Report {
     pub threads: usize,
     pub duration_s: f64,
     pub sessions: u64,
+    /// Sessions completed in the whole run, warm-up and drain included: what
+    /// the server did while its CPU time was being read (CPU per session).
+    pub sessions_total: u64,
     pub sessions_per_s: f64,
     pub messages: u64,
     pub messages_per_s: f64,
@@ -254,6 +259,7 @@ pub struct ReportInput<'a> {
     pub verify: bool,
     pub idle_peak: u64,
     pub client_cpu_s: f64,
+    pub sessions_total: u64,
 }
 
 impl Report {
@@ -288,6 +294,7 @@ impl Report {
             threads: input.threads,
             duration_s: round(input.duration_s),
             sessions: stats.sessions,
+            sessions_total: input.sessions_total,
             sessions_per_s: round(per_s(stats.sessions)),
             messages: stats.messages,
             messages_per_s: round(per_s(stats.messages)),
@@ -375,6 +382,7 @@ mod tests {
             verify: true,
             idle_peak: 0,
             client_cpu_s: 0.5,
+            sessions_total: 60,
         }
     }
 
@@ -429,6 +437,7 @@ mod tests {
         assert_eq!(v["concurrency"], 4);
         assert_eq!(v["duration_s"], 2.0);
         assert_eq!(v["sessions"], 50);
+        assert_eq!(v["sessions_total"], 60);
         assert_eq!(v["sessions_per_s"], 25.0);
         assert_eq!(v["messages_per_s"], 100.0);
         assert_eq!(v["mb_per_s"], 2.0);

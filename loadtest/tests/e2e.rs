@@ -197,6 +197,7 @@ fn config(
         seed: 3,
         progress: false,
         ready_file: None,
+        hold: None,
     }
 }
 
@@ -281,14 +282,21 @@ fn idle_holds_every_connection_then_quits() {
     let mut cfg = config(Scenario::Idle, addr, users, None);
     cfg.concurrency = 12;
     cfg.ready_file = Some(ready.clone());
+    cfg.duration = Duration::from_secs(30);
+    cfg.hold = Some(Duration::from_millis(300));
+    let started = std::time::Instant::now();
     let Outcome {
         stats, idle_peak, ..
     } = engine::run(cfg).unwrap();
     assert_eq!(idle_peak, 12);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "--hold ends the run early"
+    );
     assert_eq!(std::fs::read_to_string(&ready).unwrap(), "12\n");
     assert_eq!(
-        stats.sessions, 0,
-        "QUIT comes after the deadline, outside the window"
+        stats.sessions, 12,
+        "every idle session QUITs cleanly at the end"
     );
     assert_eq!((stats.error_total(), stats.aborted), (0, 0));
     let _ = std::fs::remove_dir_all(&root);

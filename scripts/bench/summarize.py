@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""summarize: the table of medians from a bench-vs-dovecot results.jsonl.
+
+  summarize.py results.jsonl > table.md
+  summarize.py --last results.jsonl      one line about the last record
+
+Every number is the median over the rounds of one (server, scenario,
+concurrency). Ratios are shardpop / Dovecot: above 1 is better for rates,
+below 1 is better for latencies, CPU and memory. Stdlib only.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+SERVERS = ("shardpop", "dovecot")
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "—"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def cpu_per_1k(run):
+    sessions = run["result"].get("sessions_total") or run["result"]["sessions"]
+    if not sessions:
+        return None
+    return run["server_cpu_s"] / sessions * 1000
+
+
+# (label, extractor, digits) per scenario
+METRICS = {
+    "login": [
+        ("sessions/s", lambda r: r["result"]["sessions_per_s"], 0),
+        ("p99 connect+greeting µs", lambda r: r["result"]["latency_us"]["connect"]["p99"], 0),
+        ("p99 login µs", lambda r: r["result"]["latency_us"]["login"]["p99"], 0),
+        ("server CPU s / 1,000 sessions", cpu_per_1k, 3),
+    ],
+    "download": [
+        ("MB/s", lambda r: r["result"]["mb_per_s"], 1),
+        ("messages/s", lambda r: r["result"]["messages_per_s"], 0),
+        ("p99 login µs", lambda r: r["result"]["latency_us"]["login"]["p99"], 0),
+        ("p99 RETR µs", lambda r: r["result"]["latency_us"]["retr"]["p99"], 0),
+        ("server CPU s / 1,000 sessions", cpu_per_1k, 3),
+    ],
+    "sync": [
+        ("sessions/s", lambda r: r["result"]["sessions_per_s"], 0),
+        ("MB/s", lambda r: r["result"]["mb_per_s"], 1),
+        ("p99 login µs", lambda r: r["result"]["latency_us"]["login"]["p99"], 0),
+        ("p99 RETR µs", lambda r: r["result"]["latency_us"]["retr"]["p99"], 0),
+        ("server CPU s / 1,000 sessions", cpu_per_1k, 3),
+    ],
+    "delete": [
+        ("sessions/s", lambda r: r["result"]["sessions_per_s"], 0),
+        ("MB/s", lambda r: r["result"]["mb_per_s"], 1),
+        ("p99 RETR µs", lambda r: r["result"]["latency_us"]["retr"]["p99"], 0),
+        ("server CPU s / 1,000 sessions", cpu_per_1k, 3),
+    ],
+}
+
+
+def one_line(record):
+    """A progress line for one record (the script prints it after each run)."""
+    if record["kind"] == "loopback":
+        return f"loopback: {record['streams']} stream(s) {record['mb_per_s']:,.0f} MB/s"
+    if record["kind"] == "idle":
+        d = record
+        per = (d["pss_after_kib"] - d["pss_before_kib"]) / d["connections"]
+        return (f"  {d['server']:<8} idle {d['connections']}: peak {d['idle_peak']} logged in, "
+                f"{per:.1f} KiB PSS per connection, errors {d['errors']}")
+    d, r = record, record["result"]
+    lat = r["latency_us"]
+    return (f"  {d['server']:<8} {d['scenario']:<8} c={d['concurrency']:<4} round {d['round']}: "
+            f"{r['sessions_per_s']:>8.1f} sessions/s {r['mb_per_s']:>8.1f} MB/s  "
+            f"p99 login {lat['login']['p99']} us  p99 RETR {lat['retr']['p99']} us  "
+            f"errors {r['errors']} mismatches {r['mismatches']}  server CPU {d['server_cpu_s']:.2f} s")
+
+
+def main():
+    if sys.argv[1] == "--last":
+        print(one_line(load(sys.argv[2])[-1]))
+        return
+    records = load(sys.argv[1])
+    env = next((r for r in records if r["kind"] == "env"), {})
+    loops = [r for r in records if r["kind"] == "loopback"]
+    runs = defaultdict(list)
+    for r in records:
+        if r["kind"] == "load":
+            runs[(r["scenario"], r["concurrency"], r["server"])].append(r)
+    idle = defaultdict(list)
+    for r in records:
+        if r["kind"] == "idle":
+            idle[(r["connections"], r["server"])].append(r)
+
+    out = []
+    limit = max((r["mb_per_s"] for r in loops), default=None)
+    if env:
+        out.append(f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, kernel {env.get('kernel', '?')}; "
+                   f"Dovecot {env.get('dovecot', '?')}; shardpop {env.get('shardpop', '?')}; rounds {env.get('rounds', '?')}, "
+                   f"{env.get('duration_s', '?')} s each after {env.get('warmup_s', '?')} s warm-up.")
+        out.append("")
+    for r in loops:
+        out.append(f"Loopback TCP limit, {r['streams']} stream(s): {r['mb_per_s']:,.0f} MB/s")
+    out.append("")
+    out.append("| scenario | c | metric | shardpop | Dovecot | shardpop/Dovecot |")
+    out.append("|---|---:|---|---:|---:|---:|")
+    order = ["login", "download", "sync", "delete"]
+    keys = sorted({(s, c) for (s, c, _) in runs}, key=lambda k: (order.index(k[0]) if k[0] in order else 9, k[1]))
+    for scenario, conc in keys:
+        for label, get, digits in METRICS.get(scenario, []):
+            vals = {srv: median([get(r) for r in runs.get((scenario, conc, srv), [])]) for srv in SERVERS}
+            out.append(f"| {scenario} | {conc} | {label} | {fmt(vals['shardpop'], digits)} | "
+                       f"{fmt(vals['dovecot'], digits)} | {ratio(vals['shardpop'], vals['dovecot'])} |")
+        if scenario == "download" and limit:
+            vals = {srv: median([r["result"]["mb_per_s"] for r in runs.get((scenario, conc, srv), [])]) for srv in SERVERS}
+            pct = {srv: (v / limit * 100 if v is not None else None) for srv, v in vals.items()}
+            out.append(f"| {scenario} | {conc} | % of loopback limit | {fmt(pct['shardpop'], 1)} | {fmt(pct['dovecot'], 1)} | |")
+    for conns in sorted({n for (n, _) in idle}):
+        vals, peaks = {}, {}
+        for srv in SERVERS:
+            rs = idle.get((conns, srv), [])
+            vals[srv] = median([(r["pss_after_kib"] - r["pss_before_kib"]) / conns for r in rs if r["idle_peak"] >= conns])
+            peaks[srv] = max((r["idle_peak"] for r in rs), default=None)
+        out.append(f"| idle | {conns} | memory per idle connection, KiB (PSS) | {fmt(vals['shardpop'], 1)} | "
+                   f"{fmt(vals['dovecot'], 1)} | {ratio(vals['shardpop'], vals['dovecot'])} |")
+        if any(p is not None and p < conns for p in peaks.values()):
+            out.append(f"| idle | {conns} | connections that reached idle | {fmt(peaks['shardpop'])} | {fmt(peaks['dovecot'])} | |")
+    out.append("")
+    out.append("| server | runs | errors | body mismatches | unmapped UIDLs | size mismatches | aborted |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    for srv in SERVERS:
+        rs = [r for k, v in runs.items() if k[2] == srv for r in v]
+        if not rs:
+            out.append(f"| {srv} | 0 | — | — | — | — | — |")
+            continue
+        tot = lambda key: sum(r["result"][key] for r in rs)
+        out.append(f"| {srv} | {len(rs)} | {tot('errors')} | {tot('mismatches')} | {tot('unmapped')} | "
+                   f"{tot('size_mismatches')} | {tot('aborted')} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
