@@ -145,6 +145,16 @@ def main():
         if any(p is not None and p < conns for p in peaks.values()):
             out.append(f"| idle | {conns} | connections that reached idle | {fmt(peaks['shardpop'])} | {fmt(peaks['dovecot'])} | |")
     out.append("")
+    out.append("Every round of the headline metric (the table shows the median), to show the spread:")
+    out.append("")
+    for scenario, conc in keys:
+        label, get, digits = METRICS[scenario][0]
+        for srv in SERVERS:
+            rs = sorted(runs.get((scenario, conc, srv), []), key=lambda r: r["round"])
+            if rs:
+                vals = ", ".join(fmt(get(r), digits) for r in rs)
+                out.append(f"- {scenario} c={conc} {label}, {srv}: {vals}")
+    out.append("")
     out.append("| server | runs | errors | body mismatches | unmapped UIDLs | size mismatches | aborted |")
     out.append("|---|---:|---:|---:|---:|---:|---:|")
     for srv in SERVERS:
