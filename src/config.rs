@@ -1,1 +1,257 @@
-//! Typed configuration: see docs/operations.md.
+//! Typed configuration: a TOML file (see `shardpop.example.toml`), defaults for
+//! everything, and command-line flags that override the file. Every limit is
+//! named with its unit last.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::MailLocation;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, shards and the worker pool.
+    pub server: Server,
+    /// The passdb and login behaviour.
+    pub auth: Auth,
+    /// Where mail lives.
+    pub mail: Mail,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Plain POP3 listeners (port 110 in production).
+    pub listen: Vec<SocketAddr>,
+    /// Shards (threads with their own event loop and listener); 0 = one per core.
+    pub shards: usize,
+    /// Worker-pool threads for hashing, scans and deletions; 0 = 2 per core.
+    pub workers: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 110))],
+            shards: 0,
+            workers: 0,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// A Dovecot passwd-file (`user:{SCHEME}hash:uid:gid::home::extra`).
+    pub passwd_file: Option<PathBuf>,
+    /// How long a failed login waits before its `-ERR` (Dovecot's
+    /// `auth_failure_delay`, 2 s by default).
+    pub failure_delay_ms: u64,
+    /// Offer APOP (the greeting then carries a challenge). Only users with
+    /// plaintext passwords in the passdb can use it.
+    pub apop: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            passwd_file: None,
+            failure_delay_ms: 2000,
+            apop: false,
+        }
+    }
+}
+
+/// `[mail]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mail {
+    /// Dovecot's `mail_location` syntax, e.g. `maildir:~/Maildir` or
+    /// `maildir:/srv/mail/%d/%n`. A user's `userdb_mail` extra field wins.
+    pub location: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest command line including CRLF (RFC 2449: 255).
+    pub line_bytes_max: usize,
+    /// Bad commands before the connection is closed.
+    pub bad_commands_max: u32,
+    /// Idle time allowed before login.
+    pub login_timeout_ms: u64,
+    /// Idle time allowed after login (RFC 1939: at least 10 minutes).
+    pub autologout_ms: u64,
+    /// After SIGTERM/SIGINT, how long sessions may finish before they are closed.
+    pub shutdown_grace_ms: u64,
+    /// Output a connection may queue before it stops reading commands or
+    /// reading ahead in a body; bounds memory per connection.
+    pub output_buffer_bytes: usize,
+    /// Receive buffer per connection (pipelined commands waiting their turn).
+    pub recv_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            line_bytes_max: 255,
+            bad_commands_max: 20,
+            login_timeout_ms: 60_000,
+            autologout_ms: 600_000,
+            shutdown_grace_ms: 10_000,
+            output_buffer_bytes: 64 * 1024,
+            recv_buffer_bytes: 4096,
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML for this schema.
+    Parse(PathBuf, toml::de::Error),
+    /// A value is out of range or missing.
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ConfigError::Parse(p, e) => write!(f, "{}: {e}", p.display()),
+            ConfigError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+
+    /// Checks what can be checked before binding anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if self.server.listen.is_empty() {
+            return invalid("no listen address: set server.listen or --listen");
+        }
+        if self.auth.passwd_file.is_none() {
+            return invalid("no passdb: set auth.passwd_file or --passwd-file");
+        }
+        let Some(location) = &self.mail.location else {
+            return invalid("no mail location: set mail.location or --mail-location");
+        };
+        MailLocation::parse(location).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let l = &self.limits;
+        if !(16..=8192).contains(&l.line_bytes_max) {
+            return invalid("limits.line_bytes_max must be between 16 and 8192");
+        }
+        if l.recv_buffer_bytes < l.line_bytes_max * 2 {
+            return invalid(
+                "limits.recv_buffer_bytes must be at least twice limits.line_bytes_max",
+            );
+        }
+        if l.output_buffer_bytes < 4096 {
+            return invalid("limits.output_buffer_bytes must be at least 4096");
+        }
+        if l.bad_commands_max == 0 {
+            return invalid("limits.bad_commands_max must be at least 1");
+        }
+        if l.autologout_ms < 600_000 {
+            tracing::warn!(
+                autologout_ms = l.autologout_ms,
+                "limits.autologout_ms is below the 10 minutes RFC 1939 requires"
+            );
+        }
+        Ok(())
+    }
+
+    /// Shards to run.
+    pub fn shards(&self) -> usize {
+        match self.server.shards {
+            0 => cores(),
+            n => n,
+        }
+    }
+
+    /// Worker-pool threads to run.
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
+            0 => cores() * 2,
+            n => n,
+        }
+    }
+
+    /// The `[limits]` durations.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.login_timeout_ms)
+    }
+
+    /// Idle time allowed in TRANSACTION.
+    pub fn autologout(&self) -> Duration {
+        Duration::from_millis(self.limits.autologout_ms)
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shardpop.example.toml");
+        let config = Config::load(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.line_bytes_max, 255);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("[limits]\nline_bytes = 3\n").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = Config::default();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("passwd_file")
+        );
+        c.auth.passwd_file = Some("/etc/users".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mail location")
+        );
+        c.mail.location = Some("mbox:~/mail".into());
+        assert!(c.validate().unwrap_err().to_string().contains("maildir"));
+        c.mail.location = Some("maildir:~/Maildir".into());
+        c.validate().unwrap();
+        c.limits.recv_buffer_bytes = 100;
+        assert!(c.validate().is_err());
+    }
+}

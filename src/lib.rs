@@ -26,6 +26,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod metrics;
 pub mod protocol;

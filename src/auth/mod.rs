@@ -1,1 +1,101 @@
-//! auth layer: see docs/architecture.md.
+//! auth: who may log in. Owns the passdb (Dovecot's passwd-file format), the
+//! password schemes, APOP, and the user-name check.
+//!
+//! Everything here that hashes or reads the passwd-file is blocking work: it
+//! runs on the worker pool, never on a shard thread. The one exception is
+//! [`Passdb::has_plaintext`], a lock-free flag read the shard may use when it
+//! writes the greeting. This layer must not know about sockets, sessions or
+//! Maildir: it answers "is this the user, and what does the passwd-file say
+//! about them" and nothing else.
+//!
+//! The contract with the engine:
+//! - [`Passdb::open`] at startup; a missing or unreadable file is an error.
+//! - [`Passdb::verify_plain`] / [`Passdb::verify_apop`] on the pool. Unknown
+//!   user and wrong password give the same `Ok(None)` at the same cost, so
+//!   the timing of a failed login does not tell which one it was.
+//! - `Err` means an operating error (the passwd-file could not be re-read):
+//!   answer `-ERR [SYS/TEMP]` and log it.
+//! - On success, [`UserEntry`] carries the home and the extra fields
+//!   (`userdb_mail`, ...). The passdb does not see the peer address, so the
+//!   engine must check [`UserEntry::allows_peer`] (Dovecot's `allow_nets`).
+
+#![forbid(unsafe_code)]
+
+mod apop;
+mod passdb;
+mod passwd_file;
+mod scheme;
+mod user;
+mod username;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+pub use passdb::Passdb;
+pub use scheme::{Scheme, hash_password};
+pub use user::UserEntry;
+pub use username::valid_username;
+
+/// Why the auth layer could not answer. Bad credentials are never an error:
+/// they are `Ok(None)`.
+#[derive(Debug)]
+pub enum AuthError {
+    /// The passwd-file could not be opened, stat'ed or read. At startup this
+    /// is fatal; after startup the last good copy is kept in memory and the
+    /// file is retried on the next check, but lookups fail until then.
+    Io {
+        /// The passwd-file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The passwd-file is larger than [`PASSWD_FILE_BYTES_MAX`]; it is
+    /// refused whole rather than read into memory.
+    TooLarge {
+        /// The passwd-file.
+        path: PathBuf,
+        /// Its size when it was checked.
+        bytes: u64,
+    },
+    /// A scheme name that Dovecot does not define, or that this server does
+    /// not implement (for `Scheme::from_str`).
+    UnknownScheme {
+        /// The name as given.
+        name: String,
+    },
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Io { path, source } => {
+                write!(f, "passwd-file {}: {source}", path.display())
+            }
+            AuthError::TooLarge { path, bytes } => write!(
+                f,
+                "passwd-file {}: {bytes} bytes is more than the limit of {PASSWD_FILE_BYTES_MAX}",
+                path.display()
+            ),
+            AuthError::UnknownScheme { name } => write!(f, "unknown password scheme {name:?}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthError::Io { source, .. } => Some(source),
+            AuthError::TooLarge { .. } | AuthError::UnknownScheme { .. } => None,
+        }
+    }
+}
+
+/// The largest passwd-file we read: about ten million users with long
+/// hashes and extra fields. A bigger file is a mistake, not a passdb.
+pub const PASSWD_FILE_BYTES_MAX: u64 = 2 << 30;
+
+/// The longest password we hash. SHA-crypt costs grow with the square of the
+/// password length, so an unbounded password is a denial of service; no
+/// POP3 client sends a kilobyte of password.
+pub const PASSWORD_BYTES_MAX: usize = 1024;

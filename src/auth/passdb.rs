@@ -1,0 +1,418 @@
+//! The passdb: one passwd-file loaded into a `HashMap`, re-read when it
+//! changes, and the two ways to check a login against it.
+//!
+//! Reload: a lookup checks the file's identity (device, inode, size, mtime
+//! to the nanosecond) at most once per [`RELOAD_CHECK_INTERVAL`]; only one
+//! thread checks at a time and the others keep using the current table. A
+//! changed file is read and parsed in full, then swapped in whole. When the
+//! file cannot be read, lookups fail with [`AuthError::Io`] (the engine
+//! answers `-ERR [SYS/TEMP]`), the last good table stays in memory, and the
+//! next check tries again.
+//!
+//! Timing: an unknown user costs what a wrong password costs. The table
+//! keeps a dummy password of the cost class (scheme and work factors) most
+//! users have, and a miss verifies the login against it and throws the
+//! answer away. Users whose scheme differs from the majority still cost what
+//! their own scheme costs; that is the price of mixed files.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+
+use super::passwd_file::{self, Entry, Password, Problem};
+use super::scheme::{Cost, StoredPassword};
+use super::username::{lookup_key, valid_username};
+use super::{AuthError, PASSWD_FILE_BYTES_MAX, PASSWORD_BYTES_MAX, UserEntry, apop};
+
+/// How often a lookup may look at the passwd-file for changes.
+pub(crate) const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this many problems are logged per load; the rest are counted.
+const PROBLEMS_LOGGED_MAX: usize = 100;
+
+/// Used when no user has a verifiable password: SHA512-CRYPT at the default
+/// 5000 rounds, of a random password nobody kept.
+const FALLBACK_DUMMY: &str = "$6$shardpopdummy.00$W3XwoAbpOhF.N8TfRU.6Gq99F1ODxLq29AvXDv9nx4WXkIyDr6BS6kGrRrXgtsZYhcvj3b.0eUQxwy49jY2.11";
+
+/// Hashed into APOP digests for unknown users, so they cost an MD5 too.
+const APOP_DUMMY_PASSWORD: &[u8] = b"shardpop-apop-dummy";
+
+/// A passwd-file, shared by the worker pool threads (`Arc<Passdb>`).
+pub struct Passdb {
+    path: PathBuf,
+    check_interval: Duration,
+    current: RwLock<Current>,
+    /// When the file was last checked; `try_lock`ed so one thread checks.
+    last_check: Mutex<Instant>,
+    /// Mirrors `current.table.has_plaintext` for lock-free reads.
+    has_plaintext: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Current {
+    table: Arc<Table>,
+    /// Set while the file cannot be read; lookups fail until it clears.
+    failure: Option<Failure>,
+}
+
+/// Why the last check could not read the file (an `io::Error` is not
+/// `Clone`, so its kind and text are kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Failure {
+    Io(io::ErrorKind, String),
+    TooLarge(u64),
+}
+
+impl Failure {
+    fn of(error: &AuthError) -> Failure {
+        match error {
+            AuthError::TooLarge { bytes, .. } => Failure::TooLarge(*bytes),
+            AuthError::Io { source, .. } => Failure::Io(source.kind(), source.to_string()),
+            // `load` never fails this way; kept total rather than panicking.
+            AuthError::UnknownScheme { name } => Failure::Io(io::ErrorKind::Other, name.clone()),
+        }
+    }
+
+    fn to_error(&self, path: &Path) -> AuthError {
+        match self {
+            Failure::Io(kind, text) => AuthError::Io {
+                path: path.to_owned(),
+                source: io::Error::new(*kind, text.clone()),
+            },
+            Failure::TooLarge(bytes) => AuthError::TooLarge {
+                path: path.to_owned(),
+                bytes: *bytes,
+            },
+        }
+    }
+}
+
+/// Which file a table was read from: a new inode (rename over), a new size
+/// or a new mtime means a new file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// One loaded passwd-file.
+struct Table {
+    users: HashMap<String, Entry>,
+    /// What a miss is verified against (see the module doc).
+    dummy: StoredPassword,
+    stamp: Stamp,
+    has_plaintext: bool,
+}
+
+impl Table {
+    fn new(users: HashMap<String, Entry>, stamp: Stamp) -> Table {
+        let has_plaintext = users.values().any(|entry| plaintext(entry).is_some());
+        let dummy = pick_dummy(&users);
+        Table {
+            users,
+            dummy,
+            stamp,
+            has_plaintext,
+        }
+    }
+
+    /// Spends what verifying `password` against a real user would, and
+    /// throws the answer away.
+    fn burn(&self, password: &[u8]) {
+        std::hint::black_box(self.dummy.verify(std::hint::black_box(password)));
+    }
+}
+
+fn plaintext(entry: &Entry) -> Option<&[u8]> {
+    match &entry.password {
+        Password::Stored(stored) => stored.plaintext(),
+        Password::Any | Password::Locked => None,
+    }
+}
+
+/// The stored password of the most common cost class, the earliest line on
+/// a tie (deterministic, whatever the map's order).
+fn pick_dummy(users: &HashMap<String, Entry>) -> StoredPassword {
+    let mut classes: HashMap<Cost, (usize, usize, &StoredPassword)> = HashMap::new();
+    for entry in users.values() {
+        let Password::Stored(stored) = &entry.password else {
+            continue;
+        };
+        let class = classes
+            .entry(stored.cost())
+            .or_insert((0, entry.line, stored));
+        class.0 += 1;
+        if entry.line < class.1 {
+            (class.1, class.2) = (entry.line, stored);
+        }
+    }
+    let best = classes
+        .into_values()
+        .max_by_key(|&(count, line, _)| (count, std::cmp::Reverse(line)));
+    match best {
+        Some((_, _, stored)) => stored.clone(),
+        None => {
+            StoredPassword::parse(FALLBACK_DUMMY).expect("FALLBACK_DUMMY is a valid SHA512-CRYPT")
+        }
+    }
+}
+
+impl Passdb {
+    /// Loads the passwd-file at `path` now. Bad lines are logged and
+    /// skipped; a file that cannot be read is an error.
+    pub fn open(path: &Path) -> Result<Passdb, AuthError> {
+        Passdb::open_with_interval(path, RELOAD_CHECK_INTERVAL)
+    }
+
+    fn open_with_interval(path: &Path, check_interval: Duration) -> Result<Passdb, AuthError> {
+        let table = load(path)?;
+        tracing::info!(
+            path = %path.display(),
+            users = table.users.len(),
+            dummy_scheme = %table.dummy.scheme(),
+            "passwd-file loaded"
+        );
+        Ok(Passdb {
+            path: path.to_owned(),
+            check_interval,
+            has_plaintext: AtomicBool::new(table.has_plaintext),
+            current: RwLock::new(Current {
+                table: Arc::new(table),
+                failure: None,
+            }),
+            last_check: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Checks a USER/PASS or SASL PLAIN login. `Ok(Some(user))` on success;
+    /// `Ok(None)` for an unknown user, a wrong password, a refused name, a
+    /// `nologin` or `fail` user (unknown user and wrong password at the same
+    /// cost); `Err` only when the passwd-file cannot be read.
+    pub fn verify_plain(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Option<UserEntry>, AuthError> {
+        if password.len() > PASSWORD_BYTES_MAX {
+            return Ok(None);
+        }
+        if !valid_username(user.as_bytes()) {
+            // Refused before touching the file, at the cost of a miss.
+            self.current.read().table.burn(password);
+            return Ok(None);
+        }
+        let table = self.table()?;
+        let key = lookup_key(user);
+        let Some(entry) = table.users.get(&key) else {
+            table.burn(password);
+            return Ok(None);
+        };
+        let matched = match &entry.password {
+            Password::Stored(stored) => stored.verify(password),
+            Password::Any => true,
+            Password::Locked => {
+                table.burn(password);
+                false
+            }
+        };
+        Ok(admit(matched, key, entry))
+    }
+
+    /// Checks an APOP login: `digest_hex` must be the hex MD5 of
+    /// `challenge` (our greeting's timestamp) followed by the password, and
+    /// only users with a plaintext password can pass. Results as for
+    /// [`Passdb::verify_plain`].
+    pub fn verify_apop(
+        &self,
+        user: &str,
+        challenge: &[u8],
+        digest_hex: &[u8],
+    ) -> Result<Option<UserEntry>, AuthError> {
+        let Some(given) = apop::parse_digest(digest_hex) else {
+            return Ok(None);
+        };
+        if challenge.is_empty() || !valid_username(user.as_bytes()) {
+            return Ok(None);
+        }
+        let table = self.table()?;
+        let key = lookup_key(user);
+        let entry = table.users.get(&key);
+        let stored = entry.and_then(plaintext);
+        let password = stored.unwrap_or(APOP_DUMMY_PASSWORD);
+        let matched = apop::digest_matches(challenge, password, &given) && stored.is_some();
+        Ok(entry.and_then(|entry| admit(matched, key, entry)))
+    }
+
+    /// Whether any user has a plaintext password, so APOP can work and the
+    /// greeting should carry a timestamp. Lock-free: safe on a shard thread.
+    /// It follows reloads but never triggers one.
+    pub fn has_plaintext(&self) -> bool {
+        self.has_plaintext.load(Ordering::Relaxed)
+    }
+
+    /// The current table, after a reload check if one is due.
+    fn table(&self) -> Result<Arc<Table>, AuthError> {
+        self.maybe_refresh();
+        let current = self.current.read();
+        match &current.failure {
+            Some(failure) => Err(failure.to_error(&self.path)),
+            None => Ok(Arc::clone(&current.table)),
+        }
+    }
+
+    fn maybe_refresh(&self) {
+        // Another thread is checking: use the table we have.
+        let Some(mut last_check) = self.last_check.try_lock() else {
+            return;
+        };
+        if last_check.elapsed() < self.check_interval {
+            return;
+        }
+        *last_check = Instant::now();
+        self.refresh();
+    }
+
+    /// Stats the file and re-reads it if it is not the one loaded (or the
+    /// last read failed). Runs with `last_check` held.
+    fn refresh(&self) {
+        let (stamp, failed) = {
+            let current = self.current.read();
+            (current.table.stamp, current.failure.is_some())
+        };
+        let unchanged = fs::metadata(&self.path)
+            .map(|meta| Stamp::of(&meta) == stamp)
+            .unwrap_or(false);
+        if unchanged && !failed {
+            return;
+        }
+        match load(&self.path) {
+            Ok(table) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    users = table.users.len(),
+                    dummy_scheme = %table.dummy.scheme(),
+                    "passwd-file reloaded"
+                );
+                self.has_plaintext
+                    .store(table.has_plaintext, Ordering::Relaxed);
+                *self.current.write() = Current {
+                    table: Arc::new(table),
+                    failure: None,
+                };
+            }
+            Err(error) => {
+                let failure = Failure::of(&error);
+                let mut current = self.current.write();
+                if current.failure.as_ref() != Some(&failure) {
+                    tracing::error!(%error, "passwd-file cannot be read; logins fail until it can");
+                }
+                current.failure = Some(failure);
+            }
+        }
+    }
+}
+
+/// The answer for a user whose password did or did not match.
+fn admit(matched: bool, key: String, entry: &Entry) -> Option<UserEntry> {
+    (matched && !entry.nologin && !entry.fail).then(|| UserEntry {
+        user: key,
+        home: entry.home.clone(),
+        extra: entry.extra.clone(),
+    })
+}
+
+/// Opens, reads and parses the passwd-file, logging its problems.
+fn load(path: &Path) -> Result<Table, AuthError> {
+    let io_error = |source| AuthError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    // fstat the open file, so the stamp belongs to the bytes we read.
+    let meta = file.metadata().map_err(io_error)?;
+    if meta.len() > PASSWD_FILE_BYTES_MAX {
+        return Err(AuthError::TooLarge {
+            path: path.to_owned(),
+            bytes: meta.len(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(PASSWD_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    let read = bytes.len() as u64;
+    if read > PASSWD_FILE_BYTES_MAX {
+        return Err(AuthError::TooLarge {
+            path: path.to_owned(),
+            bytes: read,
+        });
+    }
+    let parsed = passwd_file::parse(&bytes);
+    report(path, &parsed.problems);
+    if parsed.users.is_empty() {
+        tracing::warn!(path = %path.display(), "passwd-file has no usable users; every login will fail");
+    }
+    Ok(Table::new(parsed.users, Stamp::of(&meta)))
+}
+
+/// Logs a file's problems by line number. Never a password, and never a
+/// user name either: on a broken line the "name" may be anything.
+fn report(path: &Path, problems: &[Problem]) {
+    for problem in problems.iter().take(PROBLEMS_LOGGED_MAX) {
+        let action = if problem.kind.skips_line() {
+            "skipped"
+        } else {
+            "kept"
+        };
+        tracing::warn!(
+            path = %path.display(),
+            line = problem.line,
+            "passwd-file line {action}: {}",
+            problem.kind
+        );
+    }
+    if problems.len() > PROBLEMS_LOGGED_MAX {
+        tracing::warn!(
+            path = %path.display(),
+            more = problems.len() - PROBLEMS_LOGGED_MAX,
+            "passwd-file has more problems than are logged"
+        );
+    }
+}
+
+impl fmt::Debug for Passdb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.current.read();
+        f.debug_struct("Passdb")
+            .field("path", &self.path)
+            .field("users", &current.table.users.len())
+            .field("failure", &current.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

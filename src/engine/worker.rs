@@ -1,0 +1,210 @@
+//! The worker pool: blocking work (password hashing, Maildir scans, unlinks)
+//! runs here, never on a shard thread. Jobs come in on one crossbeam channel
+//! shared by all workers; each result goes back to the shard that asked, on
+//! that shard's channel, and its mio `Waker` wakes the shard's event loop.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::auth::{Passdb, UserEntry};
+use crate::protocol::{Credential, LoginFailure};
+use crate::store::{self, MailLocation, Mailbox, OpenError, Snapshot};
+
+/// Which connection a job belongs to: the slab slot and the connection's
+/// unique id, so a result for a connection that is gone is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    /// The shard's slab key.
+    pub slot: usize,
+    /// Unique per shard for the life of the process.
+    pub id: u64,
+}
+
+/// Work for the pool.
+pub enum Job {
+    /// Check credentials, lock and scan the mailbox.
+    Login {
+        /// Reply here.
+        reply: Reply,
+        /// The user name as sent.
+        user: Vec<u8>,
+        /// The proof.
+        credential: Credential,
+    },
+    /// Remove the messages a session marked (UPDATE state).
+    Commit {
+        /// Reply here.
+        reply: Reply,
+        /// The session's snapshot.
+        snapshot: Arc<Snapshot>,
+        /// 0-based indices.
+        deleted: Vec<usize>,
+    },
+}
+
+/// Where a result goes.
+#[derive(Clone)]
+pub struct Reply {
+    /// The shard's completion channel.
+    pub to: Sender<Done>,
+    /// Wakes the shard's poll.
+    pub waker: Arc<mio::Waker>,
+    /// The connection.
+    pub conn: ConnRef,
+    /// For log lines.
+    pub peer: SocketAddr,
+}
+
+/// A finished job.
+pub struct Done {
+    /// The connection it belongs to.
+    pub conn: ConnRef,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+/// What a job produced.
+pub enum Outcome {
+    /// The user is in and holds the mailbox.
+    LoggedIn {
+        /// The canonical user name.
+        user: String,
+        /// Snapshot and lock.
+        mailbox: Mailbox,
+    },
+    /// The login failed; `user` is what the client sent (for the log only).
+    LoginFailed {
+        /// Why.
+        why: LoginFailure,
+        /// As sent, lossily decoded.
+        user: String,
+    },
+    /// UPDATE finished; this many files could not be removed.
+    Committed {
+        /// Files left behind.
+        failed: usize,
+    },
+}
+
+/// What every login needs, shared by all workers.
+pub struct LoginContext {
+    /// The passdb.
+    pub passdb: Passdb,
+    /// The default mail location.
+    pub location: MailLocation,
+}
+
+/// Starts `threads` workers. They stop when every sender of the returned
+/// channel is dropped.
+pub fn start(threads: usize, ctx: Arc<LoginContext>) -> (Sender<Job>, Vec<thread::JoinHandle<()>>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let handles = (0..threads)
+        .map(|i| {
+            let rx: Receiver<Job> = rx.clone();
+            let ctx = Arc::clone(&ctx);
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        run(&ctx, job);
+                    }
+                })
+                .expect("spawning a worker thread")
+        })
+        .collect();
+    (tx, handles)
+}
+
+fn run(ctx: &LoginContext, job: Job) {
+    let (reply, outcome) = match job {
+        Job::Login {
+            reply,
+            user,
+            credential,
+        } => {
+            let outcome = login(ctx, &user, &credential, reply.peer);
+            (reply, outcome)
+        }
+        Job::Commit {
+            reply,
+            snapshot,
+            deleted,
+        } => {
+            let failed = store::commit::commit(&snapshot, &deleted);
+            (reply, Outcome::Committed { failed })
+        }
+    };
+    // The shard may be gone (shutdown); then nobody waits for this.
+    if reply
+        .to
+        .send(Done {
+            conn: reply.conn,
+            outcome,
+        })
+        .is_ok()
+    {
+        let _ = reply.waker.wake();
+    }
+}
+
+fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketAddr) -> Outcome {
+    let shown = String::from_utf8_lossy(user).into_owned();
+    let failed = |why| Outcome::LoginFailed {
+        why,
+        user: shown.clone(),
+    };
+    let name = match std::str::from_utf8(user) {
+        Ok(name) if crate::auth::valid_username(user) => name,
+        _ => return failed(LoginFailure::BadCredentials),
+    };
+    let verified = match credential {
+        Credential::Password(password) => ctx.passdb.verify_plain(name, password),
+        Credential::Apop { challenge, digest } => {
+            ctx.passdb.verify_apop(name, challenge.as_bytes(), digest)
+        }
+    };
+    let entry = match verified {
+        // Dovecot's allow_nets: a right password from the wrong network is a
+        // failed login like any other.
+        Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
+        Ok(_) => return failed(LoginFailure::BadCredentials),
+        Err(e) => {
+            tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
+            return failed(LoginFailure::Temporary);
+        }
+    };
+    let dir = match maildir_of(ctx, &entry) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!(user = %entry.user, error = %e, "cannot resolve the mail location");
+            return failed(LoginFailure::Temporary);
+        }
+    };
+    match Mailbox::open(&dir) {
+        Ok(mailbox) => Outcome::LoggedIn {
+            user: entry.user.clone(),
+            mailbox,
+        },
+        Err(OpenError::InUse) => failed(LoginFailure::InUse),
+        Err(OpenError::Io(e)) => {
+            tracing::error!(user = %entry.user, dir = %dir.display(), error = %e, "cannot open the mailbox");
+            failed(LoginFailure::Temporary)
+        }
+    }
+}
+
+/// The user's Maildir: `userdb_mail` (or `mail`) from the passwd-file's extra
+/// fields wins over the configured location, as in Dovecot.
+fn maildir_of(ctx: &LoginContext, entry: &UserEntry) -> Result<PathBuf, store::LocationError> {
+    let own = entry.extra("userdb_mail").or_else(|| entry.extra("mail"));
+    let location = match own {
+        Some(template) => MailLocation::parse(template)?,
+        None => ctx.location.clone(),
+    };
+    location.expand(&entry.user, entry.home.as_deref())
+}

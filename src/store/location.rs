@@ -1,0 +1,177 @@
+//! Dovecot's `mail_location` syntax, so an operator's existing setting works
+//! as it is: `maildir:~/Maildir`, `maildir:/srv/mail/%d/%n`, with `%u`
+//! (whole user), `%n` (user part), `%d` (domain), `%h` (home), `%%`, their
+//! long forms `%{user}` `%{username}` `%{domain}` `%{home}`, and Dovecot's
+//! trailing `:KEY=value` parameters (ignored: they tune Dovecot's indexes).
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A parsed `mail_location`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailLocation {
+    template: String,
+}
+
+/// Why a location cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocationError {
+    /// Only `maildir:` is supported.
+    UnsupportedFormat(String),
+    /// An unknown `%` variable.
+    UnknownVariable(String),
+    /// `~` was used and the user has no home in the passdb.
+    NoHome,
+    /// The expanded path is relative.
+    Relative(PathBuf),
+    /// The user name could escape the mail root (`/`, `..`, NUL, control bytes).
+    UnsafeUser,
+}
+
+impl fmt::Display for LocationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LocationError::UnsupportedFormat(s) => {
+                write!(f, "mail location {s:?}: only maildir: is supported")
+            }
+            LocationError::UnknownVariable(v) => write!(f, "unknown mail location variable {v}"),
+            LocationError::NoHome => {
+                f.write_str("mail location uses ~ or %h but the user has no home")
+            }
+            LocationError::Relative(p) => write!(f, "mail location expands to relative path {p:?}"),
+            LocationError::UnsafeUser => f.write_str("user name could escape the mail root"),
+        }
+    }
+}
+
+impl std::error::Error for LocationError {}
+
+impl MailLocation {
+    /// Parses `maildir:PATH[:KEY=VALUE...]`.
+    pub fn parse(s: &str) -> Result<MailLocation, LocationError> {
+        let Some(rest) = s.strip_prefix("maildir:") else {
+            return Err(LocationError::UnsupportedFormat(s.to_string()));
+        };
+        let template = rest.split(':').next().unwrap_or_default().to_string();
+        // Check the variables now so a typo fails at startup, not at login.
+        let probe = MailLocation { template };
+        probe.expand("u@d", Some(Path::new("/h")))?;
+        Ok(probe)
+    }
+
+    /// The maildir of `user`, whose home (if any) comes from the passdb.
+    pub fn expand(&self, user: &str, home: Option<&Path>) -> Result<PathBuf, LocationError> {
+        let (name, domain) = user.split_once('@').unwrap_or((user, ""));
+        // Each part becomes a path component: it must stay one.
+        let unsafe_part = |p: &str| {
+            p == "." || p == ".." || p.bytes().any(|b| b == b'/' || b < 0x20 || b == 0x7f)
+        };
+        if name.is_empty() || unsafe_part(name) || unsafe_part(domain) {
+            return Err(LocationError::UnsafeUser);
+        }
+        let home_str = home.map(|h| h.to_string_lossy().into_owned());
+        let mut out = String::with_capacity(self.template.len() + user.len());
+        let mut rest = self.template.as_str();
+        if let Some(after) = rest.strip_prefix('~') {
+            out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?);
+            rest = after;
+        }
+        while let Some(pct) = rest.find('%') {
+            out.push_str(&rest[..pct]);
+            let after = &rest[pct + 1..];
+            let (var, tail) = if let Some(long) = after.strip_prefix('{') {
+                let end = long
+                    .find('}')
+                    .ok_or_else(|| LocationError::UnknownVariable(after.to_string()))?;
+                (&long[..end], &long[end + 1..])
+            } else {
+                let len = after.chars().next().map_or(0, char::len_utf8);
+                (&after[..len], &after[len..])
+            };
+            match var {
+                "u" | "user" => out.push_str(user),
+                "n" | "username" => out.push_str(name),
+                "d" | "domain" => out.push_str(domain),
+                "h" | "home" => out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?),
+                "%" => out.push('%'),
+                other => return Err(LocationError::UnknownVariable(format!("%{other}"))),
+            }
+            rest = tail;
+        }
+        out.push_str(rest);
+        let path = PathBuf::from(out);
+        if path.is_relative() {
+            return Err(LocationError::Relative(path));
+        }
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(template: &str, user: &str, home: Option<&str>) -> Result<PathBuf, LocationError> {
+        MailLocation::parse(template)?.expand(user, home.map(Path::new))
+    }
+
+    #[test]
+    fn dovecot_forms() {
+        let ok =
+            |t, u, h, want: &str| assert_eq!(expand(t, u, h).unwrap(), PathBuf::from(want), "{t}");
+        ok(
+            "maildir:~/Maildir",
+            "a@b.org",
+            Some("/home/a"),
+            "/home/a/Maildir",
+        );
+        ok(
+            "maildir:/srv/mail/%d/%n",
+            "alice@example.com",
+            None,
+            "/srv/mail/example.com/alice",
+        );
+        ok("maildir:/srv/%u/Maildir", "bob", None, "/srv/bob/Maildir");
+        ok(
+            "maildir:/srv/%{domain}/%{username}",
+            "c@d",
+            None,
+            "/srv/d/c",
+        );
+        ok("maildir:%h/mail", "x", Some("/v/x"), "/v/x/mail");
+        ok(
+            "maildir:/m/%%/%n:INDEX=/var/idx/%u:LAYOUT=fs",
+            "z@q",
+            None,
+            "/m/%/z",
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            expand("mbox:~/mail", "a", None),
+            Err(LocationError::UnsupportedFormat(_))
+        ));
+        assert!(matches!(
+            MailLocation::parse("maildir:/m/%x"),
+            Err(LocationError::UnknownVariable(_))
+        ));
+        assert_eq!(
+            expand("maildir:~/Maildir", "a", None),
+            Err(LocationError::NoHome)
+        );
+        assert!(matches!(
+            expand("maildir:rel/%u", "a", None),
+            Err(LocationError::Relative(_))
+        ));
+        for user in ["", "..", "a/b", "x@..", "x@a/b", "@d", "a\nb", "../../etc"] {
+            assert_eq!(
+                expand("maildir:/srv/%d/%n", user, None),
+                Err(LocationError::UnsafeUser),
+                "{user:?}"
+            );
+        }
+    }
+}

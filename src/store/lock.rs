@@ -1,0 +1,134 @@
+//! One session per mailbox: a process-wide table (all shards) plus an
+//! exclusive `flock` on a file in the Maildir (other processes, e.g. a second
+//! shardpop during a rolling restart). The guard releases both when it is
+//! dropped, so a dropped connection frees its mailbox at once, and a crashed
+//! process frees it because the kernel drops its flocks.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+/// The lock file's name inside the Maildir. A dot file, so Maildir readers
+/// (ours included) never take it for mail.
+pub const LOCK_FILE: &str = ".shardpop-pop3.lock";
+
+static HELD: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// Why the mailbox could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another session holds it.
+    InUse,
+    /// The lock file could not be opened or locked.
+    Io(io::Error),
+}
+
+/// Holds a mailbox for one session.
+#[derive(Debug)]
+pub struct MailboxLock {
+    dir: PathBuf,
+    // Held for its flock; closing the file releases it.
+    _file: File,
+}
+
+impl MailboxLock {
+    /// Takes the mailbox at `dir` (an existing Maildir), or says who has it.
+    pub fn acquire(dir: &Path) -> Result<MailboxLock, LockError> {
+        {
+            let mut held = HELD.lock();
+            if !held
+                .get_or_insert_with(HashSet::new)
+                .insert(dir.to_path_buf())
+            {
+                return Err(LockError::InUse);
+            }
+        }
+        // From here on the table entry is ours; release it on every failure.
+        let release = || {
+            if let Some(held) = HELD.lock().as_mut() {
+                held.remove(dir);
+            }
+        };
+        let file = match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                release();
+                return Err(LockError::Io(e));
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(MailboxLock {
+                dir: dir.to_path_buf(),
+                _file: file,
+            }),
+            Err(TryLockError::WouldBlock) => {
+                release();
+                Err(LockError::InUse)
+            }
+            Err(TryLockError::Error(e)) => {
+                release();
+                Err(LockError::Io(e))
+            }
+        }
+    }
+}
+
+impl Drop for MailboxLock {
+    fn drop(&mut self) {
+        if let Some(held) = HELD.lock().as_mut() {
+            held.remove(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_until_the_first_drops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = MailboxLock::acquire(tmp.path()).unwrap();
+        assert!(matches!(
+            MailboxLock::acquire(tmp.path()),
+            Err(LockError::InUse)
+        ));
+        drop(a);
+        let _b = MailboxLock::acquire(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn flock_held_by_another_open_file_is_in_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Another process would hold it through its own open file description.
+        let other = File::create(tmp.path().join(LOCK_FILE)).unwrap();
+        other.lock().unwrap();
+        assert!(matches!(
+            MailboxLock::acquire(tmp.path()),
+            Err(LockError::InUse)
+        ));
+        other.unlock().unwrap();
+        assert!(MailboxLock::acquire(tmp.path()).is_ok());
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_not_a_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let gone = tmp.path().join("nope");
+        assert!(matches!(MailboxLock::acquire(&gone), Err(LockError::Io(_))));
+        std::fs::create_dir(&gone).unwrap();
+        assert!(
+            MailboxLock::acquire(&gone).is_ok(),
+            "a failed attempt leaves no entry behind"
+        );
+    }
+}

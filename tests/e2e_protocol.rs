@@ -1,0 +1,588 @@
+//! End to end over real sockets against a real `shardpop serve` process:
+//! bodies byte-exact, deletion only at QUIT, locking across shards, and
+//! hostile input answered with -ERR while other sessions go on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Client, Opts, Server, Tree, crlf};
+
+/// Messages that exercise every transform rule.
+fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let mut big = Vec::with_capacity(5 << 20);
+    let mut i = 0u64;
+    while big.len() < 5 << 20 {
+        // 80-column lines, some starting with '.', some 8-bit.
+        let line = match i % 50 {
+            0 => format!(".dot line {i:070}\n"),
+            1 => format!("..two dots {i:068}\n"),
+            2 => "\u{e9}t\u{e9} 8-bit \u{20ac} line\n".to_string(),
+            _ => format!("line {i:074}\n"),
+        };
+        big.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    vec![
+        (
+            "plain",
+            b"From: a@b\nSubject: hi\n\nHello\nWorld\n".to_vec(),
+        ),
+        ("dots", b"Subject: dots\n\n.\n..\n.x\n x\n.\n".to_vec()),
+        ("only-dot-line", b".\n".to_vec()),
+        (
+            "no-final-newline",
+            b"Subject: t\n\nlast line without newline".to_vec(),
+        ),
+        ("empty", Vec::new()),
+        (
+            "eight-bit",
+            b"Subject: \xff\xfe\n\n\x00\x01\x80\xff binary\n\r\n".to_vec(),
+        ),
+        (
+            "crlf-stored",
+            b"Subject: c\r\n\r\n.dot\r\nbody\r\n".to_vec(),
+        ),
+        ("lone-cr", b"a\rb\n\r\n".to_vec()),
+        ("five-mb", big),
+    ]
+}
+
+fn tree_with_corpus() -> (Tree, Vec<(&'static str, Vec<u8>)>) {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw-a");
+    tree.user("empty", "pw-e");
+    let corpus = corpus();
+    for (n, (_, body)) in corpus.iter().enumerate() {
+        tree.deliver("alice", n as u32, body);
+    }
+    (tree, corpus)
+}
+
+#[test]
+fn every_body_is_byte_exact_for_retr_and_sizes_match() {
+    let (tree, corpus) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    let total: usize = corpus.iter().map(|(_, b)| crlf(b).len()).sum();
+    assert_eq!(c.cmd("STAT"), format!("+OK {} {total}", corpus.len()));
+    assert!(
+        c.cmd("LIST")
+            .starts_with(&format!("+OK {} messages", corpus.len()))
+    );
+    let (list, _) = c.multiline();
+    let list = String::from_utf8(list).unwrap();
+    for (n, (name, body)) in corpus.iter().enumerate() {
+        let size = crlf(body).len();
+        assert!(
+            list.contains(&format!("{} {size}\r\n", n + 1)),
+            "{name} in LIST"
+        );
+        assert_eq!(
+            c.cmd(&format!("LIST {}", n + 1)),
+            format!("+OK {} {size}", n + 1)
+        );
+        assert_eq!(
+            c.cmd(&format!("RETR {}", n + 1)),
+            format!("+OK {size} octets"),
+            "{name}"
+        );
+        let (got, raw) = c.multiline();
+        let mut want = crlf(body);
+        if !want.is_empty() && !want.ends_with(b"\r\n") {
+            want.extend_from_slice(b"\r\n");
+        }
+        assert!(
+            got == want,
+            "{name}: body differs (got {} bytes, want {})",
+            got.len(),
+            want.len()
+        );
+        // Dot-stuffing: no line of the raw wire form starts with a lone '.'
+        // except the terminator.
+        let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+        for line in &lines[..lines.len() - 2] {
+            assert!(
+                !(line.starts_with(b".") && !line.starts_with(b"..")),
+                "{name}: unstuffed dot line"
+            );
+        }
+    }
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+}
+
+#[test]
+fn top_sends_headers_and_n_lines() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("TOP 1 0"), "+OK");
+    assert_eq!(c.multiline().0, b"From: a@b\r\nSubject: hi\r\n\r\n");
+    assert_eq!(c.cmd("TOP 1 1"), "+OK");
+    assert_eq!(
+        c.multiline().0,
+        b"From: a@b\r\nSubject: hi\r\n\r\nHello\r\n"
+    );
+    assert_eq!(c.cmd("TOP 2 3"), "+OK");
+    let (body, raw) = c.multiline();
+    assert_eq!(body, b"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\n");
+    assert_eq!(raw, b"Subject: dots\r\n\r\n..\r\n...\r\n..x\r\n.\r\n");
+    assert_eq!(c.cmd("TOP 1 99999999"), "+OK");
+    assert_eq!(
+        c.multiline().0,
+        crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n")
+    );
+}
+
+#[test]
+fn empty_mailbox() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("empty", "pw-e");
+    assert_eq!(c.cmd("STAT"), "+OK 0 0");
+    assert_eq!(c.cmd("LIST"), "+OK 0 messages (0 octets)");
+    assert_eq!(c.multiline().0, b"");
+    assert_eq!(c.cmd("UIDL"), "+OK");
+    assert_eq!(c.multiline().0, b"");
+    assert_eq!(c.cmd("RETR 1"), "-ERR There's no message 1.");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+}
+
+#[test]
+fn uidls_are_stable_unique_and_printable_across_restarts() {
+    let (tree, corpus) = tree_with_corpus();
+    let first = {
+        let server = Server::start(&tree);
+        let mut c = server.connect();
+        c.login("alice", "pw-a");
+        assert_eq!(c.cmd("UIDL"), "+OK");
+        let (body, _) = c.multiline();
+        c.cmd("QUIT");
+        String::from_utf8(body).unwrap()
+    };
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), corpus.len());
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        let uid = line.split_once(' ').unwrap().1;
+        assert!(
+            !uid.is_empty() && uid.len() <= 70 && uid.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{uid}"
+        );
+        assert!(seen.insert(uid.to_string()));
+    }
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    c.cmd("UIDL");
+    assert_eq!(String::from_utf8(c.multiline().0).unwrap(), first);
+    assert_eq!(c.cmd("UIDL 2"), format!("+OK {}", lines[1]));
+}
+
+#[test]
+fn dele_then_quit_removes_exactly_those_files() {
+    let (tree, corpus) = tree_with_corpus();
+    let before = tree.files("alice");
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("DELE 2"), "+OK Marked to be deleted.");
+    assert_eq!(c.cmd("DELE 5"), "+OK Marked to be deleted.");
+    assert_eq!(c.cmd("DELE 3"), "+OK Marked to be deleted.");
+    assert_eq!(c.cmd("RSET").split_whitespace().next(), Some("+OK"));
+    assert_eq!(c.cmd("DELE 2"), "+OK Marked to be deleted.");
+    assert_eq!(c.cmd("DELE 5"), "+OK Marked to be deleted.");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out, messages deleted.");
+    assert!(c.is_closed());
+    let after = tree.files("alice");
+    let removed: Vec<&String> = before.iter().filter(|f| !after.contains(f)).collect();
+    assert_eq!(removed, [&before[1], &before[4]]);
+    assert_eq!(after.len(), corpus.len() - 2);
+    server.wait_log("deleted=2");
+}
+
+#[test]
+fn dele_then_dropped_connection_removes_nothing() {
+    let (tree, _) = tree_with_corpus();
+    let before = tree.files("alice");
+    let server = Server::start(&tree);
+    {
+        let mut c = server.connect();
+        c.login("alice", "pw-a");
+        assert_eq!(c.cmd("DELE 1"), "+OK Marked to be deleted.");
+        assert_eq!(c.cmd("DELE 2"), "+OK Marked to be deleted.");
+        // Dropped without QUIT.
+    }
+    // The lock is released at once: a new session gets in and sees everything.
+    let mut c = connect_until_unlocked(&server, "alice", "pw-a");
+    assert_eq!(
+        c.cmd("STAT").split(' ').nth(1),
+        Some(before.len().to_string().as_str())
+    );
+    drop(c);
+    assert_eq!(tree.files("alice"), before);
+}
+
+#[test]
+fn killed_server_deletes_nothing() {
+    let (tree, _) = tree_with_corpus();
+    let before = tree.files("alice");
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    c.cmd("DELE 1");
+    c.cmd("DELE 3");
+    server.kill9();
+    assert_eq!(tree.files("alice"), before);
+    // And the flock died with the process: a new server lets the user in.
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+}
+
+/// Logs in, retrying [IN-USE] for a short while (a dropped client's lock is
+/// released when the server notices the close, which is immediate but
+/// asynchronous to the client).
+fn connect_until_unlocked(server: &Server, user: &str, password: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = server.connect();
+        c.cmd(&format!("USER {user}"));
+        let reply = c.cmd(&format!("PASS {password}"));
+        if reply.starts_with("+OK") {
+            return c;
+        }
+        assert!(reply.contains("[IN-USE]"), "{reply}");
+        assert!(
+            Instant::now() < deadline,
+            "mailbox stayed locked after the client dropped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn second_login_gets_in_use_and_the_lock_frees_at_once_on_drop() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut first = server.connect();
+    first.login("alice", "pw-a");
+    for _ in 0..8 {
+        let mut second = server.connect();
+        second.cmd("USER alice");
+        assert_eq!(
+            second.cmd("PASS pw-a"),
+            "-ERR [IN-USE] Mailbox is locked by another POP3 session."
+        );
+    }
+    drop(first);
+    let started = Instant::now();
+    let _c = connect_until_unlocked(&server, "alice", "pw-a");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "lock released promptly"
+    );
+}
+
+#[test]
+fn concurrent_logins_on_every_shard_only_one_wins() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 2,
+            ..Opts::default()
+        },
+    );
+    // 32 clients race for the same mailbox; SO_REUSEPORT spreads them over
+    // both shards, and exactly one may hold it.
+    let mut clients: Vec<Client> = (0..32).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        c.send(b"USER alice\r\nPASS pw-a\r\n");
+    }
+    let mut winners = 0;
+    for c in &mut clients {
+        assert_eq!(c.line(), "+OK");
+        let reply = c.line();
+        if reply.starts_with("+OK") {
+            winners += 1;
+        } else {
+            assert!(reply.contains("[IN-USE]"), "{reply}");
+        }
+    }
+    assert_eq!(winners, 1);
+    let log = server.wait_log("pop3 login:");
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("login failed (InUse)") || l.contains("pop3 login:"))
+        .collect();
+    assert_eq!(attempts.len(), 32, "{log}");
+    for shard in ["shard=0", "shard=1"] {
+        assert!(
+            attempts.iter().any(|l| l.contains(shard)),
+            "no attempt landed on {shard}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn wrong_password_and_unknown_user_get_the_same_reply() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.cmd("USER alice");
+    let wrong = c.cmd("PASS nope");
+    c.cmd("USER nobody");
+    let unknown = c.cmd("PASS nope");
+    assert_eq!(wrong, "-ERR [AUTH] Authentication failed.");
+    assert_eq!(unknown, wrong);
+    // And the session may try again.
+    c.login("alice", "pw-a");
+    let log = server.wait_log("user=<nobody>");
+    assert!(
+        log.contains("pop3 login failed (BadCredentials): user=<alice>, rip=127.0.0.1, shard="),
+        "{log}"
+    );
+    assert!(!log.contains("nope"), "passwords never reach the log");
+}
+
+#[test]
+fn failure_delay_holds_the_answer_without_blocking_others() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[auth]\nfailure_delay_ms = 700\n".into(),
+        },
+    );
+    let mut bad = server.connect();
+    bad.cmd("USER alice");
+    let started = Instant::now();
+    bad.send(b"PASS wrong\r\n");
+    // Meanwhile, on the same single shard, another client is served at once.
+    let mut good = server.connect();
+    good.login("empty", "pw-e");
+    assert_eq!(good.cmd("STAT"), "+OK 0 0");
+    assert!(started.elapsed() < Duration::from_millis(600));
+    assert_eq!(bad.line(), "-ERR [AUTH] Authentication failed.");
+    assert!(
+        started.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.send(b"CAPA\r\nUSER alice\r\nPASS pw-a\r\nSTAT\r\nRETR 1\r\nLIST 2\r\nNOOP\r\nTOP 1 0\r\nQUIT\r\n");
+    assert!(c.line().starts_with("+OK"));
+    let (capa, _) = c.multiline();
+    let capa = String::from_utf8(capa).unwrap();
+    for tag in [
+        "TOP",
+        "UIDL",
+        "USER",
+        "PIPELINING",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "IMPLEMENTATION shardpop",
+    ] {
+        assert!(capa.contains(tag), "{tag}: {capa}");
+    }
+    assert_eq!(c.line(), "+OK");
+    assert_eq!(c.line(), "+OK Logged in.");
+    assert!(c.line().starts_with("+OK 9 "));
+    assert!(c.line().ends_with("octets"));
+    assert_eq!(
+        c.multiline().0,
+        crlf(b"From: a@b\nSubject: hi\n\nHello\nWorld\n")
+    );
+    assert_eq!(c.line(), "+OK 2 35");
+    assert_eq!(c.line(), "+OK");
+    assert_eq!(c.line(), "+OK");
+    c.multiline();
+    assert_eq!(c.line(), "+OK Logging out.");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn hostile_input_gets_err_and_others_are_unharmed() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
+    let mut other = server.connect();
+    other.login("empty", "pw-e");
+
+    let mut c = server.connect();
+    // A 100 KB line: one -ERR, the rest discarded, then the session goes on.
+    let mut long = vec![b'A'; 100 * 1024];
+    long.extend_from_slice(b"\r\nNOOP\r\n");
+    c.send(&long);
+    assert_eq!(c.line(), "-ERR Line too long.");
+    assert_eq!(c.line(), "-ERR Command not valid in this state.");
+    // NUL bytes and binary.
+    c.send(b"US\0R x\r\n\xff\xfe\xfd\r\n");
+    assert!(c.line().starts_with("-ERR"));
+    assert!(c.line().starts_with("-ERR"));
+    // Bare LF line ends are accepted, as real clients send them.
+    c.send(b"USER alice\nPASS pw-a\n");
+    assert_eq!(c.line(), "+OK");
+    assert_eq!(c.line(), "+OK Logged in.");
+    for cmd in [
+        "RETR 0",
+        "RETR 10",
+        "RETR -1",
+        "RETR 99999999999999999999999",
+        "DELE 4294967296",
+        "TOP 1 -3",
+        "LIST abc",
+    ] {
+        let reply = c.cmd(cmd);
+        assert!(reply.starts_with("-ERR"), "{cmd}: {reply}");
+    }
+    // Commands of the wrong state.
+    assert_eq!(c.cmd("USER bob"), "-ERR Command not valid in this state.");
+    assert_eq!(c.cmd("PASS x"), "-ERR Command not valid in this state.");
+    assert!(c.cmd("STAT").starts_with("+OK 9 "));
+    // The other session was never disturbed.
+    assert_eq!(other.cmd("STAT"), "+OK 0 0");
+}
+
+#[test]
+fn a_flood_of_bad_commands_is_closed_politely() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    let flood = "XYZZY\r\n".repeat(1000);
+    c.send(flood.as_bytes());
+    let mut errs = 0;
+    loop {
+        let line = c.line();
+        errs += 1;
+        if line == "-ERR Too many bad commands, closing." {
+            break;
+        }
+        assert_eq!(line, "-ERR Unknown command.");
+    }
+    assert_eq!(errs, 20);
+    assert!(c.is_closed());
+    // The server still serves.
+    server.connect().login("alice", "pw-a");
+}
+
+#[test]
+fn silent_client_is_timed_out_before_login() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[limits]\nlogin_timeout_ms = 300\n".into(),
+        },
+    );
+    let mut c = server.connect();
+    let started = Instant::now();
+    assert_eq!(c.line(), "-ERR Disconnected for inactivity.");
+    assert!(c.is_closed());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[test]
+fn slow_reader_gets_the_whole_body_with_bounded_buffering() {
+    let (tree, corpus) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    let (_, big) = corpus.last().unwrap();
+    let n = corpus.len();
+    c.send(format!("RETR {n}\r\n").as_bytes());
+    // Read slowly at first: the server must wait, not buffer 5 MB.
+    std::thread::sleep(Duration::from_millis(300));
+    let status = c.line();
+    assert!(status.starts_with("+OK"));
+    let (got, _) = c.multiline();
+    assert!(got == crlf(big));
+    assert_eq!(c.cmd("NOOP"), "+OK");
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
+    let (tree, _) = tree_with_corpus();
+    let before = tree.files("alice");
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 2,
+            toml: "[limits]\nshutdown_grace_ms = 300\n".into(),
+        },
+    );
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    c.cmd("DELE 1");
+    server.signal(libc::SIGTERM);
+    // The session may finish within the grace period...
+    assert!(c.cmd("STAT").starts_with("+OK"));
+    // ...then it is closed with a last line; the DELE is not committed.
+    assert_eq!(c.line(), "-ERR [SYS/TEMP] Server shutting down.");
+    assert!(c.is_closed());
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(tree.files("alice"), before);
+}
+
+#[test]
+fn half_closed_client_still_gets_its_quit_committed() {
+    let (tree, _) = tree_with_corpus();
+    let before = tree.files("alice");
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.send(b"USER alice\r\nPASS pw-a\r\nDELE 1\r\nQUIT\r\n");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    c.reader.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.ends_with("+OK Logging out, messages deleted.\r\n"),
+        "{rest}"
+    );
+    assert_eq!(tree.files("alice"), before[1..]);
+}
+
+#[test]
+fn writes_to_a_closed_socket_do_not_hurt_the_server() {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            ..Opts::default()
+        },
+    );
+    for _ in 0..20 {
+        let mut c = server.connect();
+        c.login("alice", "pw-a");
+        // Ask for 5 MB and hang up at once.
+        c.stream.write_all(b"RETR 9\r\n").unwrap();
+        drop(c);
+    }
+    let mut c = connect_until_unlocked(&server, "alice", "pw-a");
+    assert!(c.cmd("STAT").starts_with("+OK 9 "));
+}
