@@ -238,6 +238,7 @@ impl Session {
         if !line.ok {
             let kind = match self.phase {
                 Phase::Greeting => ErrorKind::Greeting,
+                Phase::User | Phase::Pass if line.text.starts_with(b"[IN-USE]") => ErrorKind::InUse,
                 Phase::User | Phase::Pass => ErrorKind::Auth,
                 _ => ErrorKind::Command,
             };
@@ -677,6 +678,10 @@ mod tests {
         let e = s
             .on_bytes(b"-ERR [IN-USE] locked\r\n", &mut ctx)
             .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InUse);
+        let mut s = Session::new(0, Instant::now());
+        s.on_bytes(b"+OK\r\n+OK\r\n", &mut ctx).unwrap();
+        let e = s.on_bytes(b"-ERR [AUTH] wrong\r\n", &mut ctx).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Auth);
         let mut s = Session::new(0, Instant::now());
         assert_eq!(

@@ -20,8 +20,11 @@ pub enum ErrorKind {
     Connect,
     /// The greeting was `-ERR` or missing.
     Greeting,
-    /// `USER` or `PASS` was refused (includes `[IN-USE]`).
+    /// `USER` or `PASS` was refused.
     Auth,
+    /// Login refused with `[IN-USE]` (RFC 2449): the mailbox was still locked
+    /// by a session of the same user that had already ended on our side.
+    InUse,
     /// A transaction command (STAT, LIST, UIDL, RETR, DELE, QUIT) got `-ERR`.
     Command,
     /// The server broke the protocol (unparseable reply).
@@ -34,10 +37,11 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// All kinds, for reports.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Connect,
         ErrorKind::Greeting,
         ErrorKind::Auth,
+        ErrorKind::InUse,
         ErrorKind::Command,
         ErrorKind::Protocol,
         ErrorKind::Io,
@@ -50,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Connect => "connect",
             ErrorKind::Greeting => "greeting",
             ErrorKind::Auth => "auth",
+            ErrorKind::InUse => "in_use",
             ErrorKind::Command => "command",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Io => "io",
