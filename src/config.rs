@@ -24,6 +24,21 @@ pub struct Config {
     pub mail: Mail,
     /// Protocol and resource limits.
     pub limits: Limits,
+    /// Certificates and implicit-TLS listeners.
+    pub tls: Tls,
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain. With `key`, STLS is offered on the plain
+    /// listeners. Reloaded on SIGHUP.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Implicit-TLS listeners (RFC 8314; port 995 in production).
+    pub listen: Vec<SocketAddr>,
 }
 
 /// `[server]`
@@ -36,6 +51,10 @@ pub struct Server {
     pub shards: usize,
     /// Worker-pool threads for hashing, scans and deletions; 0 = 2 per core.
     pub workers: usize,
+    /// When started as root: the user to run as once the listeners are bound.
+    pub user: Option<String>,
+    /// When started as root: the group to run as (default: the user's group).
+    pub group: Option<String>,
 }
 
 impl Default for Server {
@@ -44,6 +63,8 @@ impl Default for Server {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 110))],
             shards: 0,
             workers: 0,
+            user: None,
+            group: None,
         }
     }
 }
@@ -60,6 +81,45 @@ pub struct Auth {
     /// Offer APOP (the greeting then carries a challenge). Only users with
     /// plaintext passwords in the passdb can use it.
     pub apop: bool,
+    /// Where USER/PASS and SASL PLAIN are allowed (Dovecot's
+    /// `disable_plaintext_auth`).
+    pub plaintext_auth: PlaintextAuth,
+    /// Addresses exempt from login penalties and per-address limits (e.g. a
+    /// proxy tier). None by default, loopback included.
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// The most a growing failed-login delay may reach.
+    pub penalty_delay_max_ms: u64,
+    /// Failed logins from one address before it is refused for a while.
+    pub penalty_failures_before_block: u32,
+    /// How long an address is refused the first time; doubles on each repeat.
+    pub penalty_block_ms: u64,
+    /// The longest an address is refused.
+    pub penalty_block_max_ms: u64,
+    /// An address with no failure for this long starts afresh.
+    pub penalty_window_ms: u64,
+}
+
+/// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlaintextAuth {
+    /// Only over TLS.
+    Tls,
+    /// Over TLS, or from a loopback address.
+    TlsOrLoopback,
+    /// Anywhere (like `disable_plaintext_auth = no`).
+    Always,
+}
+
+impl PlaintextAuth {
+    /// Whether a connection may log in with a plaintext password.
+    pub fn allows(self, tls: bool, peer: std::net::IpAddr) -> bool {
+        match self {
+            PlaintextAuth::Tls => tls,
+            PlaintextAuth::TlsOrLoopback => tls || peer.to_canonical().is_loopback(),
+            PlaintextAuth::Always => true,
+        }
+    }
 }
 
 impl Default for Auth {
@@ -68,17 +128,37 @@ impl Default for Auth {
             passwd_file: None,
             failure_delay_ms: 2000,
             apop: false,
+            plaintext_auth: PlaintextAuth::TlsOrLoopback,
+            trusted_networks: Vec::new(),
+            penalty_delay_max_ms: 15_000,
+            penalty_failures_before_block: 10,
+            penalty_block_ms: 30_000,
+            penalty_block_max_ms: 15 * 60_000,
+            penalty_window_ms: 5 * 60_000,
         }
     }
 }
 
 /// `[mail]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mail {
     /// Dovecot's `mail_location` syntax, e.g. `maildir:~/Maildir` or
     /// `maildir:/srv/mail/%d/%n`. A user's `userdb_mail` extra field wins.
     pub location: Option<String>,
+    /// Dovecot's `pop3_uidl_format`: `%08Xu%08Xv` (Dovecot's default, from
+    /// `dovecot-uidlist`), `%f` (the Maildir base name), `%v`, `%u`.
+    /// Messages Dovecot has not numbered fall back to their base name.
+    pub pop3_uidl_format: String,
+}
+
+impl Default for Mail {
+    fn default() -> Self {
+        Mail {
+            location: None,
+            pop3_uidl_format: "%08Xu%08Xv".into(),
+        }
+    }
 }
 
 /// `[limits]`
@@ -89,6 +169,11 @@ pub struct Limits {
     pub line_bytes_max: usize,
     /// Bad commands before the connection is closed.
     pub bad_commands_max: u32,
+    /// Commands of any kind allowed before a successful login.
+    pub commands_before_login_max: u32,
+    /// Concurrent connections from one address; 0 = no limit (the default:
+    /// proxies and carrier-grade NAT put thousands behind one address).
+    pub connections_per_address_max: u32,
     /// Idle time allowed before login.
     pub login_timeout_ms: u64,
     /// Idle time allowed after login (RFC 1939: at least 10 minutes).
@@ -107,6 +192,8 @@ impl Default for Limits {
         Limits {
             line_bytes_max: 255,
             bad_commands_max: 20,
+            commands_before_login_max: 30,
+            connections_per_address_max: 0,
             login_timeout_ms: 60_000,
             autologout_ms: 600_000,
             shutdown_grace_ms: 10_000,
@@ -149,8 +236,15 @@ impl Config {
     /// Checks what can be checked before binding anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
-        if self.server.listen.is_empty() {
+        if self.server.listen.is_empty() && self.tls.listen.is_empty() {
             return invalid("no listen address: set server.listen or --listen");
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), Some(_)) | (None, None) => {}
+            _ => return invalid("tls.cert and tls.key go together (--tls-cert, --tls-key)"),
+        }
+        if !self.tls.listen.is_empty() && self.tls.cert.is_none() {
+            return invalid("tls.listen (--tls-listen) needs tls.cert and tls.key");
         }
         if self.auth.passwd_file.is_none() {
             return invalid("no passdb: set auth.passwd_file or --passwd-file");
@@ -159,6 +253,8 @@ impl Config {
             return invalid("no mail location: set mail.location or --mail-location");
         };
         MailLocation::parse(location).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::store::UidlFormat::parse(&self.mail.pop3_uidl_format)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let l = &self.limits;
         if !(16..=8192).contains(&l.line_bytes_max) {
             return invalid("limits.line_bytes_max must be between 16 and 8192");

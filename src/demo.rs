@@ -65,7 +65,7 @@ pub fn create(dir: &Path) -> io::Result<DemoTree> {
     let mut passwd = String::new();
     for (i, user) in USERS.iter().enumerate() {
         // Mixed schemes, as a real passwd-file has after years of migrations.
-        let scheme = [Scheme::Sha512Crypt, Scheme::Ssha256, Scheme::Plain][i % 3];
+        let scheme = [Scheme::Plain, Scheme::Sha512Crypt, Scheme::Ssha256][i % 3];
         let hash = hash_password(scheme, user.password.as_bytes());
         passwd.push_str(&format!(
             "{}:{hash}:1000:1000::{}::\n",

@@ -22,13 +22,14 @@
 //!
 //! Layers (see `docs/architecture.md`): [`protocol`] knows POP3 and nothing else;
 //! [`wire`] is the body transform; [`store`] is Maildir; [`auth`] is the passdb;
-//! [`engine`] moves bytes and runs blocking work on the pool.
+//! [`engine`] moves bytes and runs blocking work on the pool; [`tls`] is rustls
+//! as a sans-IO layer between the socket bytes and the session.
 
 pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod engine;
-pub mod metrics;
 pub mod protocol;
 pub mod store;
+pub mod tls;
 pub mod wire;

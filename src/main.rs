@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use shardpop::auth::{Scheme, hash_password};
-use shardpop::config::Config;
+use shardpop::config::{Config, PlaintextAuth};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +71,18 @@ struct ServeArgs {
     /// Worker-pool threads (0 = two per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Where USER/PASS and SASL PLAIN are allowed.
+    #[arg(long, value_enum)]
+    plaintext_auth: Option<PlaintextAuth>,
+    /// Implicit-TLS listen address (repeatable); replaces tls.listen.
+    #[arg(long)]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain (STLS is offered on plain listeners when set).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +134,18 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(n) = args.workers {
         config.server.workers = n;
     }
+    if let Some(p) = args.plaintext_auth {
+        config.auth.plaintext_auth = p;
+    }
+    if !args.tls_listen.is_empty() {
+        config.tls.listen = args.tls_listen;
+    }
+    if let Some(p) = args.tls_cert {
+        config.tls.cert = Some(p);
+    }
+    if let Some(p) = args.tls_key {
+        config.tls.key = Some(p);
+    }
     shardpop::engine::serve(&config)?;
     Ok(())
 }
@@ -135,22 +159,25 @@ fn demo(dir: Option<PathBuf>, listen: SocketAddr, shards: usize) -> Result<()> {
     config.auth.passwd_file = Some(tree.passwd_file);
     config.mail.location = Some(tree.mail_location);
     config.auth.apop = true;
-    let url = format!("pop3://{listen}");
-    println!("shardpop demo: mail tree in {}", dir.display());
-    println!(
-        "users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)"
-    );
-    println!("try, in another terminal:");
-    println!("  curl {url}/ --user alice:wonderland          # LIST");
-    println!("  curl {url}/2 --user alice:wonderland         # RETR 2 (dot-stuffed lines)");
-    println!("  curl {url}/ --user alice:wonderland -X UIDL  # UIDL");
-    println!(
-        "  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.user('alice'); p.pass_('wonderland'); print(p.stat()); p.quit()\"",
-        listen.ip(),
-        listen.port()
-    );
-    println!("stop with Ctrl-C; each run recreates the tree.");
-    shardpop::engine::serve(&config)?;
+    let print_help = |bound: &[(SocketAddr, bool)]| {
+        let addr = bound.first().map_or(listen, |&(addr, _)| addr);
+        let url = format!("pop3://{addr}");
+        println!("shardpop demo: mail tree in {}", dir.display());
+        println!(
+            "users (password): alice (wonderland), bob@example.org (builder), carol (empty-mailbox)"
+        );
+        println!("try, in another terminal:");
+        println!("  curl {url}/ --user alice:wonderland          # LIST");
+        println!("  curl {url}/2 --user alice:wonderland         # RETR 2 (dot-stuffed lines)");
+        println!("  curl {url}/ --user alice:wonderland -X UIDL  # UIDL");
+        println!(
+            "  python3 -c \"import poplib; p=poplib.POP3('{}', {}); p.apop('alice', 'wonderland'); print(p.stat()); p.quit()\"",
+            addr.ip(),
+            addr.port()
+        );
+        println!("stop with Ctrl-C; each run recreates the tree.");
+    };
+    shardpop::engine::serve_with(&config, print_help)?;
     Ok(())
 }
 

@@ -105,7 +105,7 @@ fn every_body_is_byte_exact_for_retr_and_sizes_match() {
         let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
         for line in &lines[..lines.len() - 2] {
             assert!(
-                !(line.starts_with(b".") && !line.starts_with(b"..")),
+                !line.starts_with(b".") || line.starts_with(b".."),
                 "{name}: unstuffed dot line"
             );
         }
@@ -358,6 +358,7 @@ fn failure_delay_holds_the_answer_without_blocking_others() {
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 700\n".into(),
+            ..Opts::default()
         },
     );
     let mut bad = server.connect();
@@ -491,6 +492,7 @@ fn silent_client_is_timed_out_before_login() {
         Opts {
             shards: 1,
             toml: "[limits]\nlogin_timeout_ms = 300\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();
@@ -533,6 +535,7 @@ fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
         Opts {
             shards: 2,
             toml: "[limits]\nshutdown_grace_ms = 300\n".into(),
+            ..Opts::default()
         },
     );
     let mut c = server.connect();
@@ -585,4 +588,67 @@ fn writes_to_a_closed_socket_do_not_hurt_the_server() {
     }
     let mut c = connect_until_unlocked(&server, "alice", "pw-a");
     assert!(c.cmd("STAT").starts_with("+OK 9 "));
+}
+
+#[test]
+fn disk_errors_are_sys_temp_with_the_cause_logged() {
+    let (mut tree, _) = tree_with_corpus();
+    // A user whose Maildir path is a plain file: the store cannot open it.
+    tree.user("broken", "pw-b");
+    let md = tree.maildir("broken");
+    std::fs::remove_dir_all(&md).unwrap();
+    std::fs::write(&md, b"not a directory").unwrap();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.cmd("USER broken");
+    assert_eq!(
+        c.cmd("PASS pw-b"),
+        "-ERR [SYS/TEMP] Temporary server failure, try again later."
+    );
+    server.wait_log("cannot open the mailbox");
+
+    // A commit that cannot remove a file: cur/ replaced under the session.
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("DELE 1"), "+OK Marked to be deleted.");
+    let cur = tree.maildir("alice").join("cur");
+    std::fs::rename(&cur, tree.maildir("alice").join("moved-away")).unwrap();
+    std::fs::write(&cur, b"").unwrap();
+    assert_eq!(
+        c.cmd("QUIT"),
+        "-ERR [SYS/TEMP] Some deleted messages were not removed."
+    );
+    server.wait_log("cannot remove deleted message");
+}
+
+#[test]
+fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
+    let mut tree = Tree::new();
+    tree.user("d", "pw");
+    let md = tree.maildir("d");
+    // Three messages Dovecot numbered (UID order differs from name order),
+    // one a migration saved a UIDL for, and one Dovecot has not seen yet.
+    std::fs::write(md.join("cur/1700000001.M1.h,S=2,W=3:2,S"), b"a\n").unwrap();
+    std::fs::write(md.join("cur/1700000002.M2.h,S=2,W=3:2,"), b"b\n").unwrap();
+    std::fs::write(md.join("cur/1700000003.M3.h:2,"), b"c\n").unwrap();
+    std::fs::write(md.join("new/1700000004.M4.h"), b"d\n").unwrap();
+    std::fs::write(
+        md.join("dovecot-uidlist"),
+        "3 V1234 N9 G00112233445566778899aabbccddeeff\n\
+         7 :1700000001.M1.h,S=2,W=3\n\
+         5 W3 :1700000002.M2.h,S=2,W=3\n\
+         8 Pmigrated-uidl-1 :1700000003.M3.h\n",
+    )
+    .unwrap();
+    let server = Server::start(&tree);
+    let mut c = server.connect();
+    c.login("d", "pw");
+    assert_eq!(c.cmd("UIDL"), "+OK");
+    let (list, _) = c.multiline();
+    assert_eq!(
+        String::from_utf8(list).unwrap(),
+        "1 00000005000004d2\r\n2 00000007000004d2\r\n3 migrated-uidl-1\r\n4 1700000004.M4.h\r\n"
+    );
+    assert_eq!(c.cmd("RETR 1"), "+OK 3 octets");
+    assert_eq!(c.multiline().0, b"b\r\n");
 }

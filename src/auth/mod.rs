@@ -1,5 +1,6 @@
 //! auth: who may log in. Owns the passdb (Dovecot's passwd-file format), the
-//! password schemes, APOP, and the user-name check.
+//! password schemes, APOP, the SASL mechanisms that need state (SCRAM-SHA-256,
+//! in [`sasl`]), and the user-name check.
 //!
 //! Everything here that hashes or reads the passwd-file is blocking work: it
 //! runs on the worker pool, never on a shard thread. The one exception is
@@ -13,6 +14,11 @@
 //! - [`Passdb::verify_plain`] / [`Passdb::verify_apop`] on the pool. Unknown
 //!   user and wrong password give the same `Ok(None)` at the same cost, so
 //!   the timing of a failed login does not tell which one it was.
+//! - SCRAM-SHA-256: [`ScramServer::client_first`] on the client's first
+//!   message gives the user name; [`Passdb::scram_credentials`] on the pool
+//!   gives the credentials (made-up ones for unknown users);
+//!   [`ScramServer::server_first`] and [`ScramServer::client_final`] finish
+//!   the exchange, and [`ScramServer::user`] is the user on success.
 //! - `Err` means an operating error (the passwd-file could not be re-read):
 //!   answer `-ERR [SYS/TEMP]` and log it.
 //! - On success, [`UserEntry`] carries the home and the extra fields
@@ -24,6 +30,7 @@
 mod apop;
 mod passdb;
 mod passwd_file;
+pub mod sasl;
 mod scheme;
 mod user;
 mod username;
@@ -32,7 +39,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use passdb::Passdb;
+pub use passdb::{Passdb, SCRAM_PLAIN_ITERATIONS};
+pub use sasl::{ScramCredentials, ScramError, ScramServer};
 pub use scheme::{Scheme, hash_password};
 pub use user::UserEntry;
 pub use username::valid_username;

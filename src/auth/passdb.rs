@@ -14,6 +14,19 @@
 //! users have, and a miss verifies the login against it and throws the
 //! answer away. Users whose scheme differs from the majority still cost what
 //! their own scheme costs; that is the price of mixed files.
+//!
+//! SCRAM-SHA-256 ([`Passdb::scram_credentials`]): a `{SCRAM-SHA-256}` entry
+//! gives its stored keys. A `{PLAIN}` entry gives keys derived with
+//! [`SCRAM_PLAIN_ITERATIONS`] and a salt that is stable per user and secret:
+//! the first 16 bytes of HMAC-SHA-256(scram secret, label || login name).
+//! An unknown user gets made-up keys with the same kind of salt and the
+//! iteration count most SCRAM-capable users have, so server-first looks the
+//! same for users who exist and users who do not (RFC 5802 §5.1), and costs
+//! what the most common kind of user costs (a PBKDF2 when most are `{PLAIN}`).
+//! The scram secret is random per process unless the operator sets one
+//! ([`Passdb::with_scram_secret`]); servers that share a passwd-file should
+//! share the secret too, or the salts of `{PLAIN}` and unknown users differ
+//! between them while those of `{SCRAM-SHA-256}` users do not.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -27,7 +40,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 
+use ring::rand::{SecureRandom, SystemRandom};
+
 use super::passwd_file::{self, Entry, Password, Problem};
+use super::sasl::ScramCredentials;
+use super::scheme::scram::{self, ScramKeys, hmac_sha256};
 use super::scheme::{Cost, StoredPassword};
 use super::username::{lookup_key, valid_username};
 use super::{AuthError, PASSWD_FILE_BYTES_MAX, PASSWORD_BYTES_MAX, UserEntry, apop};
@@ -45,6 +62,22 @@ const FALLBACK_DUMMY: &str = "$6$shardpopdummy.00$W3XwoAbpOhF.N8TfRU.6Gq99F1ODxL
 /// Hashed into APOP digests for unknown users, so they cost an MD5 too.
 const APOP_DUMMY_PASSWORD: &[u8] = b"shardpop-apop-dummy";
 
+/// PBKDF2 iterations of the SCRAM-SHA-256 keys derived from a `{PLAIN}`
+/// password: Dovecot's default and RFC 7677's minimum.
+pub const SCRAM_PLAIN_ITERATIONS: u32 = scram::ITERATIONS_DEFAULT;
+
+/// Salt length for derived and made-up SCRAM keys, as `doveadm pw` writes.
+const SCRAM_SALT_BYTES: usize = scram::SALT_BYTES;
+
+/// Size of the random scram secret made when the operator sets none.
+const SCRAM_SECRET_BYTES: usize = 32;
+
+/// Domain labels, so one secret never gives the same HMAC for two purposes.
+const SCRAM_SALT_LABEL: &[u8] = b"shardpop scram salt\0";
+const SCRAM_FAKE_PASSWORD_LABEL: &[u8] = b"shardpop scram fake password\0";
+const SCRAM_FAKE_STORED_LABEL: &[u8] = b"shardpop scram fake stored key\0";
+const SCRAM_FAKE_SERVER_LABEL: &[u8] = b"shardpop scram fake server key\0";
+
 /// A passwd-file, shared by the worker pool threads (`Arc<Passdb>`).
 pub struct Passdb {
     path: PathBuf,
@@ -54,6 +87,8 @@ pub struct Passdb {
     last_check: Mutex<Instant>,
     /// Mirrors `current.table.has_plaintext` for lock-free reads.
     has_plaintext: AtomicBool,
+    /// Keys the per-user SCRAM salts of `{PLAIN}` and unknown users.
+    scram_secret: Box<[u8]>,
 }
 
 #[derive(Clone)]
@@ -125,17 +160,29 @@ struct Table {
     dummy: StoredPassword,
     stamp: Stamp,
     has_plaintext: bool,
+    /// What made-up SCRAM credentials for unknown users look like.
+    scram_fake: ScramClass,
+}
+
+/// How a user's SCRAM keys look from outside and what they cost to make:
+/// the iteration count, and whether a PBKDF2 runs at lookup (`{PLAIN}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ScramClass {
+    iterations: u32,
+    derived: bool,
 }
 
 impl Table {
     fn new(users: HashMap<String, Entry>, stamp: Stamp) -> Table {
         let has_plaintext = users.values().any(|entry| plaintext(entry).is_some());
         let dummy = pick_dummy(&users);
+        let scram_fake = pick_scram_class(&users);
         Table {
             users,
             dummy,
             stamp,
             has_plaintext,
+            scram_fake,
         }
     }
 
@@ -180,6 +227,41 @@ fn pick_dummy(users: &HashMap<String, Entry>) -> StoredPassword {
     }
 }
 
+/// The SCRAM class most SCRAM-capable users have, the earliest line on a
+/// tie; 4096 stored iterations when no user can do SCRAM.
+fn pick_scram_class(users: &HashMap<String, Entry>) -> ScramClass {
+    let mut classes: HashMap<ScramClass, (usize, usize)> = HashMap::new();
+    for entry in users.values() {
+        let Password::Stored(stored) = &entry.password else {
+            continue;
+        };
+        let class = match (stored.scram_keys(), stored.plaintext()) {
+            (Some(keys), _) => ScramClass {
+                iterations: keys.iterations,
+                derived: false,
+            },
+            (None, Some(_)) => ScramClass {
+                iterations: SCRAM_PLAIN_ITERATIONS,
+                derived: true,
+            },
+            (None, None) => continue,
+        };
+        let counted = classes.entry(class).or_insert((0, entry.line));
+        counted.0 += 1;
+        counted.1 = counted.1.min(entry.line);
+    }
+    classes
+        .into_iter()
+        .max_by_key(|&(_, (count, line))| (count, std::cmp::Reverse(line)))
+        .map_or(
+            ScramClass {
+                iterations: scram::ITERATIONS_DEFAULT,
+                derived: false,
+            },
+            |(class, _)| class,
+        )
+}
+
 impl Passdb {
     /// Loads the passwd-file at `path` now. Bad lines are logged and
     /// skipped; a file that cannot be read is an error.
@@ -204,7 +286,17 @@ impl Passdb {
                 failure: None,
             }),
             last_check: Mutex::new(Instant::now()),
+            scram_secret: random_secret(),
         })
+    }
+
+    /// Sets the secret that keys the SCRAM salts of `{PLAIN}` and unknown
+    /// users (see the module doc). It should be at least 16 random bytes,
+    /// kept private, and the same on every server of one passwd-file; while
+    /// it stays the same, those salts do too.
+    pub fn with_scram_secret(mut self, secret: &[u8]) -> Passdb {
+        self.scram_secret = secret.into();
+        self
     }
 
     /// Checks a USER/PASS or SASL PLAIN login. `Ok(Some(user))` on success;
@@ -264,6 +356,69 @@ impl Passdb {
         let password = stored.unwrap_or(APOP_DUMMY_PASSWORD);
         let matched = apop::digest_matches(challenge, password, &given) && stored.is_some();
         Ok(entry.and_then(|entry| admit(matched, key, entry)))
+    }
+
+    /// The SCRAM-SHA-256 credentials of `user`, for
+    /// [`ScramServer::server_first`](super::sasl::ScramServer::server_first).
+    /// Blocking: a `{PLAIN}` user costs a PBKDF2.
+    ///
+    /// - `{SCRAM-SHA-256}` and `{PLAIN}` users: their keys, able to succeed
+    ///   unless the entry has `nologin` or `fail`.
+    /// - Unknown users, names the passdb refuses, users without a password:
+    ///   made-up keys that look like a real user's and can never succeed.
+    /// - `Ok(None)`: the user exists but their stored password cannot do
+    ///   SCRAM (crypt and digest schemes, `nopassword`); the caller fails the
+    ///   exchange now. This does tell a client that such a user exists.
+    /// - `Err` only when the passwd-file cannot be read.
+    pub fn scram_credentials(&self, user: &str) -> Result<Option<ScramCredentials>, AuthError> {
+        let key = lookup_key(user);
+        if !valid_username(user.as_bytes()) {
+            let table = Arc::clone(&self.current.read().table);
+            return Ok(Some(self.scram_fake(&table, &key)));
+        }
+        let table = self.table()?;
+        let Some(entry) = table.users.get(&key) else {
+            return Ok(Some(self.scram_fake(&table, &key)));
+        };
+        let keys = match &entry.password {
+            Password::Stored(stored) => match (stored.scram_keys(), stored.plaintext()) {
+                (Some(keys), _) => keys.clone(),
+                (None, Some(plaintext)) => {
+                    ScramKeys::derive(plaintext, &self.scram_salt(&key), SCRAM_PLAIN_ITERATIONS)
+                }
+                (None, None) => return Ok(None),
+            },
+            Password::Locked => return Ok(Some(self.scram_fake(&table, &key))),
+            Password::Any => return Ok(None),
+        };
+        let user = admit(true, key, entry);
+        Ok(Some(ScramCredentials::new(keys, user)))
+    }
+
+    /// The stable per-user salt of derived and made-up SCRAM keys.
+    fn scram_salt(&self, key: &str) -> Vec<u8> {
+        let mac = hmac_sha256(&self.scram_secret, &[SCRAM_SALT_LABEL, key.as_bytes()]);
+        mac[..SCRAM_SALT_BYTES].to_vec()
+    }
+
+    /// Credentials for a user who is not there, deterministic per name so
+    /// that asking twice gives the same salt, as for a real user.
+    fn scram_fake(&self, table: &Table, key: &str) -> ScramCredentials {
+        let class = table.scram_fake;
+        let salt = self.scram_salt(key);
+        let mac = |label: &[u8]| hmac_sha256(&self.scram_secret, &[label, key.as_bytes()]);
+        let keys = if class.derived {
+            // Costs the PBKDF2 a `{PLAIN}` user costs.
+            ScramKeys::derive(&mac(SCRAM_FAKE_PASSWORD_LABEL), &salt, class.iterations)
+        } else {
+            ScramKeys {
+                iterations: class.iterations,
+                salt,
+                stored_key: mac(SCRAM_FAKE_STORED_LABEL),
+                server_key: mac(SCRAM_FAKE_SERVER_LABEL),
+            }
+        };
+        ScramCredentials::new(keys, None)
     }
 
     /// Whether any user has a plaintext password, so APOP can work and the
@@ -342,6 +497,18 @@ fn admit(matched: bool, key: String, entry: &Entry) -> Option<UserEntry> {
         home: entry.home.clone(),
         extra: entry.extra.clone(),
     })
+}
+
+/// A fresh scram secret from the system RNG.
+///
+/// # Panics
+/// If the operating system's random number generator fails.
+fn random_secret() -> Box<[u8]> {
+    let mut secret = [0u8; SCRAM_SECRET_BYTES];
+    SystemRandom::new()
+        .fill(&mut secret)
+        .expect("system random number generator failed");
+    secret.into()
 }
 
 /// Opens, reads and parses the passwd-file, logging its problems.

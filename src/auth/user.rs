@@ -48,40 +48,23 @@ impl UserEntry {
     }
 }
 
-/// Whether `net` (`addr` or `addr/bits`) holds `ip`; `None` if `net` does
-/// not parse.
+/// Whether `net` (`addr` or `addr/bits`, host bits allowed as in Dovecot)
+/// holds `ip`; `None` if `net` does not parse.
 fn net_contains(net: &str, ip: IpAddr) -> Option<bool> {
-    let (addr, bits) = match net.split_once('/') {
-        Some((addr, bits)) => (addr, Some(bits.parse::<u32>().ok()?)),
-        None => (net, None),
+    let net = match net.parse::<ipnet::IpNet>() {
+        Ok(net) => net,
+        Err(_) => ipnet::IpNet::from(net.parse::<IpAddr>().ok()?),
     };
-    let addr = addr.parse::<IpAddr>().ok()?.to_canonical();
-    match (addr, ip) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) => {
-            let bits = bits.unwrap_or(32);
-            (bits <= 32).then(|| {
-                prefix_eq(
-                    u128::from(net.to_bits()) << 96,
-                    u128::from(ip.to_bits()) << 96,
-                    bits,
-                )
-            })
-        }
-        (IpAddr::V6(net), IpAddr::V6(ip)) => {
-            let bits = bits.unwrap_or(128);
-            (bits <= 128).then(|| prefix_eq(net.to_bits(), ip.to_bits(), bits))
-        }
-        _ => Some(false),
-    }
-}
-
-/// Whether the top `bits` bits of `a` and `b` agree.
-fn prefix_eq(a: u128, b: u128, bits: u32) -> bool {
-    if bits == 0 {
-        return true;
-    }
-    let mask = u128::MAX << (128 - bits);
-    a & mask == b & mask
+    let canonical = match net {
+        ipnet::IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+            Some(v4) if v6.prefix_len() >= 96 => {
+                ipnet::IpNet::new(v4.into(), v6.prefix_len() - 96).ok()?
+            }
+            _ => net,
+        },
+        v4 => v4,
+    };
+    Some(canonical.contains(&ip))
 }
 
 #[cfg(test)]

@@ -13,26 +13,33 @@ use super::StartError;
 /// The accept backlog per socket; the kernel caps it at net.core.somaxconn.
 const BACKLOG: i32 = 4096;
 
-/// Binds `shards` sockets for each address. Returns the bound addresses (port
-/// 0 resolved) and, per shard, one listener per address.
+/// A bound listen address: where, and whether it speaks implicit TLS.
+pub type Bound = (SocketAddr, bool);
+
+/// One shard's listeners, each with its implicit-TLS flag.
+pub type ShardListeners = Vec<(TcpListener, bool)>;
+
+/// Binds `shards` sockets for each address (`true`: implicit TLS). Returns
+/// the bound addresses (port 0 resolved) and, per shard, one listener per
+/// address with its TLS flag.
 pub fn bind_all(
-    addrs: &[SocketAddr],
+    addrs: &[Bound],
     shards: usize,
-) -> Result<(Vec<SocketAddr>, Vec<Vec<TcpListener>>), StartError> {
+) -> Result<(Vec<Bound>, Vec<ShardListeners>), StartError> {
     let mut bound = Vec::with_capacity(addrs.len());
-    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards)
+    let mut per_shard: Vec<ShardListeners> = (0..shards)
         .map(|_| Vec::with_capacity(addrs.len()))
         .collect();
-    for &addr in addrs {
+    for &(addr, tls) in addrs {
         let mut actual = addr;
         for listeners in &mut per_shard {
             let listener = bind(actual).map_err(|e| StartError::Bind(actual, e))?;
             actual = listener
                 .local_addr()
                 .map_err(|e| StartError::Bind(actual, e))?;
-            listeners.push(listener);
+            listeners.push((listener, tls));
         }
-        bound.push(actual);
+        bound.push((actual, tls));
     }
     Ok((bound, per_shard))
 }
@@ -56,11 +63,26 @@ mod tests {
 
     #[test]
     fn port_zero_is_shared_by_every_shard() {
-        let (bound, per_shard) = bind_all(&["127.0.0.1:0".parse().unwrap()], 3).unwrap();
-        assert_eq!(bound.len(), 1);
-        assert_ne!(bound[0].port(), 0);
+        let (bound, per_shard) = bind_all(
+            &[
+                ("127.0.0.1:0".parse().unwrap(), false),
+                ("127.0.0.1:0".parse().unwrap(), true),
+            ],
+            3,
+        )
+        .unwrap();
+        assert_eq!(bound.len(), 2);
+        assert_ne!(bound[0].0.port(), 0);
+        assert_ne!(bound[0].0, bound[1].0);
         for listeners in &per_shard {
-            assert_eq!(listeners[0].local_addr().unwrap(), bound[0]);
+            assert_eq!(
+                (listeners[0].0.local_addr().unwrap(), listeners[0].1),
+                bound[0]
+            );
+            assert_eq!(
+                (listeners[1].0.local_addr().unwrap(), listeners[1].1),
+                bound[1]
+            );
         }
     }
 }

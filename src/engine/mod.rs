@@ -13,9 +13,13 @@
 //! table in `store::lock`).
 #![forbid(unsafe_code)]
 
+pub mod body;
 pub mod conn;
+pub mod guard;
 pub mod listen;
+pub mod privilege;
 pub mod shard;
+pub mod timer;
 pub mod worker;
 
 use std::fmt;
@@ -54,6 +58,12 @@ impl std::error::Error for StartError {}
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn serve(config: &Config) -> Result<(), StartError> {
+    serve_with(config, |_| {})
+}
+
+/// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
+/// once every listener is up.
+pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Result<(), StartError> {
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -66,12 +76,47 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
     }
 
     let shards = config.shards();
-    let (bound, listeners) = listen::bind_all(&config.server.listen, shards)?;
-    for addr in &bound {
-        tracing::info!(%addr, shards, "listening");
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            Some(Arc::new(
+                crate::tls::TlsReloader::new(files)
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            ))
+        }
+        _ => None,
+    };
+    let addrs: Vec<listen::Bound> = config
+        .server
+        .listen
+        .iter()
+        .map(|&a| (a, false))
+        .chain(config.tls.listen.iter().map(|&a| (a, true)))
+        .collect();
+    let (bound, listeners) = listen::bind_all(&addrs, shards)?;
+    for (addr, implicit_tls) in &bound {
+        tracing::info!(%addr, tls = implicit_tls, shards, "listening");
+    }
+    // Before any thread starts: every thread inherits the new identity.
+    match privilege::drop_to(
+        config.server.user.as_deref(),
+        config.server.group.as_deref(),
+    ) {
+        Ok(Some(identity)) => tracing::info!(%identity, "dropped root privileges"),
+        Ok(None) => {}
+        Err(e) => return Err(StartError::Config(e)),
     }
 
-    let ctx = Arc::new(worker::LoginContext { passdb, location });
+    let uidl_format = crate::store::UidlFormat::parse(&config.mail.pop3_uidl_format)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let ctx = Arc::new(worker::LoginContext {
+        passdb,
+        location,
+        uidl_format,
+    });
     let (jobs, workers) = worker::start(config.workers(), ctx);
     let shared = Arc::new(shard::Shared {
         shutdown: AtomicBool::new(false),
@@ -79,10 +124,16 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
         limits: Limits {
             line_bytes_max: config.limits.line_bytes_max,
             bad_commands_max: config.limits.bad_commands_max,
+            commands_before_login_max: config.limits.commands_before_login_max,
             output_high_water_bytes: config.limits.output_buffer_bytes,
         },
         apop: config.auth.apop,
         hostname: hostname(),
+        plaintext_auth: config.auth.plaintext_auth,
+        guard: guard::Guard::new(guard::GuardConfig::new(
+            &config.auth,
+            config.limits.connections_per_address_max,
+        )),
     });
 
     let mut wakers = Vec::with_capacity(shards);
@@ -92,9 +143,10 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
             shard: id,
             login_timeout: config.login_timeout(),
             autologout: config.autologout(),
-            failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
             output_buffer_bytes: config.limits.output_buffer_bytes,
             recv_buffer_bytes: config.limits.recv_buffer_bytes,
+            tls: tls.clone(),
+            plaintext_auth: config.auth.plaintext_auth,
         };
         let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(&shared))
             .map_err(StartError::Os)?;
@@ -106,22 +158,33 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
         threads.push(handle);
     }
     drop(jobs);
+    ready(&bound);
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(StartError::Os)?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Os)?;
     let signal_handle = signals.handle();
     let watcher = thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // New certificates for new connections; sessions keep theirs.
+                    match &tls {
+                        Some(reloader) => match reloader.reload() {
+                            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate"),
+                        },
+                        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+                    }
+                    continue;
+                }
                 tracing::info!(signal, "shutdown requested");
                 shared.shutdown.store(true, Ordering::Relaxed);
                 for w in &wakers {
                     let _ = w.wake();
                 }
+                break;
             }
         })
         .map_err(StartError::Os)?;

@@ -1,23 +1,27 @@
-//! One shard: a thread with its own mio `Poll`, its own SO_REUSEPORT
-//! listeners, its connection slab, a timer heap and a completion channel that
-//! the worker pool fills and wakes through a mio `Waker`. Nothing here is
-//! shared with other shards except the job queue and the shutdown flag.
+//! One shard on epoll (mio): a thread with its own `Poll`, its own
+//! SO_REUSEPORT listeners, a slab of (socket, `Conn`), a timer heap and a
+//! completion channel that the worker pool fills and wakes through a mio
+//! `Waker`. Nothing here is shared with other shards except the job queue and
+//! the shutdown flag. This file is the readiness pump: it moves bytes between
+//! sockets and the I/O-free `Conn`.
 #![forbid(unsafe_code)]
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Conn, Context, Settings, Verdict};
+use super::body::IOVECS_MAX;
+use super::conn::{Conn, Context, Settings, Status};
+use super::guard::{Admission, Guard};
+use super::timer::Timers;
 use super::worker::{ConnRef, Done, Job, Reply};
+use crate::config::PlaintextAuth;
 use crate::protocol::{Limits, Offer, Session};
 
 const WAKER: Token = Token(usize::MAX);
@@ -38,6 +42,39 @@ pub struct Shared {
     pub apop: bool,
     /// Host name for APOP challenges.
     pub hostname: String,
+    /// Where plaintext logins are allowed.
+    pub plaintext_auth: PlaintextAuth,
+    /// Per-address defences, shared by every shard.
+    pub guard: Guard,
+}
+
+impl Shared {
+    /// A new session for a connection accepted by `shard` as its `id`th.
+    pub fn session(
+        &self,
+        shard: usize,
+        id: u64,
+        peer: std::net::SocketAddr,
+        tls: bool,
+        stls: bool,
+    ) -> Session {
+        let challenge = self.apop.then(|| {
+            format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
+        });
+        let offer = Offer {
+            plaintext_auth: self.plaintext_auth.allows(tls, peer.ip()),
+            stls,
+        };
+        Session::new(self.limits, offer, challenge)
+    }
+}
+
+/// A socket and its connection.
+struct Entry {
+    socket: TcpStream,
+    conn: Conn,
+    /// Holds a per-address connection slot in the guard.
+    counted: bool,
 }
 
 /// A shard before its thread starts: created on the main thread so that a
@@ -45,20 +82,26 @@ pub struct Shared {
 pub struct Shard {
     id: usize,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// Each with its implicit-TLS flag.
+    listeners: Vec<(TcpListener, bool)>,
     waker: Arc<mio::Waker>,
-    done_tx: Sender<Done>,
+    reply: Reply,
     done_rx: Receiver<Done>,
     jobs: Sender<Job>,
     settings: Settings,
     shared: Arc<Shared>,
+    entries: Slab<Entry>,
+    timers: Timers,
+    next_id: u64,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
 }
 
 impl Shard {
     /// Registers `listeners` with a new poll.
     pub fn new(
         id: usize,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<(std::net::TcpListener, bool)>,
         jobs: Sender<Job>,
         settings: Settings,
         shared: Arc<Shared>,
@@ -66,23 +109,34 @@ impl Shard {
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut mio_listeners = Vec::with_capacity(listeners.len());
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, (l, tls)) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            mio_listeners.push(l);
+            mio_listeners.push((l, tls));
         }
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let reply = Reply {
+            to: done_tx,
+            waker: Arc::clone(&waker),
+            conn: ConnRef { slot: 0, id: 0 },
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         Ok(Shard {
             id,
             poll,
             listeners: mio_listeners,
             waker,
-            done_tx,
+            reply,
             done_rx,
             jobs,
             settings,
             shared,
+            entries: Slab::new(),
+            timers: Timers::default(),
+            next_id: 0,
+            accept_paused_until: None,
+            shutdown_deadline: None,
         })
     }
 
@@ -92,64 +146,55 @@ impl Shard {
     }
 
     /// Runs the event loop until shutdown has finished.
-    pub fn run(self) {
-        let mut state = Loop {
-            conns: Slab::new(),
-            timers: BinaryHeap::new(),
-            next_id: 0,
-            accept_paused_until: None,
-            shutdown_deadline: None,
-        };
+    pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let mut shard = self;
         loop {
-            let timeout = state.timeout(Instant::now());
-            if let Err(e) = shard.poll.poll(&mut events, timeout)
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                tracing::error!(shard = shard.id, error = %e, "poll failed; shard stops");
+                tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
                 return;
             }
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(t) if t > LISTENER_BASE - shard.listeners.len() && t <= LISTENER_BASE => {
-                        shard.accept(&mut state, LISTENER_BASE - t, now);
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept(LISTENER_BASE - t, now);
                     }
-                    Token(slot) => shard.conn_event(&mut state, slot, now),
+                    Token(slot) => self.drive(slot, now),
                 }
             }
-            shard.completions(&mut state, now);
-            shard.expire(&mut state, now);
-            if shard.shared.shutdown.load(Ordering::Relaxed) && shard.shutting_down(&mut state, now)
-            {
+            self.completions(now);
+            self.expire(now);
+            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
                 return;
             }
         }
     }
 
-    fn context(&self, slot: usize, now: Instant) -> Context<'_> {
-        Context {
-            jobs: &self.jobs,
-            reply: Reply {
-                to: self.done_tx.clone(),
-                waker: Arc::clone(&self.waker),
-                conn: ConnRef { slot, id: 0 },
-                peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            },
-            settings: &self.settings,
-            now,
-        }
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        let next = [
+            self.timers.next(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        next.map(|when| when.saturating_duration_since(now))
     }
 
-    fn accept(&mut self, state: &mut Loop, index: usize, now: Instant) {
-        if state.accept_paused_until.is_some_and(|t| t > now) || state.shutdown_deadline.is_some() {
+    fn accept(&mut self, index: usize, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t > now) || self.shutdown_deadline.is_some() {
             return;
         }
-        state.accept_paused_until = None;
+        self.accept_paused_until = None;
         loop {
-            let (mut socket, peer) = match self.listeners[index].accept() {
+            let (listener, implicit_tls) = &self.listeners[index];
+            let implicit_tls = *implicit_tls;
+            let (mut socket, peer) = match listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -157,173 +202,294 @@ impl Shard {
                 Err(e) => {
                     // EMFILE and friends: the clients wait in the backlog; retry soon.
                     tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts");
-                    state.accept_paused_until = Some(now + ACCEPT_RETRY);
+                    self.accept_paused_until = Some(now + ACCEPT_RETRY);
                     return;
                 }
             };
+            let counted = match self.shared.guard.admit(peer.ip(), now) {
+                Admission::Admit { counted } => counted,
+                refused => {
+                    refuse(&mut socket, refused);
+                    continue;
+                }
+            };
             let _ = socket.set_nodelay(true);
-            let entry = state.conns.vacant_entry();
-            let slot = entry.key();
-            if let Err(e) = self.poll.registry().register(
-                &mut socket,
-                Token(slot),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            let slot = self.entries.vacant_key();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut socket, Token(slot), interest)
+            {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
+                if counted {
+                    self.shared.guard.release(peer.ip());
+                }
                 continue;
             }
-            state.next_id += 1;
-            let id = state.next_id;
-            let challenge = self.shared.apop.then(|| {
-                format!(
-                    "<{}.{}.{}@{}>",
-                    std::process::id(),
-                    self.id,
-                    id,
-                    self.shared.hostname
-                )
-                .into_boxed_str()
-            });
-            let offer = Offer {
-                plaintext_auth: true,
-                stls: false,
+            self.next_id += 1;
+            let tls = match (implicit_tls, &self.settings.tls) {
+                (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
+                    Ok(layer) => Some(layer),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start TLS for a new connection");
+                        continue;
+                    }
+                },
+                _ => None,
             };
-            let session = Session::new(self.shared.limits, offer, challenge);
-            let conn = entry.insert(Conn::new(id, socket, peer, session, &self.settings, now));
-            let mut cx = self.context(slot, now);
-            cx.reply.peer = peer;
-            let verdict = conn.drive(&mut cx);
-            self.settle(state, slot, verdict);
+            let stls = tls.is_none() && self.settings.tls.is_some();
+            let session = self
+                .shared
+                .session(self.id, self.next_id, peer, tls.is_some(), stls);
+            let conn = Conn::new(self.next_id, peer, session, &self.settings, now, tls);
+            self.entries.insert(Entry {
+                socket,
+                conn,
+                counted,
+            });
+            self.drive(slot, now);
         }
     }
 
-    fn conn_event(&mut self, state: &mut Loop, slot: usize, now: Instant) {
-        let Some(conn) = state.conns.get_mut(slot) else {
+    /// Moves bytes for one connection until nothing more can move, then
+    /// closes it or re-arms its timer.
+    fn drive(&mut self, slot: usize, now: Instant) {
+        let Some(entry) = self.entries.get_mut(slot) else {
             return;
         };
-        let mut cx = self.context(slot, now);
-        cx.reply.peer = conn.peer;
-        let verdict = conn.drive(&mut cx);
-        self.settle(state, slot, verdict);
+        let cx = Context {
+            jobs: &self.jobs,
+            reply: &self.reply,
+            settings: &self.settings,
+            now,
+            slot,
+            guard: &self.shared.guard,
+        };
+        let status = pump(entry, &cx);
+        self.settle(slot, status);
     }
 
-    fn completions(&mut self, state: &mut Loop, now: Instant) {
+    fn completions(&mut self, now: Instant) {
         while let Ok(done) = self.done_rx.try_recv() {
             let ConnRef { slot, id } = done.conn;
             // The connection may have gone (and its slot been reused) meanwhile;
             // dropping the result drops any mailbox lock it carried.
-            let Some(conn) = state.conns.get_mut(slot).filter(|c| c.id == id) else {
+            let Some(entry) = self.entries.get_mut(slot).filter(|e| e.conn.id == id) else {
                 continue;
             };
-            let mut cx = self.context(slot, now);
-            cx.reply.peer = conn.peer;
-            let verdict = conn.on_done(done, &mut cx);
-            self.settle(state, slot, verdict);
+            let cx = Context {
+                jobs: &self.jobs,
+                reply: &self.reply,
+                settings: &self.settings,
+                now,
+                slot,
+                guard: &self.shared.guard,
+            };
+            entry.conn.on_done(done, &cx);
+            self.drive(slot, now);
         }
     }
 
-    fn expire(&mut self, state: &mut Loop, now: Instant) {
-        while let Some(Reverse((when, slot, id, generation))) = state.timers.peek().copied() {
-            if when > now {
-                break;
-            }
-            state.timers.pop();
-            let Some(conn) = state
-                .conns
-                .get_mut(slot)
-                .filter(|c| c.id == id && c.timer_gen == generation)
-            else {
+    fn expire(&mut self, now: Instant) {
+        while let Some((slot, id, generation)) = self.timers.pop_due(now) {
+            let Some(entry) = self.entries.get_mut(slot) else {
                 continue;
             };
-            conn.armed_at = None;
-            let mut cx = self.context(slot, now);
-            cx.reply.peer = conn.peer;
-            let verdict = conn.on_timer(&mut cx);
-            // Activity moved the deadline (no heap work per command): re-arm.
-            self.settle(state, slot, verdict);
+            if entry.conn.id != id || entry.conn.timer_gen != generation {
+                continue;
+            }
+            entry.conn.armed_at = None;
+            let cx = Context {
+                jobs: &self.jobs,
+                reply: &self.reply,
+                settings: &self.settings,
+                now,
+                slot,
+                guard: &self.shared.guard,
+            };
+            match entry.conn.on_timer(&cx) {
+                Status::Close => {
+                    // One attempt to deliver the last line, then drop it.
+                    let _ = write_out(entry, now);
+                    self.close(slot);
+                }
+                _ => self.drive(slot, now),
+            }
         }
-        if state.accept_paused_until.is_some_and(|t| t <= now) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
             for i in 0..self.listeners.len() {
-                self.accept(state, i, now);
+                self.accept(i, now);
             }
         }
     }
 
     /// Returns true when the shard may exit.
-    fn shutting_down(&mut self, state: &mut Loop, now: Instant) -> bool {
-        let deadline = match state.shutdown_deadline {
+    fn shutting_down(&mut self, now: Instant) -> bool {
+        let deadline = match self.shutdown_deadline {
             Some(d) => d,
             None => {
-                for l in &mut self.listeners {
+                for (l, _) in &mut self.listeners {
                     let _ = self.poll.registry().deregister(l);
                 }
                 self.listeners.clear();
                 let d = now + self.shared.shutdown_grace;
-                state.shutdown_deadline = Some(d);
+                self.shutdown_deadline = Some(d);
                 tracing::info!(
                     shard = self.id,
-                    sessions = state.conns.len(),
+                    sessions = self.entries.len(),
                     "shutting down"
                 );
                 d
             }
         };
         if now >= deadline {
-            let slots: Vec<usize> = state.conns.iter().map(|(k, _)| k).collect();
+            let slots: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
             for slot in slots {
-                state.conns[slot].abort(crate::protocol::reply::text::SHUTTING_DOWN);
-                self.close(state, slot);
+                let entry = &mut self.entries[slot];
+                entry
+                    .conn
+                    .abort(crate::protocol::reply::text::SHUTTING_DOWN);
+                let _ = write_out(entry, now);
+                self.close(slot);
             }
         }
-        state.conns.is_empty()
+        self.entries.is_empty()
     }
 
     /// Closes the connection, or makes sure the timer heap holds an entry no
     /// later than its next wakeup. Pushing only when the wakeup moved earlier
     /// keeps heap work off the per-command path.
-    fn settle(&mut self, state: &mut Loop, slot: usize, verdict: Verdict) {
-        if verdict == Verdict::Close {
-            self.close(state, slot);
+    fn settle(&mut self, slot: usize, status: Status) {
+        if status == Status::Close {
+            self.close(slot);
             return;
         }
-        let conn = &mut state.conns[slot];
+        let conn = &mut self.entries[slot].conn;
         let want = conn.next_wakeup(&self.settings);
         if conn.armed_at.is_none_or(|at| want < at) {
             conn.timer_gen += 1;
             conn.armed_at = Some(want);
-            state
-                .timers
-                .push(Reverse((want, slot, conn.id, conn.timer_gen)));
+            self.timers.push(want, slot, conn.id, conn.timer_gen);
         }
     }
 
-    fn close(&mut self, state: &mut Loop, slot: usize) {
-        let mut conn = state.conns.remove(slot);
-        let _ = self.poll.registry().deregister(&mut conn.socket);
-        conn.log_end(self.id);
-        // Dropping `conn` closes the socket and releases the mailbox lock.
-    }
-}
-
-/// The event loop's mutable state.
-struct Loop {
-    conns: Slab<Conn>,
-    /// (when, slot, conn id, timer generation), earliest first.
-    timers: BinaryHeap<Reverse<(Instant, usize, u64, u64)>>,
-    next_id: u64,
-    accept_paused_until: Option<Instant>,
-    shutdown_deadline: Option<Instant>,
-}
-
-impl Loop {
-    fn timeout(&self, now: Instant) -> Option<Duration> {
-        let mut next = self.timers.peek().map(|Reverse((when, ..))| *when);
-        for extra in [self.accept_paused_until, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-        {
-            next = Some(next.map_or(extra, |n| n.min(extra)));
+    fn close(&mut self, slot: usize) {
+        let mut entry = self.entries.remove(slot);
+        let _ = self.poll.registry().deregister(&mut entry.socket);
+        entry.conn.log_end(self.id);
+        if entry.counted {
+            self.shared.guard.release(entry.conn.peer.ip());
         }
-        next.map(|when| when.saturating_duration_since(now))
+        // Dropping `entry` closes the socket and releases the mailbox lock.
     }
+}
+
+/// Tells a refused client why, if its socket takes the line at once, and
+/// drops it. The log line is what fail2ban or an operator looks for.
+fn refuse(socket: &mut TcpStream, why: Admission) {
+    let line: &[u8] = match why {
+        Admission::TooManyConnections => {
+            b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+        }
+        _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
+    };
+    let peer = socket
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    tracing::info!("pop3 connection refused ({why:?}): rip={peer}");
+    let _ = socket.write(line);
+}
+
+/// The readiness pump for one connection: read until the socket is drained
+/// (edge-triggered) or the buffer is full, let the connection work, write
+/// until the socket is full, and repeat while anything moved.
+fn pump(entry: &mut Entry, cx: &Context<'_>) -> Status {
+    loop {
+        let read = match read_in(entry, cx.now) {
+            Ok(n) => n,
+            Err(e) => {
+                entry.conn.fail(&e);
+                return Status::Close;
+            }
+        };
+        if let Err(e) = entry.conn.process(cx) {
+            entry.conn.fail(&e);
+            return Status::Close;
+        }
+        let written = match write_out(entry, cx.now) {
+            Ok(n) => n,
+            Err(e) => {
+                entry.conn.fail(&e);
+                return Status::Close;
+            }
+        };
+        match entry.conn.status() {
+            Status::Close => return Status::Close,
+            Status::Linger => {
+                if entry.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                    return Status::Close;
+                }
+                entry.conn.start_linger(cx.now);
+            }
+            Status::Open if read == 0 && written == 0 => return Status::Open,
+            Status::Open => {}
+        }
+    }
+}
+
+fn read_in(entry: &mut Entry, now: Instant) -> io::Result<usize> {
+    let mut total = 0;
+    while entry.conn.wants_input() {
+        let space = entry.conn.input_space();
+        if space.is_empty() {
+            break;
+        }
+        match entry.socket.read(space) {
+            Ok(0) => entry.conn.on_eof(),
+            Ok(n) => {
+                entry.conn.on_input(n, now);
+                total += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+fn write_out(entry: &mut Entry, now: Instant) -> io::Result<usize> {
+    let mut total = 0;
+    while let Some(outgoing) = entry.conn.take_output()? {
+        let result = {
+            let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
+            let count = outgoing.slices(&mut iov);
+            loop {
+                match entry.socket.write_vectored(&iov[..count]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            }
+        };
+        let len = outgoing.len();
+        match result {
+            Ok(n) => {
+                entry.conn.output_done(outgoing, n, now);
+                total += n;
+                if n < len {
+                    break;
+                }
+            }
+            Err(e) => {
+                entry.conn.output_done(outgoing, 0, now);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    break;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(total)
 }

@@ -97,6 +97,8 @@ pub struct LoginContext {
     pub passdb: Passdb,
     /// The default mail location.
     pub location: MailLocation,
+    /// How UIDLs are made (Dovecot's `pop3_uidl_format`).
+    pub uidl_format: store::UidlFormat,
 }
 
 /// Starts `threads` workers. They stop when every sender of the returned
@@ -185,7 +187,7 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
             return failed(LoginFailure::Temporary);
         }
     };
-    match Mailbox::open(&dir) {
+    match Mailbox::open(&dir, &ctx.uidl_format) {
         Ok(mailbox) => Outcome::LoggedIn {
             user: entry.user.clone(),
             mailbox,

@@ -86,6 +86,8 @@ pub mod text {
     pub const DELETED: &str = "Message is deleted.";
     /// Too many bad commands: the connection closes.
     pub const TOO_MANY_BAD: &str = "Too many bad commands, closing.";
+    /// A client kept talking without logging in.
+    pub const TOO_MANY_BEFORE_LOGIN: &str = "Too many commands before login, closing.";
     /// The server is going down.
     pub const SHUTTING_DOWN: &str = "[SYS/TEMP] Server shutting down.";
     /// The client was silent too long.

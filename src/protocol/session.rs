@@ -32,6 +32,9 @@ pub struct Limits {
     pub line_bytes_max: usize,
     /// Bad commands before the connection is closed.
     pub bad_commands_max: u32,
+    /// Commands (of any kind) allowed before a successful login; a client
+    /// that keeps talking without logging in is a scanner or a guesser.
+    pub commands_before_login_max: u32,
     /// Stop answering pipelined commands while this much output is queued.
     pub output_high_water_bytes: usize,
 }
@@ -41,6 +44,7 @@ impl Default for Limits {
         Limits {
             line_bytes_max: 255,
             bad_commands_max: 20,
+            commands_before_login_max: 30,
             output_high_water_bytes: 64 * 1024,
         }
     }
@@ -91,6 +95,9 @@ pub enum Effect {
     /// UPDATE state: remove these messages (0-based indices), then answer
     /// with [`Completion::Committed`].
     Commit(Vec<usize>),
+    /// STLS was accepted: flush the `+OK`, discard any input received after
+    /// the STLS line, start TLS, then call [`Session::tls_started`].
+    StartTls,
     /// Flush what is queued, then close the connection.
     Close,
 }
@@ -162,6 +169,7 @@ pub struct Session {
     offer: Offer,
     apop_challenge: Option<Box<str>>,
     bad_commands: u32,
+    commands_before_login: u32,
     /// Dropping the rest of an overlong line, through its LF.
     discarding: bool,
     /// An effect is out; input waits.
@@ -220,6 +228,7 @@ impl Session {
             offer,
             apop_challenge,
             bad_commands: 0,
+            commands_before_login: 0,
             discarding: false,
             waiting: false,
             summary: Summary::default(),
@@ -234,6 +243,17 @@ impl Session {
             out.extend_from_slice(challenge.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+    }
+
+    /// TLS is now on (RFC 2595 §4): forget what the client said before it
+    /// (a USER name, a half-done SASL exchange) and offer what the secured
+    /// connection allows.
+    pub fn tls_started(&mut self, offer: Offer) {
+        self.offer = offer;
+        if let State::Authorization(auth) = &mut self.state {
+            *auth = Authorization::default();
+        }
+        self.discarding = false;
     }
 
     /// True while an effect is out and input must wait.
@@ -500,6 +520,14 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command<'_>, out: &mut Vec<u8>) -> Option<Effect> {
+        if let State::Authorization(_) = self.state {
+            self.commands_before_login += 1;
+            if self.commands_before_login > self.limits.commands_before_login_max {
+                reply::err(out, text::TOO_MANY_BEFORE_LOGIN);
+                self.state = State::Closed;
+                return Some(Effect::Close);
+            }
+        }
         if let Command::Capa = cmd {
             capa::write(out, self.offer, self.is_authorized());
             return None;
@@ -598,6 +626,10 @@ impl Session {
                 reply::ok(out, "Logging out.");
                 self.state = State::Closed;
                 Some(Effect::Close)
+            }
+            Command::Stls if self.offer.stls => {
+                reply::ok(out, "Begin TLS negotiation now.");
+                Some(Effect::StartTls)
             }
             Command::Stls => {
                 reply::err(out, "TLS is not available.");

@@ -596,3 +596,98 @@ fn debug_of_effects_redacts_passwords() {
     let shown = format!("{effect:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn too_many_commands_before_login_close_the_session() {
+    let limits = Limits {
+        commands_before_login_max: 4,
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    let (out, effect) = feed(&mut s, "CAPA\r\nUSER a\r\nUSER b\r\nUSER c\r\nUSER d\r\n");
+    assert!(
+        out.ends_with("+OK\r\n-ERR Too many commands before login, closing.\r\n"),
+        "{out}"
+    );
+    assert!(matches!(effect, Some(Effect::Close)));
+    // After login the count no longer applies.
+    let mut s = Session::new(limits, offer(), None);
+    say(&mut s, "USER a\r\n");
+    feed(&mut s, "PASS b\r\n");
+    let mut out = Vec::new();
+    s.complete(Completion::LoggedIn(drop3()), &mut out);
+    assert_eq!(say(&mut s, &"NOOP\r\n".repeat(10)), "+OK\r\n".repeat(10));
+}
+
+#[test]
+fn nothing_is_answered_while_update_runs() {
+    let mut s = logged_in();
+    say(&mut s, "DELE 1\r\n");
+    let mut out = Vec::new();
+    let step = s.handle_input(b"QUIT\r\nSTAT\r\nNOOP\r\n", &mut out);
+    assert!(matches!(step.effect, Some(Effect::Commit(_))));
+    assert_eq!(step.consumed, 6);
+    let step = s.handle_input(b"STAT\r\nNOOP\r\n", &mut out);
+    assert_eq!(
+        (step.consumed, out.len()),
+        (0, 0),
+        "UPDATE answers nothing but QUIT's result"
+    );
+    assert!(s.is_authorized() && s.is_waiting());
+}
+
+#[test]
+fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: false,
+            stls: true,
+        },
+        None,
+    );
+    let capa = say(&mut s, "CAPA\r\n");
+    assert!(
+        capa.contains("\r\nSTLS\r\n") && !capa.contains("USER"),
+        "{capa}"
+    );
+    assert!(say(&mut s, "USER a\r\n").starts_with("-ERR [AUTH]"));
+    let (out, effect) = feed(&mut s, "STLS\r\n");
+    assert_eq!(out, "+OK Begin TLS negotiation now.\r\n");
+    assert!(matches!(effect, Some(Effect::StartTls)));
+    s.tls_started(Offer {
+        plaintext_auth: true,
+        stls: false,
+    });
+    let capa = say(&mut s, "CAPA\r\n");
+    assert!(
+        !capa.contains("STLS") && capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN"),
+        "{capa}"
+    );
+    assert_eq!(say(&mut s, "STLS\r\n"), "-ERR TLS is not available.\r\n");
+    assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+    say(&mut s, "USER a\r\n");
+    assert!(matches!(
+        feed(&mut s, "PASS b\r\n").1,
+        Some(Effect::Login { .. })
+    ));
+}
+
+#[test]
+fn a_user_given_before_stls_is_forgotten() {
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: true,
+            stls: true,
+        },
+        None,
+    );
+    say(&mut s, "USER early\r\n");
+    assert!(matches!(feed(&mut s, "STLS\r\n").1, Some(Effect::StartTls)));
+    s.tls_started(Offer {
+        plaintext_auth: true,
+        stls: false,
+    });
+    assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+}

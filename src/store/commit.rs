@@ -62,7 +62,7 @@ mod tests {
         for n in 1..=4 {
             fs::write(dir.join(format!("cur/{n}.m.h:2,")), b"x\n").unwrap();
         }
-        let snap = maildir::scan(dir).unwrap();
+        let snap = maildir::scan(dir, &crate::store::UidlFormat::default()).unwrap();
         // Another reader sets a flag on message 3 and someone removes message 4.
         fs::rename(dir.join("cur/3.m.h:2,"), dir.join("cur/3.m.h:2,S")).unwrap();
         fs::remove_file(dir.join("cur/4.m.h:2,")).unwrap();

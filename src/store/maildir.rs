@@ -24,6 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::body::MessageMap;
+use super::uidlist::{Record, UidlFormat, Uidlist};
 use crate::protocol::Maildrop;
 
 /// One message of a snapshot.
@@ -97,34 +98,73 @@ pub fn create(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 pub(crate) fn open(dir: &Path) -> io::Result<Snapshot> {
     create(dir)?;
-    scan(dir)
+    scan(dir, &UidlFormat::parse("%f").unwrap())
 }
 
 /// Reads `new/` and `cur/` and builds the snapshot.
-pub fn scan(dir: &Path) -> io::Result<Snapshot> {
-    let mut messages = Vec::new();
+pub fn scan(dir: &Path, format: &UidlFormat) -> io::Result<Snapshot> {
+    let mut names = Vec::new();
     for name in list(&dir.join("new"))? {
         let moved = format!("{name}:2,");
         match fs::rename(dir.join("new").join(&name), dir.join("cur").join(&moved)) {
-            Ok(()) => messages.push(message(dir, moved, false)?),
+            Ok(()) => names.push((moved, false)),
             // Another reader moved it first; it is in cur/ now, under a name we
             // have not listed. The next session sees it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), file = %name, error = %e, "cannot move new mail to cur/");
-                messages.push(message(dir, name, true)?);
+                names.push((name, true));
             }
         }
     }
-    for name in list(&dir.join("cur"))? {
-        messages.push(message(dir, name, false)?);
+    names.extend(list(&dir.join("cur"))?.into_iter().map(|n| (n, false)));
+    let uidlist = Uidlist::read(dir)?;
+    let mut keyed = Vec::with_capacity(names.len());
+    for (name, in_new) in names {
+        let record = uidlist
+            .as_ref()
+            .and_then(|l| l.records.get(base_name(&name)));
+        // Dovecot's order (its UIDs, or a migration's saved order) first; mail
+        // Dovecot has not numbered yet follows in delivery order.
+        let key = match record {
+            Some(r) => (0, u64::from(r.pop3_order.unwrap_or(r.uid)), String::new()),
+            None => {
+                let (time, base) = order_key(base_name(&name));
+                (1, time, base.to_string())
+            }
+        };
+        let uidl = uidl(
+            base_name(&name),
+            record,
+            uidlist.as_ref().map(|l| l.uid_validity),
+            format,
+        );
+        keyed.push((key, message(dir, name, in_new, uidl)?));
     }
-    messages.sort_by(|a, b| order_key(a.base_name()).cmp(&order_key(b.base_name())));
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut messages: Vec<Message> = keyed.into_iter().map(|(_, m)| m).collect();
     messages.dedup_by(|a, b| a.base_name() == b.base_name());
     Ok(Snapshot {
         dir: dir.to_path_buf(),
         messages,
     })
+}
+
+/// The UIDL: a migration's saved one, else the template (which may need the
+/// message's Dovecot UID), else the base name.
+fn uidl(
+    base: &str,
+    record: Option<&Record>,
+    uid_validity: Option<u32>,
+    format: &UidlFormat,
+) -> Box<[u8]> {
+    if let Some(saved) = record.and_then(|r| r.pop3_uidl.as_deref()) {
+        return valid_uidl(saved);
+    }
+    match format.render(base, record.map(|r| r.uid), uid_validity) {
+        Some(rendered) => valid_uidl(&rendered),
+        None => valid_uidl(base),
+    }
 }
 
 /// File names in a Maildir subdirectory, without dot files.
@@ -143,9 +183,8 @@ fn list(sub: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-fn message(dir: &Path, file_name: String, in_new: bool) -> io::Result<Message> {
+fn message(dir: &Path, file_name: String, in_new: bool, uidl: Box<[u8]>) -> io::Result<Message> {
     let base = base_name(&file_name);
-    let uidl = uidl_of(base);
     let s_field = field(base, 'S');
     let (octets, file_bytes) = match (field(base, 'W'), s_field) {
         (Some(w), s) => (w, s),
@@ -153,7 +192,7 @@ fn message(dir: &Path, file_name: String, in_new: bool) -> io::Result<Message> {
             let path = dir
                 .join(if in_new { "new" } else { "cur" })
                 .join(&file_name);
-            let sizes = measured_sizes(base, &path)?;
+            let sizes = measured_sizes(dir, base, &path)?;
             (sizes.octets, Some(sizes.file_bytes))
         }
     };
@@ -186,7 +225,8 @@ fn order_key(base: &str) -> (u64, &str) {
 
 const UIDL_BYTES_MAX: usize = 70;
 
-fn uidl_of(base: &str) -> Box<[u8]> {
+/// `uidl` if it is a valid RFC 1939 unique-id, else a stable digest of it.
+fn valid_uidl(base: &str) -> Box<[u8]> {
     let valid = !base.is_empty()
         && base.len() <= UIDL_BYTES_MAX
         && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
@@ -212,31 +252,47 @@ struct Sizes {
 /// 100 bytes an entry this bounds the cache near 100 MiB.
 const SIZE_CACHE_ENTRIES_MAX: usize = 1 << 20;
 
-static SIZE_CACHE: Mutex<Option<HashMap<Box<str>, Sizes>>> = Mutex::new(None);
+/// Keyed by (Maildir, base name): base names are unique within a Maildir,
+/// and survive the renames that flag changes make.
+static SIZE_CACHE: Mutex<Option<HashMap<SizeKey, Sizes>>> = Mutex::new(None);
+
+/// (Maildir, base name).
+type SizeKey = (PathBuf, Box<str>);
 
 /// Sizes of a file whose name does not carry them: read once per process.
-fn measured_sizes(base: &str, path: &Path) -> io::Result<Sizes> {
-    if let Some(hit) = SIZE_CACHE.lock().as_ref().and_then(|c| c.get(base)) {
+fn measured_sizes(dir: &Path, base: &str, path: &Path) -> io::Result<Sizes> {
+    let key = (dir.to_path_buf(), Box::<str>::from(base));
+    if let Some(hit) = SIZE_CACHE.lock().as_ref().and_then(|c| c.get(&key)) {
         return Ok(*hit);
     }
     let map = MessageMap::open(path)?;
-    let bytes = map.as_slice();
-    let sizes = Sizes {
-        file_bytes: bytes.len() as u64,
-        octets: crate::wire::scan(bytes).crlf_octets,
-    };
+    let sizes = map
+        .read_guarded(|bytes| Sizes {
+            file_bytes: bytes.len() as u64,
+            octets: crate::wire::scan(bytes).crlf_octets,
+        })
+        .map_err(|_| {
+            io::Error::other(format!(
+                "{} was truncated while it was measured",
+                path.display()
+            ))
+        })?;
     let mut cache = SIZE_CACHE.lock();
     let cache = cache.get_or_insert_with(HashMap::new);
     if cache.len() >= SIZE_CACHE_ENTRIES_MAX {
         cache.clear();
     }
-    cache.insert(base.into(), sizes);
+    cache.insert(key, sizes);
     Ok(sizes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn f() -> UidlFormat {
+        UidlFormat::parse("%f").unwrap()
+    }
 
     fn write(dir: &Path, sub: &str, name: &str, body: &[u8]) {
         fs::write(dir.join(sub).join(name), body).unwrap();
@@ -252,7 +308,7 @@ mod tests {
         write(&dir, "cur", "1700000001.M1P1.h:2,", b"hello\n");
         write(&dir, "cur", ".hidden", b"nope");
         write(&dir, "tmp", "1700000000.tmp", b"half written");
-        let snap = scan(&dir).unwrap();
+        let snap = scan(&dir, &f()).unwrap();
         let names: Vec<&str> = snap.messages.iter().map(Message::base_name).collect();
         assert_eq!(
             names,
@@ -268,7 +324,7 @@ mod tests {
         assert!(dir.join("cur/1700000003.M3P1.h:2,").exists());
         assert_eq!(fs::read(snap.path(2)).unwrap(), b"x\r\ny\nz");
         // A second scan sees the same order and UIDLs.
-        let again = scan(&dir).unwrap();
+        let again = scan(&dir, &f()).unwrap();
         let uidls: Vec<&[u8]> = again.messages.iter().map(|m| &*m.uidl).collect();
         assert_eq!(
             uidls,
@@ -284,7 +340,7 @@ mod tests {
         write(&dir, "cur", "1.a,S=4,W=4:2,", b"a\r\n\r");
         write(&dir, "cur", "2.b:2,", b"a\r\nb\r\n");
         write(&dir, "cur", "3.c:2,", b"a\nb\r\n");
-        let snap = scan(&dir).unwrap();
+        let snap = scan(&dir, &f()).unwrap();
         let crlf: Vec<bool> = snap.messages.iter().map(Message::is_crlf).collect();
         assert_eq!(crlf, [true, true, false]);
     }
@@ -292,13 +348,13 @@ mod tests {
     #[test]
     fn invalid_base_names_get_a_stable_digest_uidl() {
         let long = "1".repeat(71);
-        let u = uidl_of(&long);
+        let u = valid_uidl(&long);
         assert_eq!(u.len(), 40);
-        assert_eq!(u, uidl_of(&long));
+        assert_eq!(u, valid_uidl(&long));
         assert!(u.iter().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(&*uidl_of("1.é.host"), &*uidl_of("1.é.host"));
-        assert_ne!(&*uidl_of("1.é.host"), "1.é.host".as_bytes());
-        assert_eq!(&*uidl_of("1.M2.h,S=3"), b"1.M2.h,S=3");
+        assert_eq!(&*valid_uidl("1.é.host"), &*valid_uidl("1.é.host"));
+        assert_ne!(&*valid_uidl("1.é.host"), "1.é.host".as_bytes());
+        assert_eq!(&*valid_uidl("1.M2.h,S=3"), b"1.M2.h,S=3");
     }
 
     #[test]

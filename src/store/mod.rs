@@ -12,6 +12,7 @@ pub mod commit;
 pub mod location;
 pub mod lock;
 pub mod maildir;
+pub mod uidlist;
 
 use std::io;
 use std::path::Path;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use location::{LocationError, MailLocation};
 pub use lock::{LockError, MailboxLock};
 pub use maildir::{Message, Snapshot};
+pub use uidlist::UidlFormat;
 
 /// A mailbox held by one session: its snapshot and its lock.
 #[derive(Debug)]
@@ -40,13 +42,13 @@ pub enum OpenError {
 
 impl Mailbox {
     /// Creates the Maildir if needed, locks it, then takes the snapshot.
-    pub fn open(dir: &Path) -> Result<Mailbox, OpenError> {
+    pub fn open(dir: &Path, format: &UidlFormat) -> Result<Mailbox, OpenError> {
         maildir::create(dir).map_err(OpenError::Io)?;
         let lock = MailboxLock::acquire(dir).map_err(|e| match e {
             LockError::InUse => OpenError::InUse,
             LockError::Io(e) => OpenError::Io(e),
         })?;
-        let snapshot = maildir::scan(dir).map_err(OpenError::Io)?;
+        let snapshot = maildir::scan(dir, format).map_err(OpenError::Io)?;
         Ok(Mailbox {
             snapshot: Arc::new(snapshot),
             _lock: lock,

@@ -134,6 +134,8 @@ pub struct Server {
 pub struct Opts {
     pub shards: usize,
     pub toml: String,
+    /// Extra `serve` flags.
+    pub args: Vec<String>,
 }
 
 impl Default for Opts {
@@ -141,6 +143,7 @@ impl Default for Opts {
         Opts {
             shards: 2,
             toml: String::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -174,6 +177,7 @@ impl Server {
             .arg(tree.location())
             .arg("--config")
             .arg(config.path())
+            .args(&opts.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -233,6 +237,16 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The implicit-TLS listener (started with `--tls-listen 127.0.0.1:0`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        let log = self.wait_log("tls=true");
+        let line = log
+            .lines()
+            .find(|l| l.contains("listening") && l.contains("tls=true"))
+            .unwrap();
+        listening_addr(line).expect("a listening line with an address")
     }
 
     pub fn connect(&self) -> Client {

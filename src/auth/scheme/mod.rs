@@ -20,6 +20,7 @@ mod argon;
 mod blf_crypt;
 mod crypt;
 mod digest;
+pub(crate) mod scram;
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +33,7 @@ pub(crate) use self::digest::md5;
 
 use self::crypt::{CryptAlg, CryptHash};
 use self::digest::DigestAlg;
+use self::scram::ScramKeys;
 use super::AuthError;
 
 /// A password scheme this server can verify and generate, by its Dovecot name.
@@ -67,11 +69,14 @@ pub enum Scheme {
     Argon2i,
     /// `{ARGON2ID}`: `$argon2id$` PHC string.
     Argon2id,
+    /// `{SCRAM-SHA-256}`: RFC 7677 keys, `iterations,salt,StoredKey,ServerKey`.
+    /// Verifies USER/PASS and serves the SCRAM-SHA-256 SASL mechanism.
+    ScramSha256,
 }
 
 impl Scheme {
     /// Every scheme, in the order of the enum.
-    pub const ALL: [Scheme; 15] = [
+    pub const ALL: [Scheme; 16] = [
         Scheme::Plain,
         Scheme::PlainMd5,
         Scheme::Sha1,
@@ -87,6 +92,7 @@ impl Scheme {
         Scheme::BlfCrypt,
         Scheme::Argon2i,
         Scheme::Argon2id,
+        Scheme::ScramSha256,
     ];
 
     /// The Dovecot name, as written between the braces.
@@ -107,6 +113,7 @@ impl Scheme {
             Scheme::BlfCrypt => "BLF-CRYPT",
             Scheme::Argon2i => "ARGON2I",
             Scheme::Argon2id => "ARGON2ID",
+            Scheme::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 }
@@ -139,6 +146,7 @@ impl FromStr for Scheme {
             "BLF-CRYPT" => Scheme::BlfCrypt,
             "ARGON2I" => Scheme::Argon2i,
             "ARGON2ID" => Scheme::Argon2id,
+            "SCRAM-SHA-256" => Scheme::ScramSha256,
             _ => {
                 return Err(AuthError::UnknownScheme {
                     name: name.to_owned(),
@@ -169,6 +177,8 @@ enum Family {
     /// Any crypt(3) string; the prefix picks the algorithm.
     Crypt,
     Argon2,
+    /// `SCRAM-SHA-256`: stored RFC 7677 keys.
+    Scram,
     /// A Dovecot scheme this server does not implement.
     Unsupported,
 }
@@ -220,7 +230,7 @@ const NAMES: &[(&str, Family, Encoding)] = &[
     ("HMAC-MD5", Family::Unsupported, Encoding::Raw),
     ("DIGEST-MD5", Family::Unsupported, Encoding::Raw),
     ("SCRAM-SHA-1", Family::Unsupported, Encoding::Raw),
-    ("SCRAM-SHA-256", Family::Unsupported, Encoding::Raw),
+    ("SCRAM-SHA-256", Family::Scram, Encoding::Raw),
     ("PBKDF2", Family::Unsupported, Encoding::Raw),
     ("LANMAN", Family::Unsupported, Encoding::Raw),
     ("NTLM", Family::Unsupported, Encoding::Raw),
@@ -289,6 +299,7 @@ enum Kind {
         cost: u32,
     },
     Argon2(Box<argon::Parsed>),
+    Scram(Box<ScramKeys>),
 }
 
 /// Which verifications cost the same: a scheme and its work factors.
@@ -355,6 +366,14 @@ impl StoredPassword {
         }
     }
 
+    /// The stored SCRAM-SHA-256 keys, when the scheme is `{SCRAM-SHA-256}`.
+    pub(crate) fn scram_keys(&self) -> Option<&ScramKeys> {
+        match &self.kind {
+            Kind::Scram(keys) => Some(keys),
+            _ => None,
+        }
+    }
+
     /// Whether `password` matches. Comparisons are constant-time.
     pub(crate) fn verify(&self, password: &[u8]) -> bool {
         match &self.kind {
@@ -366,6 +385,7 @@ impl StoredPassword {
             Kind::Crypt(hash) => hash.verify(password),
             Kind::Bcrypt { stored, .. } => blf_crypt::verify(stored, password),
             Kind::Argon2(parsed) => argon::verify(&parsed.hash, password),
+            Kind::Scram(keys) => keys.verify(password),
         }
     }
 
@@ -375,6 +395,7 @@ impl StoredPassword {
             Kind::Crypt(hash) => (hash.rounds(), 0, 0),
             Kind::Bcrypt { cost, .. } => (*cost, 0, 0),
             Kind::Argon2(parsed) => parsed.costs,
+            Kind::Scram(keys) => (keys.iterations, 0, 0),
             Kind::Plain { .. } | Kind::Digest { .. } | Kind::Salted { .. } => (0, 0, 0),
         };
         Cost {
@@ -457,6 +478,11 @@ fn from_raw(
         Family::Salted(_) => return malformed("salted digest is too short"),
         Family::Crypt | Family::Md5 => return parse_crypt(text(canonical, &raw)?),
         Family::Argon2 => return parse_argon2(text(canonical, &raw)?),
+        Family::Scram => {
+            let keys = ScramKeys::parse(text(canonical, &raw)?)
+                .map_err(|why| SchemeProblem::Malformed(canonical, why))?;
+            (Scheme::ScramSha256, Kind::Scram(Box::new(keys)))
+        }
         Family::Unsupported => return Err(SchemeProblem::Unsupported(canonical)),
     };
     Ok(StoredPassword { scheme, kind })
@@ -553,7 +579,8 @@ fn crypt_format_name(text: &str) -> &'static str {
 
 /// Like `doveadm pw -s SCHEME -p PASSWORD`: `{SCHEME}encoded`, with a fresh
 /// random salt from the system RNG where the scheme has one. Costs are
-/// Dovecot's defaults, except BLF-CRYPT (cost 10 rather than 5). A PLAIN
+/// Dovecot's defaults (SCRAM-SHA-256: 4096 iterations, a 16-byte salt),
+/// except BLF-CRYPT (cost 10 rather than 5). A PLAIN
 /// password that could not sit on a passwd-file line (not UTF-8, or holding
 /// `:`, CR, LF or NUL) is written as `{PLAIN.B64}`.
 ///
@@ -576,6 +603,12 @@ pub fn hash_password(scheme: Scheme, password: &[u8]) -> String {
         Scheme::BlfCrypt => blf_crypt::generate(password, random_bytes()),
         Scheme::Argon2i => argon::generate(argon::Variant::I, password, &random_bytes::<16>()),
         Scheme::Argon2id => argon::generate(argon::Variant::Id, password, &random_bytes::<16>()),
+        Scheme::ScramSha256 => ScramKeys::derive(
+            password,
+            &random_bytes::<{ scram::SALT_BYTES }>(),
+            scram::ITERATIONS_DEFAULT,
+        )
+        .encode(),
     };
     format!("{{{}}}{encoded}", scheme.name())
 }

@@ -1,1 +1,0 @@
-//! Per-shard counters and latency histograms, merged on read.

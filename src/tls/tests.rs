@@ -1,0 +1,630 @@
+//! A rustls client and a [`TlsLayer`] talking in memory: no sockets.
+//! Certificates come from the same rcgen fixture the end-to-end tests use.
+
+#[path = "../../tests/common/tls_fixture.rs"]
+mod tls_fixture;
+
+use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig};
+use rustls::{SupportedProtocolVersion, version};
+
+use super::*;
+use tls_fixture::{Leaf, TestCa};
+
+/// A CA and one leaf in a temp dir that lives as long as this.
+struct Fixture {
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    leaf: Leaf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new(dir.path());
+        let leaf = ca.issue(dir.path(), "server");
+        Fixture { dir, ca, leaf }
+    }
+
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.leaf.cert.clone(),
+            key: self.leaf.key.clone(),
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client config trusting the fixture CA, limited to `version`.
+    fn client_config(&self, version: &'static SupportedProtocolVersion) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca.der()))
+            .expect("CA into root store");
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[version])
+                .expect("client versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+/// A client and a server layer, with what each side has received so far.
+/// Ciphertext is delivered `chunk_bytes` at a time in both directions.
+struct Pair {
+    client: ClientConnection,
+    server: TlsLayer,
+    chunk_bytes: usize,
+    server_got: Vec<u8>,
+    client_got: Vec<u8>,
+    client_saw_close: bool,
+}
+
+impl Pair {
+    fn new(server: Arc<ServerConfig>, client: Arc<ClientConfig>, chunk_bytes: usize) -> Pair {
+        let name = ServerName::try_from("localhost").expect("server name");
+        Pair {
+            client: ClientConnection::new(client, name).expect("client connection"),
+            server: TlsLayer::new(server).expect("server layer"),
+            chunk_bytes,
+            server_got: Vec::new(),
+            client_got: Vec::new(),
+            client_saw_close: false,
+        }
+    }
+
+    /// Everything the client has to send, into the server; the server's
+    /// plaintext is drained as it arrives. Returns the ciphertext bytes moved.
+    fn client_to_server(&mut self) -> usize {
+        let mut wire = Vec::new();
+        while self.client.wants_write() {
+            self.client.write_tls(&mut wire).expect("client write_tls");
+        }
+        for piece in wire.chunks(self.chunk_bytes) {
+            let mut offered = piece;
+            while !offered.is_empty() {
+                let taken = self.server.receive(offered).expect("server receive");
+                offered = &offered[taken..];
+                let drained = self.drain_server();
+                assert!(taken > 0 || drained > 0, "receive stalled");
+            }
+        }
+        wire.len()
+    }
+
+    fn drain_server(&mut self) -> usize {
+        let mut drained = 0;
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = self.server.read_plaintext(&mut buf);
+            if n == 0 {
+                assert!(!self.server.has_plaintext());
+                return drained;
+            }
+            self.server_got.extend_from_slice(&buf[..n]);
+            drained += n;
+        }
+    }
+
+    /// Everything the server has to send, into the client. Returns the
+    /// ciphertext bytes moved.
+    fn server_to_client(&mut self) -> usize {
+        let mut wire = Vec::new();
+        let appended = self.server.write_ciphertext(&mut wire);
+        assert_eq!(appended, wire.len());
+        assert!(!self.server.wants_write());
+        for piece in wire.chunks(self.chunk_bytes) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                self.client.read_tls(&mut rest).expect("client read_tls");
+                self.client.process_new_packets().expect("client process");
+                // The client has a plaintext limit too: drain as we go.
+                self.drain_client();
+            }
+        }
+        wire.len()
+    }
+
+    fn drain_client(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.client.reader().read(&mut buf) {
+                Ok(0) => {
+                    self.client_saw_close = true;
+                    return;
+                }
+                Ok(n) => self.client_got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+    }
+
+    /// Moves bytes both ways until neither side has anything to send.
+    fn run(&mut self) {
+        for _ in 0..100 {
+            let moved = self.client_to_server() + self.server_to_client();
+            if moved == 0 {
+                return;
+            }
+        }
+        panic!("still moving bytes after 100 rounds");
+    }
+
+    fn handshake(&mut self) {
+        assert!(self.server.is_handshaking());
+        assert_eq!(self.server.describe(), None);
+        self.run();
+        assert!(!self.server.is_handshaking());
+        assert!(!self.client.is_handshaking());
+    }
+}
+
+const VERSIONS: [(&SupportedProtocolVersion, &str); 2] = [
+    (&version::TLS12, "TLSv1.2 TLS_ECDHE_"),
+    (&version::TLS13, "TLSv1.3 TLS13_"),
+];
+
+/// The whole exchange for one version and delivery size: greeting queued
+/// before the handshake, a command in, a reply out.
+fn converse(version: &'static SupportedProtocolVersion, describe_prefix: &str, chunk_bytes: usize) {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).expect("load");
+    let mut pair = Pair::new(server, fx.client_config(version), chunk_bytes);
+    // Implicit TLS: the greeting is written before the client said anything.
+    pair.server
+        .send_plaintext(b"+OK shardpop ready\r\n")
+        .unwrap();
+    pair.handshake();
+
+    let described = pair.server.describe().expect("describe after handshake");
+    assert!(
+        described.starts_with(describe_prefix),
+        "{described:?} for chunk {chunk_bytes}"
+    );
+    let served = pair.client.peer_certificates().expect("server certificate");
+    assert_eq!(served[0].as_ref(), fx.leaf.der.as_slice());
+    assert_eq!(pair.client_got, b"+OK shardpop ready\r\n");
+
+    pair.client.writer().write_all(b"USER alice\r\n").unwrap();
+    pair.run();
+    assert_eq!(pair.server_got, b"USER alice\r\n");
+    pair.server.send_plaintext(b"+OK\r\n").unwrap();
+    pair.run();
+    assert_eq!(pair.client_got, b"+OK shardpop ready\r\n+OK\r\n");
+}
+
+#[test]
+fn tls12_and_tls13_handshake_and_data_at_every_delivery_size() {
+    for (version, prefix) in VERSIONS {
+        for chunk_bytes in [1, 2, 5, 7, 100, 1 << 20] {
+            converse(version, prefix, chunk_bytes);
+        }
+    }
+}
+
+#[test]
+fn a_client_defaulting_to_both_versions_gets_tls13() {
+    let fx = Fixture::new();
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(fx.ca.der())).unwrap();
+    let client =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let mut pair = Pair::new(
+        load_server_config(&fx.files()).unwrap(),
+        Arc::new(client),
+        1 << 20,
+    );
+    pair.handshake();
+    assert!(pair.server.describe().unwrap().starts_with("TLSv1.3 "));
+}
+
+#[test]
+fn bulk_data_both_ways_with_backpressure_on_received_plaintext() {
+    for (version, _) in VERSIONS {
+        let fx = Fixture::new();
+        let server = load_server_config(&fx.files()).unwrap();
+        let mut pair = Pair::new(server, fx.client_config(version), 1 << 20);
+        pair.handshake();
+
+        let upload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        pair.client.set_buffer_limit(None);
+        pair.client.writer().write_all(&upload).unwrap();
+        let mut wire = Vec::new();
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut wire).unwrap();
+        }
+        // Offer everything without reading plaintext: the layer stops
+        // taking ciphertext once plaintext piles up, within its bound.
+        let taken = pair.server.receive(&wire).unwrap();
+        assert!(taken < wire.len(), "{taken} of {}", wire.len());
+        assert!(pair.server.has_plaintext());
+        let mut got = Vec::new();
+        let mut offered = &wire[taken..];
+        let mut buf = vec![0u8; PLAINTEXT_BUFFERED_BYTES_MAX + 1];
+        loop {
+            let n = pair.server.read_plaintext(&mut buf);
+            assert!(n <= PLAINTEXT_BUFFERED_BYTES_MAX, "{n} buffered");
+            got.extend_from_slice(&buf[..n]);
+            if offered.is_empty() && n == 0 {
+                break;
+            }
+            let taken = pair.server.receive(offered).unwrap();
+            offered = &offered[taken..];
+        }
+        assert!(got == upload, "upload arrived intact");
+
+        let download: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        for piece in download.chunks(16 * 1024) {
+            pair.server.send_plaintext(piece).unwrap();
+        }
+        pair.run();
+        assert!(pair.client_got == download, "download arrived intact");
+    }
+}
+
+#[test]
+fn read_plaintext_into_a_small_buffer_keeps_the_rest() {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).unwrap();
+    let mut pair = Pair::new(server, fx.client_config(&version::TLS13), 1 << 20);
+    pair.handshake();
+    pair.client.writer().write_all(b"LIST\r\nSTAT\r\n").unwrap();
+    let mut wire = Vec::new();
+    while pair.client.wants_write() {
+        pair.client.write_tls(&mut wire).unwrap();
+    }
+    assert_eq!(pair.server.receive(&wire).unwrap(), wire.len());
+    let mut four = [0u8; 4];
+    assert_eq!(pair.server.read_plaintext(&mut four), 4);
+    assert_eq!(&four, b"LIST");
+    assert!(pair.server.has_plaintext());
+    assert_eq!(pair.server.read_plaintext(&mut []), 0);
+    let mut rest = [0u8; 64];
+    assert_eq!(pair.server.read_plaintext(&mut rest), 8);
+    assert_eq!(&rest[..8], b"\r\nSTAT\r\n");
+    assert!(!pair.server.has_plaintext());
+    assert_eq!(pair.server.read_plaintext(&mut rest), 0);
+}
+
+#[test]
+fn an_empty_receive_is_not_eof() {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).unwrap();
+    let mut pair = Pair::new(server, fx.client_config(&version::TLS13), 1 << 20);
+    assert_eq!(pair.server.receive(&[]).unwrap(), 0);
+    assert!(!pair.server.wants_write());
+    pair.handshake();
+    assert_eq!(pair.server.receive(&[]).unwrap(), 0);
+    assert!(!pair.server.peer_closed());
+    pair.client.writer().write_all(b"NOOP\r\n").unwrap();
+    pair.run();
+    assert_eq!(pair.server_got, b"NOOP\r\n");
+}
+
+#[test]
+fn close_notify_both_ways() {
+    for (version, _) in VERSIONS {
+        let fx = Fixture::new();
+        let server = load_server_config(&fx.files()).unwrap();
+        let mut pair = Pair::new(server, fx.client_config(version), 3);
+        pair.handshake();
+
+        // Client: "QUIT" then close_notify in one flight.
+        pair.client.writer().write_all(b"QUIT\r\n").unwrap();
+        pair.client.send_close_notify();
+        assert!(!pair.server.peer_closed());
+        pair.client_to_server();
+        assert!(pair.server.peer_closed());
+        assert_eq!(pair.server_got, b"QUIT\r\n");
+        // Anything after close_notify is taken and ignored (RFC 8446 6.1).
+        let junk = b"\x17\x03\x03\x00\x04junk";
+        assert_eq!(pair.server.receive(junk).unwrap(), junk.len());
+        assert!(!pair.server.has_plaintext());
+
+        // Server: last reply, then close_notify; the client sees a clean EOF.
+        pair.server.send_plaintext(b"+OK bye\r\n").unwrap();
+        pair.server.send_close_notify();
+        assert!(pair.server.wants_write());
+        pair.server_to_client();
+        assert_eq!(pair.client_got, b"+OK bye\r\n");
+        assert!(pair.client_saw_close);
+        assert!(matches!(
+            pair.server.send_plaintext(b"late"),
+            Err(TlsError::Closed)
+        ));
+    }
+}
+
+/// Whatever `receive` rejected, the layer must answer with an alert and
+/// refuse to carry on.
+fn assert_failed_with_alert(layer: &mut TlsLayer, error: TlsError) -> Vec<u8> {
+    assert!(matches!(error, TlsError::Peer(_)), "{error:?}");
+    assert!(error.is_peer_fault());
+    assert!(layer.wants_write(), "an alert is queued");
+    let mut out = Vec::new();
+    assert!(layer.write_ciphertext(&mut out) > 0);
+    assert!(matches!(layer.send_plaintext(b"x"), Err(TlsError::Closed)));
+    // The failure sticks: more input gets the same answer.
+    assert!(
+        layer
+            .receive(&[0x16, 0x03, 0x03, 0x00, 0x01, 0x00])
+            .is_err()
+    );
+    out
+}
+
+fn fresh_layer() -> (Fixture, TlsLayer) {
+    let fx = Fixture::new();
+    let layer = TlsLayer::new(load_server_config(&fx.files()).unwrap()).unwrap();
+    (fx, layer)
+}
+
+#[test]
+fn garbage_ciphertext_fails_and_queues_an_alert() {
+    let (_fx, mut layer) = fresh_layer();
+    let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xA5).collect();
+    let error = layer.receive(&garbage).unwrap_err();
+    let alert = assert_failed_with_alert(&mut layer, error);
+    assert_eq!(alert[0], 0x15, "a plaintext alert record: {alert:?}");
+}
+
+#[test]
+fn a_plaintext_pop3_line_to_a_tls_layer_fails() {
+    let (_fx, mut layer) = fresh_layer();
+    let error = layer.receive(b"USER x\r\n").unwrap_err();
+    // 'U' (0x55) is no TLS record type.
+    assert!(
+        matches!(
+            error,
+            TlsError::Peer(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))
+        ),
+        "{error:?}"
+    );
+    let alert = assert_failed_with_alert(&mut layer, error);
+    assert_eq!(alert[0], 0x15, "a plaintext alert record: {alert:?}");
+}
+
+#[test]
+fn a_corrupted_record_after_the_handshake_fails_and_the_client_gets_the_alert() {
+    for (version, _) in VERSIONS {
+        let fx = Fixture::new();
+        let server = load_server_config(&fx.files()).unwrap();
+        let mut pair = Pair::new(server, fx.client_config(version), 1 << 20);
+        pair.handshake();
+        pair.client.writer().write_all(b"PASS secret\r\n").unwrap();
+        let mut wire = Vec::new();
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut wire).unwrap();
+        }
+        let last = wire.len() - 1;
+        wire[last] ^= 0x01; // the AEAD tag no longer matches
+        let error = pair.server.receive(&wire).unwrap_err();
+        assert!(!pair.server.has_plaintext());
+        let alert = assert_failed_with_alert(&mut pair.server, error);
+        let mut rest = alert.as_slice();
+        pair.client.read_tls(&mut rest).unwrap();
+        let client_error = pair.client.process_new_packets().unwrap_err();
+        assert!(
+            matches!(client_error, rustls::Error::AlertReceived(_)),
+            "{client_error:?}"
+        );
+    }
+}
+
+#[test]
+fn resumption_works_for_both_versions() {
+    for (version, _) in VERSIONS {
+        let fx = Fixture::new();
+        let server = load_server_config(&fx.files()).unwrap();
+        let client = fx.client_config(version);
+        let mut first = Pair::new(server.clone(), client.clone(), 1 << 20);
+        first.handshake();
+        assert_eq!(first.client.handshake_kind(), Some(HandshakeKind::Full));
+        let mut second = Pair::new(server, client, 1 << 20);
+        second.handshake();
+        assert_eq!(
+            second.client.handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{version:?}"
+        );
+    }
+}
+
+#[test]
+fn tls12_clients_without_tickets_resume_from_the_session_cache() {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).unwrap();
+    let mut client = (*fx.client_config(&version::TLS12)).clone();
+    client.resumption = rustls::client::Resumption::default()
+        .tls12_resumption(rustls::client::Tls12Resumption::SessionIdOnly);
+    let client = Arc::new(client);
+    let mut first = Pair::new(server.clone(), client.clone(), 1 << 20);
+    first.handshake();
+    assert_eq!(first.client.handshake_kind(), Some(HandshakeKind::Full));
+    let mut second = Pair::new(server.clone(), client.clone(), 1 << 20);
+    second.handshake();
+    assert_eq!(second.client.handshake_kind(), Some(HandshakeKind::Resumed));
+
+    // Control: the same server without its cache cannot resume this client.
+    let mut uncached = (*server).clone();
+    uncached.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let mut third = Pair::new(Arc::new(uncached), client, 1 << 20);
+    third.handshake();
+    assert_eq!(third.client.handshake_kind(), Some(HandshakeKind::Full));
+}
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn reloader_is_shared_between_shards() {
+    assert_send_sync::<TlsReloader>();
+    fn assert_send<T: Send>() {}
+    assert_send::<TlsLayer>();
+}
+
+#[test]
+fn reload_serves_the_new_certificate_to_new_sessions_only() {
+    let fx = Fixture::new();
+    let reloader = TlsReloader::new(fx.files()).unwrap();
+    assert_eq!(reloader.files(), &fx.files());
+    let client = fx.client_config(&version::TLS13);
+    let before = reloader.current();
+    let mut old = Pair::new(before.clone(), client.clone(), 1 << 20);
+    old.handshake();
+
+    let renewed = fx.ca.issue_over(&fx.leaf.cert, &fx.leaf.key);
+    assert_ne!(renewed.der, fx.leaf.der);
+    reloader.reload().expect("reload");
+    assert!(!Arc::ptr_eq(&before, &reloader.current()));
+
+    // A new session gets the new certificate (full handshake with a fresh
+    // client config, so it is not a resumption).
+    let mut new = Pair::new(
+        reloader.current(),
+        fx.client_config(&version::TLS13),
+        1 << 20,
+    );
+    new.handshake();
+    let served = new.client.peer_certificates().unwrap();
+    assert_eq!(served[0].as_ref(), renewed.der.as_slice());
+
+    // The session from before the reload carries on with its own config.
+    old.client.writer().write_all(b"STAT\r\n").unwrap();
+    old.run();
+    assert_eq!(old.server_got, b"STAT\r\n");
+    old.server.send_plaintext(b"+OK 0 0\r\n").unwrap();
+    old.run();
+    assert_eq!(old.client_got, b"+OK 0 0\r\n");
+
+    // Resumption state outlives the reload: the old client resumes.
+    let mut again = Pair::new(reloader.current(), client, 1 << 20);
+    again.handshake();
+    assert_eq!(again.client.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_config() {
+    let fx = Fixture::new();
+    let reloader = TlsReloader::new(fx.files()).unwrap();
+    let before = reloader.current();
+
+    std::fs::write(&fx.leaf.cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let error = reloader.reload().unwrap_err();
+    assert!(matches!(&error, TlsError::Pem { path, .. } if *path == fx.leaf.cert));
+    assert!(
+        error
+            .to_string()
+            .contains(&fx.leaf.cert.display().to_string())
+    );
+    assert!(Arc::ptr_eq(&before, &reloader.current()));
+
+    // New sessions still get the old, good certificate.
+    let mut pair = Pair::new(
+        reloader.current(),
+        fx.client_config(&version::TLS12),
+        1 << 20,
+    );
+    pair.handshake();
+    let served = pair.client.peer_certificates().unwrap();
+    assert_eq!(served[0].as_ref(), fx.leaf.der.as_slice());
+}
+
+#[test]
+fn certificate_and_key_in_one_file_load() {
+    let fx = Fixture::new();
+    let both = fx.path("both.pem");
+    let cert = std::fs::read_to_string(&fx.leaf.cert).unwrap();
+    let key = std::fs::read_to_string(&fx.leaf.key).unwrap();
+    std::fs::write(&both, format!("{key}{cert}")).unwrap();
+    let files = TlsFiles {
+        cert: both.clone(),
+        key: both,
+    };
+    let mut pair = Pair::new(
+        load_server_config(&files).unwrap(),
+        fx.client_config(&version::TLS13),
+        1 << 20,
+    );
+    pair.handshake();
+    // The full chain is served: leaf, then the CA.
+    assert_eq!(pair.client.peer_certificates().unwrap().len(), 2);
+}
+
+/// One load failure: which files, what variant, and the file(s) its message
+/// must name.
+fn load_error(files: &TlsFiles, named: &[&Path]) -> TlsError {
+    let error = load_server_config(files).expect_err("load must fail");
+    assert!(!error.is_peer_fault(), "{error:?}");
+    let message = error.to_string();
+    for path in named {
+        assert!(
+            message.contains(&path.display().to_string()),
+            "{message:?} does not name {}",
+            path.display()
+        );
+    }
+    error
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let fx = Fixture::new();
+    let good = fx.files();
+    let with_cert = |cert: &Path| TlsFiles {
+        cert: cert.to_path_buf(),
+        key: good.key.clone(),
+    };
+    let with_key = |key: &Path| TlsFiles {
+        cert: good.cert.clone(),
+        key: key.to_path_buf(),
+    };
+
+    let missing = fx.path("missing.pem");
+    let error = load_error(&with_cert(&missing), &[&missing]);
+    assert!(matches!(error, TlsError::Read { ref path, .. } if *path == missing));
+    let error = load_error(&with_key(&missing), &[&missing]);
+    assert!(matches!(error, TlsError::Read { ref path, .. } if *path == missing));
+
+    // A key where the certificate should be, and the other way round.
+    let error = load_error(&with_cert(&good.key), &[&good.key]);
+    assert!(matches!(error, TlsError::NoCertificate(ref path) if *path == good.key));
+    let error = load_error(&with_key(&good.cert), &[&good.cert]);
+    assert!(matches!(error, TlsError::NoKey(ref path) if *path == good.cert));
+
+    let text = fx.path("text.pem");
+    std::fs::write(&text, "this is not PEM at all\n").unwrap();
+    let error = load_error(&with_cert(&text), &[&text]);
+    assert!(matches!(error, TlsError::NoCertificate(_)));
+
+    let cut = fx.path("cut.pem");
+    let cert_text = std::fs::read_to_string(&good.cert).unwrap();
+    std::fs::write(&cut, &cert_text[..cert_text.len() / 3]).unwrap();
+    let error = load_error(&with_cert(&cut), &[&cut]);
+    assert!(matches!(error, TlsError::Pem { ref path, .. } if *path == cut));
+
+    let huge = fx.path("huge.pem");
+    let padding = vec![b'#'; PEM_FILE_BYTES_MAX as usize + 1];
+    std::fs::write(&huge, padding).unwrap();
+    let error = load_error(&with_cert(&huge), &[&huge]);
+    assert!(matches!(error, TlsError::TooLarge { ref path } if *path == huge));
+
+    // A key that belongs to another certificate: rustls refuses the pair.
+    let other = fx.ca.issue(fx.dir.path(), "other");
+    let error = load_error(&with_key(&other.key), &[&good.cert, &other.key]);
+    assert!(matches!(error, TlsError::Rejected { .. }), "{error:?}");
+}

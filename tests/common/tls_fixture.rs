@@ -1,0 +1,89 @@
+//! TLS certificates for tests, made with rcgen at test time (nothing is
+//! committed, nothing expires, no openssl CLI needed).
+//!
+//! A [`TestCa`] writes `ca.pem` (give it to clients: `openssl s_client
+//! -CAfile`, `curl --cacert`, Python's `ssl.create_default_context(cafile=)`,
+//! or a rustls `RootCertStore` via [`TestCa::der`]); [`TestCa::issue`] writes
+//! a leaf for `localhost`, `127.0.0.1` and `::1` with its key, which is what
+//! `--tls-cert` / `--tls-key` take. Issue a second leaf over the same paths
+//! with [`TestCa::issue_over`] to test a SIGHUP reload: clients that trust
+//! the CA accept both, and the leaf's DER tells which one was served.
+//!
+//! Used by end-to-end tests (`#[path = "common/tls_fixture.rs"] mod
+//! tls_fixture;`) and by the unit tests in `src/tls/`.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// A throwaway certificate authority; its certificate is in `ca.pem`.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    /// `ca.pem` in the directory given to [`TestCa::new`].
+    pub ca_pem: PathBuf,
+}
+
+/// A leaf certificate and its key, as PEM files.
+pub struct Leaf {
+    /// The certificate file (leaf, then the CA: a full chain).
+    pub cert: PathBuf,
+    /// The key file (PKCS#8).
+    pub key: PathBuf,
+    /// The leaf certificate, DER: compare with what a client was served.
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    /// Makes a CA and writes its certificate to `dir/ca.pem`.
+    pub fn new(dir: &Path) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shardpop test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("CA key");
+        let issuer = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        let ca_pem = dir.join("ca.pem");
+        fs::write(&ca_pem, issuer.pem()).expect("write ca.pem");
+        TestCa { issuer, ca_pem }
+    }
+
+    /// The CA certificate, DER (for a rustls client's root store).
+    pub fn der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    /// Issues a leaf for localhost and loopback; writes `dir/NAME.crt.pem`
+    /// and `dir/NAME.key.pem`.
+    pub fn issue(&self, dir: &Path, name: &str) -> Leaf {
+        let cert = dir.join(format!("{name}.crt.pem"));
+        let key = dir.join(format!("{name}.key.pem"));
+        self.issue_over(&cert, &key)
+    }
+
+    /// Issues a new leaf (new key) and writes it over `cert` and `key`.
+    pub fn issue_over(&self, cert: &Path, key: &Path) -> Leaf {
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let params = CertificateParams::new(names).expect("leaf params");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf = params
+            .signed_by(&leaf_key, &self.issuer)
+            .expect("leaf certificate");
+        fs::write(cert, format!("{}{}", leaf.pem(), self.issuer.pem())).expect("write cert");
+        fs::write(key, leaf_key.serialize_pem()).expect("write key");
+        Leaf {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            der: leaf.der().to_vec(),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The command line as operators and scripts use it: `passwd`, `demo`, and
+//! logins by every mechanism a real client uses (USER/PASS, APOP, SASL PLAIN).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Opts, Server, Tree};
+
+fn shardpop() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardpop"))
+}
+
+#[test]
+fn passwd_hashes_log_in_for_every_scheme() {
+    let mut tree = Tree::new();
+    let schemes = [
+        "SHA512-CRYPT",
+        "SHA256-CRYPT",
+        "SSHA256",
+        "SSHA512",
+        "SHA256",
+        "SHA512",
+        "PLAIN",
+        "ARGON2ID",
+    ];
+    for (i, scheme) in schemes.iter().enumerate() {
+        let out = shardpop()
+            .args(["passwd", "-s", scheme, "-p", "pa ss"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{scheme}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(hash.starts_with(&format!("{{{scheme}}}")), "{hash}");
+        tree.user_with_hash(&format!("user{i}"), &hash);
+    }
+    // The password can also come on standard input, as from a script.
+    let mut child = shardpop()
+        .args(["passwd", "-s", "SSHA256"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"from stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    tree.user_with_hash("piped", String::from_utf8(out.stdout).unwrap().trim());
+    let server = Server::start(&tree);
+    for (i, scheme) in schemes.iter().enumerate() {
+        let mut c = server.connect();
+        c.login(&format!("user{i}"), "pa ss");
+        let mut c = server.connect();
+        c.cmd(&format!("USER user{i}"));
+        assert_eq!(
+            c.cmd("PASS pa sS"),
+            "-ERR [AUTH] Authentication failed.",
+            "{scheme}"
+        );
+    }
+    server.connect().login("piped", "from stdin");
+    assert!(
+        !shardpop()
+            .args(["passwd", "-s", "NOPE", "-p", "x"])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn demo_creates_a_tree_serves_it_and_prints_how_to_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut child = shardpop()
+        .args(["demo", "--listen", "127.0.0.1:0", "--shards", "1", "--dir"])
+        .arg(&demo_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let curl_line = loop {
+        let line = lines
+            .next()
+            .expect("demo printed its instructions")
+            .unwrap();
+        if line.trim_start().starts_with("curl ") && line.contains("# LIST") {
+            break line;
+        }
+    };
+    let url = curl_line.split_whitespace().nth(1).unwrap().to_string();
+    assert!(
+        !url.ends_with(":0/"),
+        "the printed address must be the bound one: {url}"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", &url, "--user", "alice:wonderland"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8(out.stdout).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(list.lines().count(), 6, "{list}");
+    let dots = std::fs::read_dir(demo_dir.join("home/alice/Maildir/new"))
+        .unwrap()
+        .count()
+        + std::fs::read_dir(demo_dir.join("home/alice/Maildir/cur"))
+            .unwrap()
+            .count();
+    assert_eq!(dots, 6);
+    // A directory that is not a demo tree is never replaced.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    let out = shardpop()
+        .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&foreign)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn apop_login_with_python_poplib() {
+    let mut tree = Tree::new();
+    tree.user("mrose", "tanstaaf");
+    tree.deliver("mrose", 1, b"Subject: x\n\nbody\n");
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            toml: "[auth]\nfailure_delay_ms = 0\napop = true\n".into(),
+            ..Opts::default()
+        },
+    );
+    let script = format!(
+        "import poplib\np = poplib.POP3('127.0.0.1', {port})\nassert b'<' in p.getwelcome()\n\
+         print(p.apop('mrose', 'tanstaaf'))\nprint(p.stat())\np.quit()\n\
+         q = poplib.POP3('127.0.0.1', {port})\n\
+         try:\n    q.apop('mrose', 'wrong')\n    print('accepted')\nexcept poplib.error_proto as e:\n    print('refused', e)\n",
+        port = server.addr.port()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("b'+OK Logged in.'"), "{stdout}");
+    assert!(stdout.contains("(1, 20)"), "{stdout}");
+    assert!(
+        stdout.contains("refused b'-ERR [AUTH] Authentication failed.'"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sasl_plain_login_with_and_without_initial_response() {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw");
+    let server = Server::start(&tree);
+    // base64("\0alice\0pw")
+    let mut c = server.connect();
+    assert_eq!(c.cmd("AUTH PLAIN AGFsaWNlAHB3"), "+OK Logged in.");
+    let mut c2 = server.connect();
+    assert_eq!(c2.cmd("AUTH PLAIN"), "+ ");
+    assert_eq!(
+        c2.cmd("AGFsaWNlAHB3"),
+        "-ERR [IN-USE] Mailbox is locked by another POP3 session."
+    );
+    assert_eq!(c2.cmd("AUTH PLAIN"), "+ ");
+    assert_eq!(c2.cmd("*"), "-ERR Authentication cancelled.");
+}
+
+#[test]
+fn autologout_ends_an_idle_session_and_deletes_nothing() {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    tree.deliver("u", 1, b"a\n");
+    tree.deliver("u", 2, b"b\n");
+    let before = tree.files("u");
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[limits]\nautologout_ms = 400\n".into(),
+            ..Opts::default()
+        },
+    );
+    let mut c = server.connect();
+    c.login("u", "p");
+    assert_eq!(c.cmd("DELE 1"), "+OK Marked to be deleted.");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.cmd("NOOP"), "+OK", "activity resets the idle timer");
+    assert_eq!(c.line(), "-ERR Disconnected for inactivity.");
+    assert!(c.is_closed());
+    assert_eq!(tree.files("u"), before);
+    server.wait_log("below the 10 minutes RFC 1939 requires");
+}
