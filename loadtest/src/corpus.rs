@@ -3,9 +3,16 @@
 //!
 //! Mapping messages to files: a session asks the server for `UIDL`, and the UIDL
 //! is taken as the Maildir base name (the file name before `:`). That is what
-//! shardpop sends, and what Dovecot sends with `pop3_uidl_format = %f`, which the
-//! benchmark script sets. A UIDL that names no file is reported as `unmapped`
-//! (and counted as a mismatch): the harness never guesses which file was meant.
+//! shardpop and Dovecot send with `pop3_uidl_format = %f`, which the benchmark
+//! script sets for both; the body is then compared byte for byte with that file.
+//!
+//! Fallback, for servers whose UIDLs name no file (both default to Dovecot's
+//! `%08Xu%08Xv`): the body is matched by content among the user's files of the
+//! announced size (`+OK n octets`, or LIST): byte for byte when one file has
+//! that size, by a 64-bit hash of the CRLF content when several do. Each file
+//! matches at most once per session. This proves the server sent intact mail
+//! from the mailbox, but not that message k is the k-th file, so such bodies
+//! are counted apart (`unmapped`, `matched_by_content`).
 //!
 //! File access here is blocking and runs on the load threads; it happens once per
 //! message (the CRLF form is cached) and per `delete` session, not per byte.
@@ -13,6 +20,7 @@
 use crate::template::MailLocation;
 use crate::verify::to_crlf;
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -81,6 +89,26 @@ pub struct Corpus {
     /// Per user: base name → current path, refreshed when a lookup misses.
     index: Vec<Mutex<Option<Listing>>>,
     cache: Mutex<ContentCache>,
+    /// (user, base name) → hash of the CRLF content, for the fallback.
+    hashes: Mutex<HashMap<(usize, Vec<u8>), u64>>,
+}
+
+/// The hash the content fallback compares; `BodyCheck` computes the same one
+/// over the received body. SipHash with fixed keys: stable within a process,
+/// and streaming-consistent (chunking does not change it).
+pub fn content_hasher() -> std::collections::hash_map::DefaultHasher {
+    std::collections::hash_map::DefaultHasher::new()
+}
+
+/// The `W=` size (RFC 822 size, CRLF line ends) in a Maildir file name.
+fn w_size(name: &[u8]) -> Option<u64> {
+    let base = base_name(name);
+    let at = memchr::memmem::rfind(base, b",W=")? + 3;
+    let digits = base[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&base[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl Corpus {
@@ -106,6 +134,7 @@ impl Corpus {
                 bytes: 0,
                 bytes_max: cache_bytes_max,
             }),
+            hashes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -144,6 +173,50 @@ impl Corpus {
             cache.map.insert(key, content.clone());
         }
         Some(content)
+    }
+
+    /// Fallback: base names of the user's files whose CRLF size is `octets`
+    /// (all files when the size is unknown), sorted.
+    pub fn candidates(&self, user: usize, octets: Option<u64>) -> Vec<Vec<u8>> {
+        let listing = {
+            let mut slot = self.index[user].lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| scan_maildir(&self.maildirs[user]))
+                .clone()
+        };
+        let mut out: Vec<Vec<u8>> = listing
+            .keys()
+            .filter(|base| match (octets, w_size(base)) {
+                (None, _) => true,
+                (Some(want), Some(w)) => want == w,
+                (Some(want), None) => self
+                    .expected(user, base)
+                    .is_some_and(|e| e.len() as u64 == want),
+            })
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Fallback: the content hash of one file (cached).
+    pub fn content_hash(&self, user: usize, base: &[u8]) -> Option<u64> {
+        let key = (user, base.to_vec());
+        if let Some(&h) = self
+            .hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Some(h);
+        }
+        let mut hasher = content_hasher();
+        hasher.write(&self.expected(user, base)?);
+        let h = hasher.finish();
+        self.hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, h);
+        Some(h)
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, ContentCache> {
@@ -233,6 +306,14 @@ mod tests {
     }
 
     #[test]
+    fn w_sizes() {
+        assert_eq!(w_size(b"1.M1.h,S=10,W=12:2,S"), Some(12));
+        assert_eq!(w_size(b"1.M1.h,S=10,W=12"), Some(12));
+        assert_eq!(w_size(b"1.M1.h,S=10"), None);
+        assert_eq!(w_size(b"1.M1.h,W=x"), None);
+    }
+
+    #[test]
     fn base_names() {
         assert_eq!(base_name(b"123.M1P2.h,S=5,W=6:2,S"), b"123.M1P2.h,S=5,W=6");
         assert_eq!(base_name(b"123.M1P2.h"), b"123.M1P2.h");
@@ -265,6 +346,25 @@ mod tests {
         );
         assert_eq!(&*corpus.expected(0, b"200.M2.h,S=2,W=3").unwrap(), b"c\r\n");
         assert!(corpus.expected(0, b"999.nope").is_none());
+
+        // The content fallback: by W= size, then by hash.
+        assert_eq!(
+            corpus.candidates(0, Some(6)),
+            vec![b"100.M1.h,S=4,W=6".to_vec()]
+        );
+        assert_eq!(
+            corpus.candidates(0, Some(3)),
+            vec![b"200.M2.h,S=2,W=3".to_vec()]
+        );
+        assert!(corpus.candidates(0, Some(7)).is_empty());
+        assert_eq!(corpus.candidates(0, None).len(), 2);
+        let mut h = content_hasher();
+        h.write(b"a\r\n");
+        h.write(b"b\r\n");
+        assert_eq!(
+            corpus.content_hash(0, b"100.M1.h,S=4,W=6"),
+            Some(h.finish())
+        );
 
         // A server moving new/ to cur/ behind our back is found by the rescan.
         std::fs::rename(

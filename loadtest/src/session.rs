@@ -151,8 +151,13 @@ pub struct Session {
     fetch: Vec<u32>,
     fetch_at: usize,
     current: u32,
-    /// The current RETR's UIDL named no file.
-    unmapped: bool,
+    /// The current RETR's UIDL named no file: the files it may be matched
+    /// against by content (see `corpus`). `None`: mapped by name, or no corpus.
+    fallback: Option<Vec<Vec<u8>>>,
+    /// Files already matched by content in this session (each matches once).
+    claimed: HashSet<Vec<u8>>,
+    /// The file the current body was matched to, by name or by content.
+    matched_file: Option<Vec<u8>>,
     multiline: Option<(Unstuffer, Sink)>,
     stashes: Vec<Stash>,
 }
@@ -173,7 +178,9 @@ impl Session {
             fetch: Vec::new(),
             fetch_at: 0,
             current: 0,
-            unmapped: false,
+            fallback: None,
+            claimed: HashSet::new(),
+            matched_file: None,
             multiline: None,
             stashes: Vec::new(),
         }
@@ -275,7 +282,7 @@ impl Session {
             Phase::List | Phase::Uidl => {
                 self.multiline = Some((Unstuffer::new(), Sink::Listing(Vec::new())));
             }
-            Phase::Retr => self.on_retr_status(ctx),
+            Phase::Retr => self.on_retr_status(line.text, ctx),
             Phase::Dele => self.next_message(now),
             Phase::Quit => self.on_quit(ctx),
             Phase::Idle | Phase::Done => {}
@@ -404,13 +411,61 @@ impl Session {
             .filter(|u| !u.is_empty())
     }
 
-    fn on_retr_status(&mut self, ctx: &mut Ctx<'_>) {
-        let expected = match (ctx.corpus, self.current_uidl()) {
-            (Some(corpus), Some(uidl)) => corpus.expected(self.user, uidl),
+    fn on_retr_status(&mut self, text: &[u8], ctx: &mut Ctx<'_>) {
+        self.fallback = None;
+        let Some(corpus) = ctx.corpus else {
+            self.multiline = Some((Unstuffer::new(), Sink::Body(BodyCheck::new(None))));
+            return;
+        };
+        let by_name = self
+            .current_uidl()
+            .and_then(|uidl| corpus.expected(self.user, uidl));
+        let check = match by_name {
+            Some(expected) => BodyCheck::new(Some(expected)),
+            None => {
+                // Content fallback: the files of the announced size not yet matched.
+                let listed = self.sizes.get(self.current as usize - 1).copied();
+                let octets = reply::parse_octets(text).or(listed);
+                let mut candidates = corpus.candidates(self.user, octets);
+                candidates.retain(|base| !self.claimed.contains(base));
+                let check = match candidates.as_slice() {
+                    [only] => BodyCheck::new(corpus.expected(self.user, only)),
+                    _ => BodyCheck::hashing(),
+                };
+                self.fallback = Some(candidates);
+                check
+            }
+        };
+        self.multiline = Some((Unstuffer::new(), Sink::Body(check)));
+    }
+
+    /// Judges a body whose UIDL named no file: did it match one of the
+    /// candidate files by content?
+    fn judge_by_content(
+        &mut self,
+        check: &BodyCheck,
+        candidates: Vec<Vec<u8>>,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let Some(corpus) = ctx.corpus else {
+            return false;
+        };
+        let matched = match (check.hash(), check.verdict()) {
+            (None, Verdict::Match) => candidates.into_iter().next(),
+            (Some(hash), _) => candidates.into_iter().find(|base| {
+                corpus.content_hash(self.user, base) == Some(hash)
+                    && corpus
+                        .expected(self.user, base)
+                        .is_some_and(|e| e.len() == check.len())
+            }),
             _ => None,
         };
-        self.unmapped = ctx.corpus.is_some() && expected.is_none();
-        self.multiline = Some((Unstuffer::new(), Sink::Body(BodyCheck::new(expected))));
+        let Some(base) = matched else {
+            return false;
+        };
+        self.claimed.insert(base.clone());
+        self.matched_file = Some(base);
+        true
     }
 
     fn on_body(&mut self, check: &BodyCheck, ctx: &mut Ctx<'_>) -> Result<(), SessionError> {
@@ -427,18 +482,29 @@ impl Session {
         if self.sizes.get(index).is_some_and(|&size| size != len) {
             ctx.stats.size_mismatches += 1;
         }
-        match (check.verdict(), self.unmapped) {
-            (_, true) => {
+        self.matched_file = None;
+        let verdict = match self.fallback.take() {
+            None => {
+                self.matched_file = self.current_uidl().map(<[u8]>::to_vec);
+                check.verdict()
+            }
+            Some(candidates) => {
                 ctx.stats.unmapped += 1;
+                if self.judge_by_content(check, candidates, ctx) {
+                    ctx.stats.matched_by_content += 1;
+                    Verdict::Match
+                } else {
+                    Verdict::Mismatch
+                }
+            }
+        };
+        match verdict {
+            Verdict::Match => ctx.stats.verified += 1,
+            Verdict::Mismatch => {
                 ctx.stats.mismatches += 1;
                 Live::bump(&ctx.live.mismatches, 1);
             }
-            (Verdict::Match, false) => ctx.stats.verified += 1,
-            (Verdict::Mismatch, false) => {
-                ctx.stats.mismatches += 1;
-                Live::bump(&ctx.live.mismatches, 1);
-            }
-            (Verdict::Unchecked, false) => {}
+            Verdict::Unchecked => {}
         }
         match ctx.plan.scenario {
             Scenario::Sync => {
@@ -457,8 +523,9 @@ impl Session {
         let corpus = ctx
             .corpus
             .ok_or_else(|| SessionError::new(ErrorKind::Command, "delete needs --mail-location"))?;
-        let uidl = self.current_uidl().unwrap_or_default().to_vec();
-        match corpus.stash(self.user, &uidl) {
+        // The file found by UIDL, or by content when the UIDL names no file.
+        let file = self.matched_file.take().unwrap_or_default();
+        match corpus.stash(self.user, &file) {
             Ok(stash) => self.stashes.push(stash),
             Err(_) => {
                 // Without a copy we must not delete: the corpus would shrink.

@@ -86,6 +86,7 @@ pub struct Stats {
     pub verified: u64,
     pub mismatches: u64,
     pub unmapped: u64,
+    pub matched_by_content: u64,
     pub size_mismatches: u64,
     pub aborted: u64,
     pub reseed_failures: u64,
@@ -104,6 +105,7 @@ impl Default for Stats {
             verified: 0,
             mismatches: 0,
             unmapped: 0,
+            matched_by_content: 0,
             size_mismatches: 0,
             aborted: 0,
             reseed_failures: 0,
@@ -134,6 +136,7 @@ impl Stats {
         self.verified += other.verified;
         self.mismatches += other.mismatches;
         self.unmapped += other.unmapped;
+        self.matched_by_content += other.matched_by_content;
         self.size_mismatches += other.size_mismatches;
         self.aborted += other.aborted;
         self.reseed_failures += other.reseed_failures;
@@ -237,10 +240,14 @@ pub struct Report {
     /// Whether bodies were compared with the corpus (`--mail-location`).
     pub verify: bool,
     pub verified: u64,
-    /// Bodies that differ from the corpus file, including `unmapped` ones.
+    /// Bodies that failed verification: different from their file, or (UIDL
+    /// naming no file) matching no file of the mailbox by content.
     pub mismatches: u64,
-    /// UIDLs that named no file in the user's Maildir.
+    /// RETRs whose UIDL named no file in the user's Maildir.
     pub unmapped: u64,
+    /// Of those, bodies matched to a file by size and content (a weaker check:
+    /// intact mail, but not proven to be message k).
+    pub matched_by_content: u64,
     /// Bodies whose length differs from the size `LIST` gave.
     pub size_mismatches: u64,
     /// Sessions cut off at the end of the drain period (not errors).
@@ -311,6 +318,7 @@ impl Report {
             verified: stats.verified,
             mismatches: stats.mismatches,
             unmapped: stats.unmapped,
+            matched_by_content: stats.matched_by_content,
             size_mismatches: stats.size_mismatches,
             aborted: stats.aborted,
             reseed_failures: stats.reseed_failures,

@@ -5,6 +5,7 @@
 //! every bare LF turned into CRLF. A file whose last line has no line end gets
 //! one CRLF added, as RFC 1939 framing needs a line end before `.CRLF`.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
 /// The file as a POP3 client must receive it (after un-stuffing).
@@ -36,10 +37,12 @@ pub enum Verdict {
     Unchecked,
 }
 
-/// Compares a body, chunk by chunk as it arrives, with the expected bytes.
+/// Compares a body, chunk by chunk as it arrives, with the expected bytes, or
+/// (content fallback) hashes it for `corpus::Corpus::content_hash`.
 #[derive(Debug, Default)]
 pub struct BodyCheck {
     expected: Option<Arc<[u8]>>,
+    hasher: Option<std::collections::hash_map::DefaultHasher>,
     /// Body bytes seen so far (also the compare position).
     len: usize,
     /// No difference found yet.
@@ -51,13 +54,30 @@ impl BodyCheck {
     pub fn new(expected: Option<Arc<[u8]>>) -> Self {
         BodyCheck {
             expected,
+            hasher: None,
             len: 0,
             equal: true,
         }
     }
 
+    /// A check that only hashes the body (verdict `Unchecked`; see `hash`).
+    pub fn hashing() -> Self {
+        BodyCheck {
+            hasher: Some(crate::corpus::content_hasher()),
+            ..BodyCheck::new(None)
+        }
+    }
+
+    /// The body's content hash, in hashing mode.
+    pub fn hash(&self) -> Option<u64> {
+        self.hasher.as_ref().map(Hasher::finish)
+    }
+
     /// Takes the next run of un-stuffed body bytes.
     pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(hasher) = &mut self.hasher {
+            hasher.write(chunk);
+        }
         if let (Some(expected), true) = (&self.expected, self.equal) {
             let end = self.len + chunk.len();
             self.equal = expected.get(self.len..end) == Some(chunk);
@@ -123,6 +143,22 @@ mod tests {
         let mut off = BodyCheck::new(None);
         off.feed(b"abc");
         assert_eq!((off.verdict(), off.len()), (Verdict::Unchecked, 3));
+    }
+
+    #[test]
+    fn hashing_mode_is_chunking_independent() {
+        let body = b"one\r\n.two\r\nthree\r\n";
+        let mut whole = crate::corpus::content_hasher();
+        whole.write(body);
+        for chunk in 1..=body.len() {
+            let mut c = BodyCheck::hashing();
+            for piece in body.chunks(chunk) {
+                c.feed(piece);
+            }
+            assert_eq!(c.hash(), Some(whole.finish()), "chunk {chunk}");
+            assert_eq!(c.verdict(), Verdict::Unchecked);
+        }
+        assert_eq!(BodyCheck::new(None).hash(), None);
     }
 
     /// The whole path a RETR body takes: file → CRLF → stuffed on the wire →

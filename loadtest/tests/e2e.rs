@@ -26,7 +26,11 @@ struct Served {
 /// A thread-per-connection POP3 server over `root/<user>/Maildir`. UIDL is the
 /// Maildir base name; RETR of the file whose base name is `corrupt` sends one
 /// byte changed.
-fn fake_server(root: PathBuf, corrupt: Option<String>) -> (SocketAddr, Arc<Served>) {
+fn fake_server(
+    root: PathBuf,
+    corrupt: Option<String>,
+    opaque_uidls: bool,
+) -> (SocketAddr, Arc<Served>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(Served::default());
@@ -35,7 +39,7 @@ fn fake_server(root: PathBuf, corrupt: Option<String>) -> (SocketAddr, Arc<Serve
         for stream in listener.incoming().flatten() {
             let (root, corrupt, s) = (root.clone(), corrupt.clone(), s.clone());
             std::thread::spawn(move || {
-                let _ = serve(stream, &root, corrupt.as_deref(), &s);
+                let _ = serve(stream, &root, corrupt.as_deref(), opaque_uidls, &s);
             });
         }
     });
@@ -61,7 +65,21 @@ fn base(path: &Path) -> String {
     name.split(':').next().unwrap().to_string()
 }
 
-fn serve(stream: TcpStream, root: &Path, corrupt: Option<&str>, s: &Served) -> std::io::Result<()> {
+/// A stable UIDL that names no file, like Dovecot's default `%08Xu%08Xv`.
+fn opaque(base: &str) -> String {
+    let h = base.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+fn serve(
+    stream: TcpStream,
+    root: &Path,
+    corrupt: Option<&str>,
+    opaque_uidls: bool,
+    s: &Served,
+) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut lines = BufReader::new(stream);
     out.write_all(b"+OK fake ready\r\n")?;
@@ -90,6 +108,8 @@ fn serve(stream: TcpStream, root: &Path, corrupt: Option<&str>, s: &Served) -> s
                 for (i, f) in files.iter().enumerate() {
                     let arg = if cmd == "LIST" {
                         to_crlf(&std::fs::read(f)?).len().to_string()
+                    } else if opaque_uidls {
+                        opaque(&base(f))
                     } else {
                         base(f)
                     };
@@ -215,14 +235,14 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn download_verifies_every_body_and_counts_each_mismatch() {
     let (root, users, corrupt) = corpus("download", 6);
-    let (addr, served) = fake_server(root.clone(), Some(corrupt));
+    let (addr, served) = fake_server(root.clone(), Some(corrupt.clone()), false);
     let Outcome {
         stats, measured_s, ..
     } = engine::run(config(Scenario::Download, addr, users, Some(&root))).unwrap();
     assert!(measured_s > 0.5);
     assert!(stats.sessions > 0 && stats.messages >= 3 * stats.sessions);
     assert_eq!(stats.error_total(), 0);
-    assert_eq!(stats.unmapped, 0);
+    assert_eq!((stats.unmapped, stats.matched_by_content), (0, 0));
     assert_eq!(stats.size_mismatches, 0);
     // Every served RETR was judged: the corrupted ones as mismatches, the rest as matches.
     let (retr, corrupted) = (
@@ -239,7 +259,7 @@ fn download_verifies_every_body_and_counts_each_mismatch() {
 fn delete_leaves_the_corpus_as_it_was() {
     let (root, users, _) = corpus("delete", 4);
     let before = tree(&root);
-    let (addr, served) = fake_server(root.clone(), None);
+    let (addr, served) = fake_server(root.clone(), None, false);
     let Outcome { stats, .. } =
         engine::run(config(Scenario::Delete, addr, users, Some(&root))).unwrap();
     assert!(stats.sessions > 0);
@@ -256,7 +276,7 @@ fn delete_leaves_the_corpus_as_it_was() {
 fn open_loop_keeps_the_schedule_and_wrong_passwords_count_as_auth_errors() {
     let (root, mut users, _) = corpus("open", 8);
     users[7].pass = "wrong".into();
-    let (addr, _) = fake_server(root.clone(), None);
+    let (addr, _) = fake_server(root.clone(), None, false);
     let mut cfg = config(Scenario::Login, addr, users, None);
     cfg.rate = Some(200.0);
     cfg.duration = Duration::from_secs(1);
@@ -277,7 +297,7 @@ fn open_loop_keeps_the_schedule_and_wrong_passwords_count_as_auth_errors() {
 #[test]
 fn idle_holds_every_connection_then_quits() {
     let (root, users, _) = corpus("idle", 12);
-    let (addr, _) = fake_server(root.clone(), None);
+    let (addr, _) = fake_server(root.clone(), None, false);
     let ready = root.join("ready");
     let mut cfg = config(Scenario::Idle, addr, users, None);
     cfg.concurrency = 12;
@@ -305,10 +325,32 @@ fn idle_holds_every_connection_then_quits() {
 #[test]
 fn refuses_more_connections_than_mailboxes() {
     let (root, users, _) = corpus("refuse", 2);
-    let (addr, _) = fake_server(root.clone(), None);
+    let (addr, _) = fake_server(root.clone(), None, false);
     let err = engine::run(config(Scenario::Login, addr, users, None))
         .err()
         .unwrap();
     assert!(err.contains("--concurrency 4"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn opaque_uidls_fall_back_to_matching_by_content() {
+    let (root, users, corrupt) = corpus("opaque", 4);
+    let (addr, served) = fake_server(root.clone(), Some(corrupt), true);
+    for scenario in [Scenario::Download, Scenario::Sync] {
+        let before = served.retr.load(Ordering::Relaxed);
+        let corrupted_before = served.corrupted.load(Ordering::Relaxed);
+        let cfg = config(scenario, addr, users.clone(), Some(&root));
+        let Outcome { stats, .. } = engine::run(cfg).unwrap();
+        let retr = served.retr.load(Ordering::Relaxed) - before;
+        let corrupted = served.corrupted.load(Ordering::Relaxed) - corrupted_before;
+        assert!(retr > 0 && corrupted > 0, "{scenario:?}");
+        assert_eq!(stats.error_total(), 0);
+        // Every body went through the fallback; the intact ones matched a file.
+        assert_eq!(stats.unmapped, retr, "{scenario:?}");
+        assert_eq!(stats.matched_by_content, retr - corrupted, "{scenario:?}");
+        assert_eq!(stats.verified, retr - corrupted, "{scenario:?}");
+        assert_eq!(stats.mismatches, corrupted, "{scenario:?}");
+    }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -197,16 +197,17 @@ def main():
                 vals = ", ".join(fmt(get(r), digits) for r in rs)
                 out.append(f"- {scenario} c={conc} {label}, {srv}: {vals}")
     out.append("")
-    out.append("| server | runs | errors | of which [IN-USE] | body mismatches | unmapped UIDLs | size mismatches | aborted |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| server | runs | errors | of which [IN-USE] | body mismatches | unmapped UIDLs | of which matched by content | size mismatches | aborted |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for srv in SERVERS:
         rs = [r for k, v in runs.items() if k[2] == srv for r in v]
         if not rs:
-            out.append(f"| {srv} | 0 | — | — | — | — | — | — |")
+            out.append(f"| {srv} | 0 | — | — | — | — | — | — | — |")
             continue
         tot = lambda key: sum(r["result"][key] for r in rs)
         in_use = sum(r["result"]["errors_by_kind"].get("in_use", 0) for r in rs)
-        out.append(f"| {srv} | {len(rs)} | {tot('errors')} | {in_use} | {tot('mismatches')} | {tot('unmapped')} | "
+        by_content = sum(r["result"].get("matched_by_content", 0) for r in rs)
+        out.append(f"| {srv} | {len(rs)} | {tot('errors')} | {in_use} | {tot('mismatches')} | {tot('unmapped')} | {by_content} | "
                    f"{tot('size_mismatches')} | {tot('aborted')} |")
     print("\n".join(out))
 
