@@ -204,3 +204,57 @@ fn autologout_ends_an_idle_session_and_deletes_nothing() {
     assert_eq!(tree.files("u"), before);
     server.wait_log("below the 10 minutes RFC 1939 requires");
 }
+
+fn scram(server: &Server, user: &str, password: &str, initial: bool) -> (bool, String) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/scram_login.py"
+    ))
+    .arg(server.addr.ip().to_string())
+    .arg(server.addr.port().to_string())
+    .args([user, password]);
+    if initial {
+        cmd.arg("initial");
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn scram_sha_256_logins_with_stored_keys_and_plain_passwords() {
+    let mut tree = Tree::new();
+    tree.user("plainuser", "pencil");
+    tree.deliver("plainuser", 1, b"x\n");
+    let out = shardpop()
+        .args(["passwd", "-s", "SCRAM-SHA-256", "-p", "s3cr3t"])
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("{SCRAM-SHA-256}4096,"), "{hash}");
+    tree.user_with_hash("scramuser", hash.trim());
+    let server = Server::start(&tree);
+    for initial in [false, true] {
+        let (ok, text) = scram(&server, "plainuser", "pencil", initial);
+        assert!(
+            ok && text.contains("server verified") && text.contains("+OK 1 3"),
+            "{text}"
+        );
+        let (ok, text) = scram(&server, "scramuser", "s3cr3t", initial);
+        assert!(ok && text.contains("+OK Logged in."), "{text}");
+    }
+    for (user, password) in [("scramuser", "wrong"), ("nobody", "pencil")] {
+        let (ok, text) = scram(&server, user, password, false);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("refused at client-final: -ERR [AUTH] Authentication failed."),
+            "{user}: {text}"
+        );
+    }
+    server.wait_log("pop3 login failed (BadCredentials): user=<nobody>");
+}

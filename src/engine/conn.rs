@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::body::{BodyStream, RawPlan};
 use super::guard::Guard;
 use super::worker::{ConnRef, Done, Job, Outcome, Reply};
+use crate::auth::ScramServer;
 use crate::config::PlaintextAuth;
 use crate::protocol::{BodyError, Completion, Effect, LoginFailure, Offer, Session};
 use crate::store::Mailbox;
@@ -183,6 +184,8 @@ pub struct Conn {
     peer_eof: bool,
     /// TLS, when on: input and output pass through it.
     tls: Option<Box<Tls>>,
+    /// A SCRAM-SHA-256 exchange in progress, with the name it started with.
+    scram: Option<(Box<ScramServer>, String)>,
     /// STLS was accepted: TLS starts with this layer once the `+OK` is out.
     stls_pending: Option<(TlsLayer, Offer)>,
     /// Our side is shut down; discarding input until EOF or this instant.
@@ -228,6 +231,7 @@ impl Conn {
             peer_eof: false,
             tls,
             stls_pending: None,
+            scram: None,
             linger_until: None,
             last_activity: now,
             timer_gen: 0,
@@ -421,6 +425,7 @@ impl Conn {
                         .complete(Completion::Committed(false), &mut self.out);
                 }
             }
+            Effect::Sasl { first, data } => self.scram_step(first, &data, reply, cx),
             Effect::StartTls => {
                 // Anything the client pipelined after STLS is plaintext it must
                 // not have sent (the STARTTLS injection class of bugs): drop it.
@@ -705,29 +710,102 @@ impl Conn {
                 self.user = Some(user);
                 Completion::LoggedIn(maildrop)
             }
-            Outcome::LoginFailed { why, user } => {
-                // One line per failure, in a shape fail2ban can match:
-                // user=<...>, rip=ADDR.
-                tracing::warn!(
-                    "pop3 login failed ({why:?}): user=<{}>, rip={}, shard={}",
-                    user.escape_debug(),
-                    self.peer.ip(),
-                    cx.settings.shard
-                );
-                if why == LoginFailure::BadCredentials {
-                    // The delay grows with the address's recent failures.
-                    let delay = cx.guard.login_failed(self.peer.ip(), cx.now);
-                    if !delay.is_zero() {
-                        self.held = Some((cx.now + delay, Completion::LoginFailed(why)));
-                        return;
+            Outcome::LoginFailed { why, user } => return self.login_failed(why, &user, cx),
+            Outcome::ScramCredentials { credentials, nonce } => {
+                match (self.scram.as_mut(), credentials) {
+                    (Some((server, _)), Some(credentials)) => {
+                        Completion::SaslChallenge(server.server_first(credentials, &nonce))
+                    }
+                    _ => {
+                        let user = self.scram.take().map(|(_, u)| u).unwrap_or_default();
+                        return self.login_failed(LoginFailure::BadCredentials, &user, cx);
                     }
                 }
-                Completion::LoginFailed(why)
             }
             Outcome::Committed { failed } => Completion::Committed(failed == 0),
         };
         if let Some(effect) = self.session.complete(completion, &mut self.out) {
             self.apply(effect, cx);
+        }
+    }
+
+    /// Logs a failed login and answers it, after the address's penalty delay
+    /// for bad credentials.
+    fn login_failed(&mut self, why: LoginFailure, user: &str, cx: &Context<'_>) {
+        self.scram = None;
+        // One line per failure, in a shape fail2ban can match:
+        // user=<...>, rip=ADDR.
+        tracing::warn!(
+            "pop3 login failed ({why:?}): user=<{}>, rip={}, shard={}",
+            user.escape_debug(),
+            self.peer.ip(),
+            cx.settings.shard
+        );
+        if why == LoginFailure::BadCredentials {
+            // The delay grows with the address's recent failures.
+            let delay = cx.guard.login_failed(self.peer.ip(), cx.now);
+            if !delay.is_zero() {
+                self.held = Some((cx.now + delay, Completion::LoginFailed(why)));
+                return;
+            }
+        }
+        if let Some(effect) = self
+            .session
+            .complete(Completion::LoginFailed(why), &mut self.out)
+        {
+            self.apply(effect, cx);
+        }
+    }
+
+    /// One step of SCRAM-SHA-256. client-first needs the passdb (pool);
+    /// client-final is a few HMACs, done here; the empty response after
+    /// server-final opens the mailbox (pool).
+    fn scram_step(&mut self, first: bool, data: &[u8], reply: Reply, cx: &Context<'_>) {
+        if first {
+            match ScramServer::client_first(data) {
+                Ok((server, user)) => {
+                    self.scram = Some((Box::new(server), user.clone()));
+                    if cx.jobs.send(Job::ScramLookup { reply, user }).is_err() {
+                        self.login_failed(LoginFailure::Temporary, "", cx);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad SCRAM client-first");
+                    self.login_failed(LoginFailure::BadCredentials, "", cx);
+                }
+            }
+            return;
+        }
+        let Some((server, user)) = &mut self.scram else {
+            return self.login_failed(LoginFailure::BadCredentials, "", cx);
+        };
+        if server.user().is_some() {
+            // The client's empty answer to server-final: the exchange is over.
+            let (server, user) = self.scram.take().expect("checked above");
+            match server.into_user() {
+                Some(entry) if data.is_empty() => {
+                    if cx.jobs.send(Job::Open { reply, entry }).is_err() {
+                        self.login_failed(LoginFailure::Temporary, &user, cx);
+                    }
+                }
+                _ => self.login_failed(LoginFailure::BadCredentials, &user, cx),
+            }
+            return;
+        }
+        match server.client_final(data) {
+            Ok(server_final) => {
+                if let Some(effect) = self
+                    .session
+                    .complete(Completion::SaslChallenge(server_final), &mut self.out)
+                {
+                    self.apply(effect, cx);
+                }
+            }
+            Err(e) => {
+                let user = user.clone();
+                tracing::debug!(error = %e, "SCRAM exchange failed");
+                self.login_failed(LoginFailure::BadCredentials, &user, cx);
+            }
         }
     }
 

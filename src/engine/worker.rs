@@ -36,6 +36,20 @@ pub enum Job {
         /// The proof.
         credential: Credential,
     },
+    /// SCRAM-SHA-256: the user's keys (or made-up ones) and a server nonce.
+    ScramLookup {
+        /// Reply here.
+        reply: Reply,
+        /// The name from client-first.
+        user: String,
+    },
+    /// A user proven by SCRAM: check allow_nets, lock and scan the mailbox.
+    Open {
+        /// Reply here.
+        reply: Reply,
+        /// The proven user.
+        entry: UserEntry,
+    },
     /// Remove the messages a session marked (UPDATE state).
     Commit {
         /// Reply here.
@@ -84,6 +98,14 @@ pub enum Outcome {
         /// As sent, lossily decoded.
         user: String,
     },
+    /// What a SCRAM exchange continues with; `None` when the user's stored
+    /// password cannot do SCRAM.
+    ScramCredentials {
+        /// The keys to check against.
+        credentials: Option<crate::auth::ScramCredentials>,
+        /// Fresh random bytes for the server nonce.
+        nonce: Vec<u8>,
+    },
     /// UPDATE finished; this many files could not be removed.
     Committed {
         /// Files left behind.
@@ -130,6 +152,38 @@ fn run(ctx: &LoginContext, job: Job) {
             credential,
         } => {
             let outcome = login(ctx, &user, &credential, reply.peer);
+            (reply, outcome)
+        }
+        Job::ScramLookup { reply, user } => {
+            let credentials = match ctx.passdb.scram_credentials(&user) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(user = %user, error = %e, "passdb lookup failed");
+                    None
+                }
+            };
+            let mut nonce = vec![0u8; crate::auth::sasl::SERVER_NONCE_BYTES_MIN + 2];
+            let outcome = match ring::rand::SecureRandom::fill(
+                &ring::rand::SystemRandom::new(),
+                &mut nonce,
+            ) {
+                Ok(()) => Outcome::ScramCredentials { credentials, nonce },
+                Err(_) => Outcome::LoginFailed {
+                    why: LoginFailure::Temporary,
+                    user,
+                },
+            };
+            (reply, outcome)
+        }
+        Job::Open { reply, entry } => {
+            let outcome = if entry.allows_peer(Some(reply.peer.ip())) {
+                open(ctx, &entry)
+            } else {
+                Outcome::LoginFailed {
+                    why: LoginFailure::BadCredentials,
+                    user: entry.user.clone(),
+                }
+            };
             (reply, outcome)
         }
         Job::Commit {
@@ -180,7 +234,16 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
             return failed(LoginFailure::Temporary);
         }
     };
-    let dir = match maildir_of(ctx, &entry) {
+    open(ctx, &entry)
+}
+
+/// Locks and scans a proven user's mailbox.
+fn open(ctx: &LoginContext, entry: &UserEntry) -> Outcome {
+    let failed = |why| Outcome::LoginFailed {
+        why,
+        user: entry.user.clone(),
+    };
+    let dir = match maildir_of(ctx, entry) {
         Ok(dir) => dir,
         Err(e) => {
             tracing::error!(user = %entry.user, error = %e, "cannot resolve the mail location");

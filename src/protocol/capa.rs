@@ -15,8 +15,11 @@ pub fn write(out: &mut Vec<u8>, offer: Offer, authorized: bool) {
     out.extend_from_slice(b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n");
     // RFC 2449 §6: USER and SASL describe the AUTHORIZATION state only.
     if !authorized {
+        // SCRAM never shows the password, so it is offered on any connection.
         if offer.plaintext_auth {
-            out.extend_from_slice(b"USER\r\nSASL PLAIN\r\n");
+            out.extend_from_slice(b"USER\r\nSASL PLAIN SCRAM-SHA-256\r\n");
+        } else {
+            out.extend_from_slice(b"SASL SCRAM-SHA-256\r\n");
         }
         if offer.stls {
             out.extend_from_slice(b"STLS\r\n");
@@ -49,7 +52,7 @@ mod tests {
             "PIPELINING",
             "AUTH-RESP-CODE",
             "USER",
-            "SASL PLAIN",
+            "SASL PLAIN SCRAM-SHA-256",
             "STLS",
             "IMPLEMENTATION shardpop",
         ] {

@@ -95,6 +95,15 @@ pub enum Effect {
     /// UPDATE state: remove these messages (0-based indices), then answer
     /// with [`Completion::Committed`].
     Commit(Vec<usize>),
+    /// A SASL response for the mechanism the engine holds (SCRAM-SHA-256):
+    /// `first` for the client-first-message. Answer with
+    /// [`Completion::SaslChallenge`], or with a login result.
+    Sasl {
+        /// The exchange starts with this response.
+        first: bool,
+        /// The decoded response.
+        data: Vec<u8>,
+    },
     /// STLS was accepted: flush the `+OK`, discard any input received after
     /// the STLS line, start TLS, then call [`Session::tls_started`].
     StartTls,
@@ -130,6 +139,8 @@ pub enum Completion {
     LoginFailed(LoginFailure),
     /// The UPDATE state finished; `false` when some files could not be removed.
     Committed(bool),
+    /// The SASL mechanism's next challenge (sent as `+ base64`).
+    SaslChallenge(Vec<u8>),
 }
 
 impl fmt::Debug for Completion {
@@ -138,6 +149,7 @@ impl fmt::Debug for Completion {
             Completion::LoggedIn(m) => write!(f, "LoggedIn({} messages)", m.count()),
             Completion::LoginFailed(why) => write!(f, "LoginFailed({why:?})"),
             Completion::Committed(ok) => write!(f, "Committed({ok})"),
+            Completion::SaslChallenge(_) => f.write_str("SaslChallenge"),
         }
     }
 }
@@ -190,8 +202,18 @@ enum State {
 struct Authorization {
     /// The name from USER, waiting for PASS.
     user: Option<Vec<u8>>,
-    /// `AUTH PLAIN` sent without an initial response: the next line is the response.
-    sasl_plain_pending: bool,
+    /// A SASL exchange is under way: the next line is a response to it.
+    sasl: Option<Sasl>,
+}
+
+/// The SASL mechanism in progress (RFC 5034).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sasl {
+    /// RFC 4616; the one response carries everything.
+    Plain,
+    /// RFC 5802/7677; the engine holds the mechanism's state. `first`: the
+    /// next response is the client-first-message.
+    Scram { first: bool },
 }
 
 struct Transaction {
@@ -413,6 +435,7 @@ impl Session {
                 None
             }
             (Completion::LoginFailed(why), State::Authorization(_)) => {
+                self.end_sasl();
                 reply::err(
                     out,
                     match why {
@@ -421,6 +444,17 @@ impl Session {
                         LoginFailure::Temporary => text::SYS_TEMP,
                     },
                 );
+                None
+            }
+            (Completion::SaslChallenge(data), State::Authorization(a)) if a.sasl.is_some() => {
+                use base64::Engine as _;
+                out.extend_from_slice(b"+ ");
+                out.extend_from_slice(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(data)
+                        .as_bytes(),
+                );
+                out.extend_from_slice(b"\r\n");
                 None
             }
             (Completion::Committed(all_removed), State::Update) => {
@@ -452,7 +486,7 @@ impl Session {
     }
 
     fn sasl_pending(&self) -> bool {
-        matches!(&self.state, State::Authorization(a) if a.sasl_plain_pending)
+        matches!(&self.state, State::Authorization(a) if a.sasl.is_some())
     }
 
     /// The line after `+ `: a base64 PLAIN response or `*` to cancel.
@@ -469,18 +503,40 @@ impl Session {
             return None;
         };
         let line = rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]);
-        self.end_sasl();
+        let mechanism = self.end_sasl();
         if line == b"*" {
             reply::err(out, "Authentication cancelled.");
             return Some((lf + 1, None));
         }
-        Some((lf + 1, self.sasl_plain(line, out)))
+        let effect = match mechanism {
+            Some(Sasl::Scram { first }) => self.sasl_scram(line, first, out),
+            _ => self.sasl_plain(line, out),
+        };
+        Some((lf + 1, effect))
     }
 
-    fn end_sasl(&mut self) {
-        if let State::Authorization(a) = &mut self.state {
-            a.sasl_plain_pending = false;
+    /// Ends the exchange in progress, returning its mechanism.
+    fn end_sasl(&mut self) -> Option<Sasl> {
+        match &mut self.state {
+            State::Authorization(a) => a.sasl.take(),
+            _ => None,
         }
+    }
+
+    /// A SCRAM response: decoded and handed to the engine, which holds the
+    /// mechanism and answers with [`Completion::SaslChallenge`] or a login
+    /// result. The exchange stays open meanwhile.
+    fn sasl_scram(&mut self, b64: &[u8], first: bool, out: &mut Vec<u8>) -> Option<Effect> {
+        use base64::Engine as _;
+        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            reply::err(out, "Invalid base64 data.");
+            return None;
+        };
+        if let State::Authorization(a) = &mut self.state {
+            a.sasl = Some(Sasl::Scram { first: false });
+        }
+        self.waiting = true;
+        Some(Effect::Sasl { first, data })
     }
 
     /// RFC 4616: `authzid NUL authcid NUL passwd`, base64. An authzid other
@@ -549,7 +605,8 @@ impl Session {
             Command::User(_)
             | Command::Pass(_)
             | Command::Auth {
-                mechanism: Some(_), ..
+                mechanism: Some(b"PLAIN" | b"plain" | b"Plain"),
+                ..
             } if !plaintext => {
                 reply::err(
                     out,
@@ -599,8 +656,23 @@ impl Session {
                 if plaintext {
                     out.extend_from_slice(b"PLAIN\r\n");
                 }
+                out.extend_from_slice(b"SCRAM-SHA-256\r\n");
                 out.extend_from_slice(reply::END);
                 None
+            }
+            Command::Auth {
+                mechanism: Some(mech),
+                initial,
+            } if mech.eq_ignore_ascii_case(b"SCRAM-SHA-256") => {
+                auth.user = None;
+                match initial {
+                    Some(b64) => self.sasl_scram(b64, true, out),
+                    None => {
+                        auth.sasl = Some(Sasl::Scram { first: true });
+                        out.extend_from_slice(b"+ \r\n");
+                        None
+                    }
+                }
             }
             Command::Auth {
                 mechanism: Some(mech),
@@ -616,7 +688,7 @@ impl Session {
                     Some(b"=") => self.sasl_plain(b"", out),
                     Some(b64) => self.sasl_plain(b64, out),
                     None => {
-                        auth.sasl_plain_pending = true;
+                        auth.sasl = Some(Sasl::Plain);
                         out.extend_from_slice(b"+ \r\n");
                         None
                     }

@@ -553,7 +553,10 @@ fn sasl_cancel_bad_base64_and_unknown_mechanism() {
         say(&mut s, "AUTH CRAM-MD5\r\n"),
         "-ERR Unsupported authentication mechanism.\r\n"
     );
-    assert_eq!(say(&mut s, "AUTH\r\n"), "+OK\r\nPLAIN\r\n.\r\n");
+    assert_eq!(
+        say(&mut s, "AUTH\r\n"),
+        "+OK\r\nPLAIN\r\nSCRAM-SHA-256\r\n.\r\n"
+    );
     // The session is still usable.
     assert_eq!(say(&mut s, "USER x\r\n"), "+OK\r\n");
 }
@@ -690,4 +693,75 @@ fn a_user_given_before_stls_is_forgotten() {
         stls: false,
     });
     assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+}
+
+#[test]
+fn scram_frames_each_step_through_the_engine() {
+    let mut s = new_session();
+    assert_eq!(say(&mut s, "AUTH SCRAM-SHA-256\r\n"), "+ \r\n");
+    // client-first: "n,,n=u,r=abc" in base64
+    match feed(&mut s, "bixuPXUscj1hYmM=\r\n").1 {
+        Some(Effect::Sasl { first: true, data }) => assert_eq!(data, b"n,n=u,r=abc"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.is_waiting());
+    let mut out = Vec::new();
+    assert!(
+        s.complete(
+            Completion::SaslChallenge(b"r=abcdef,s=c2FsdA==,i=4096".to_vec()),
+            &mut out
+        )
+        .is_none()
+    );
+    assert_eq!(out, b"+ cj1hYmNkZWYscz1jMkZzZEE9PSxpPTQwOTY=\r\n");
+    match feed(&mut s, "eA==\r\n").1 {
+        Some(Effect::Sasl { first: false, data }) => assert_eq!(data, b"x"),
+        other => panic!("{other:?}"),
+    }
+    out.clear();
+    s.complete(Completion::SaslChallenge(b"v=sig".to_vec()), &mut out);
+    assert_eq!(out, b"+ dj1zaWc=\r\n");
+    // The empty answer to server-final.
+    match feed(&mut s, "\r\n").1 {
+        Some(Effect::Sasl { first: false, data }) => assert!(data.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    out.clear();
+    s.complete(Completion::LoggedIn(drop3()), &mut out);
+    assert_eq!(out, b"+OK Logged in.\r\n");
+}
+
+#[test]
+fn scram_failure_and_cancel_end_the_exchange() {
+    let mut s = new_session();
+    assert!(matches!(
+        feed(&mut s, "AUTH SCRAM-SHA-256 bixuPXUscj1hYmM=\r\n").1,
+        Some(Effect::Sasl { first: true, .. })
+    ));
+    let mut out = Vec::new();
+    s.complete(
+        Completion::LoginFailed(LoginFailure::BadCredentials),
+        &mut out,
+    );
+    assert_eq!(out, b"-ERR [AUTH] Authentication failed.\r\n");
+    assert_eq!(
+        say(&mut s, "USER a\r\n"),
+        "+OK\r\n",
+        "back to commands, not SASL responses"
+    );
+    assert_eq!(
+        say(&mut s, "AUTH SCRAM-SHA-256\r\n*\r\n"),
+        "+ \r\n-ERR Authentication cancelled.\r\n"
+    );
+    // SCRAM is offered even where plaintext logins are not.
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: false,
+            stls: false,
+        },
+        None,
+    );
+    assert!(say(&mut s, "CAPA\r\n").contains("\r\nSASL SCRAM-SHA-256\r\n"));
+    assert_eq!(say(&mut s, "AUTH SCRAM-SHA-256\r\n"), "+ \r\n");
 }
