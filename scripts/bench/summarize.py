@@ -138,6 +138,7 @@ def main():
         return
     records = load(sys.argv[1])
     env = next((r for r in records if r["kind"] == "env"), {})
+    env_end = next((r for r in records if r["kind"] == "env_end"), {})
     loops = [r for r in records if r["kind"] == "loopback"]
     runs = defaultdict(list)
     for r in records:
@@ -154,6 +155,9 @@ def main():
         out.append(f"Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores, kernel {env.get('kernel', '?')}; "
                    f"Dovecot {env.get('dovecot', '?')}; shardpop {env.get('shardpop', '?')}; rounds {env.get('rounds', '?')}, "
                    f"{env.get('duration_s', '?')} s each after {env.get('warmup_s', '?')} s warm-up.")
+        if "loadavg_start" in env:
+            out.append(f"Load average (1 min) at start {env['loadavg_start']:.1f}, at end "
+                       f"{env_end.get('loadavg_end', float('nan')):.1f}: other work on the machine shows here.")
         out.append("")
     for streams in sorted({r["streams"] for r in loops}):
         vals = sorted(r["mb_per_s"] for r in loops if r["streams"] == streams)
