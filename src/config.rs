@@ -55,6 +55,36 @@ pub struct Server {
     pub user: Option<String>,
     /// When started as root: the group to run as (default: the user's group).
     pub group: Option<String>,
+    /// The I/O backend of every shard.
+    pub engine: Engine,
+}
+
+/// `server.engine` / `--engine`: which pump drives the connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Readiness: mio over epoll (every Linux).
+    Epoll,
+    /// Completion: one io_uring per shard; startup fails if the kernel
+    /// refuses it.
+    Uring,
+    /// io_uring when the kernel allows every operation it uses, else epoll
+    /// (one log line says which and why).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Engine, String> {
+        match s {
+            "epoll" => Ok(Engine::Epoll),
+            "uring" | "io_uring" => Ok(Engine::Uring),
+            "auto" => Ok(Engine::Auto),
+            _ => Err(format!("unknown engine {s:?} (epoll, uring or auto)")),
+        }
+    }
 }
 
 impl Default for Server {
@@ -65,6 +95,7 @@ impl Default for Server {
             workers: 0,
             user: None,
             group: None,
+            engine: Engine::Auto,
         }
     }
 }
@@ -320,6 +351,21 @@ mod tests {
         let config = Config::load(&path).unwrap();
         config.validate().unwrap();
         assert_eq!(config.limits.line_bytes_max, 255);
+    }
+
+    #[test]
+    fn engine_parses_from_toml_and_flags() {
+        let c: Config = toml::from_str("[server]\nengine = \"uring\"\n").unwrap();
+        assert_eq!(c.server.engine, Engine::Uring);
+        assert_eq!(Config::default().server.engine, Engine::Auto);
+        assert!(toml::from_str::<Config>("[server]\nengine = \"kqueue\"\n").is_err());
+        assert_eq!("epoll".parse::<Engine>(), Ok(Engine::Epoll));
+        assert!(
+            "kqueue"
+                .parse::<Engine>()
+                .unwrap_err()
+                .contains("epoll, uring or auto")
+        );
     }
 
     #[test]

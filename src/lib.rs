@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  client ──TCP──► shard N (SO_REUSEPORT listener, one per core)
-//!                   │ engine: mio (epoll) — only moves bytes
+//!                   │ engine: mio (epoll) or io_uring — only moves bytes
 //!                   ▼
 //!                  Conn ── recv buffer ──► protocol::parse (zero-copy Command<'_>)
 //!                   │                          │
@@ -14,7 +14,7 @@
 //!                   │                          ▼
 //!                   │                    worker pool (crossbeam): password hashing,
 //!                   │                          │ Maildir scan, unlink on QUIT
-//!                   │◄── completion (channel + mio Waker)
+//!                   │◄── completion (channel + Waker: mio or eventfd)
 //!                   ▼
 //!  RETR/TOP: the send side holds a Body over the mmapped file; wire::Stuffer turns
 //!            LF→CRLF and dot-stuffs chunk by chunk as the socket drains.

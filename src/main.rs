@@ -83,6 +83,10 @@ struct ServeArgs {
     /// PEM private key.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// I/O engine: epoll, uring (io_uring; fails if the kernel refuses it)
+    /// or auto (io_uring when allowed, else epoll); replaces server.engine.
+    #[arg(long, value_parser = ["epoll", "uring", "auto"])]
+    engine: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +149,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(p) = args.tls_key {
         config.tls.key = Some(p);
+    }
+    if let Some(e) = args.engine {
+        config.server.engine = e.parse()?;
     }
     shardpop::engine::serve(&config)?;
     Ok(())

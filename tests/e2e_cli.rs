@@ -1,20 +1,21 @@
 //! The command line as operators and scripts use it: `passwd`, `demo`, and
 //! logins by every mechanism a real client uses (USER/PASS, APOP, SASL PLAIN).
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Opts, Server, Tree};
+use common::{Engine, Opts, Server, Tree};
 
 fn shardpop() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardpop"))
 }
 
-#[test]
-fn passwd_hashes_log_in_for_every_scheme() {
+engine_test!(passwd_hashes_log_in_for_every_scheme);
+fn passwd_hashes_log_in_for_every_scheme(engine: Engine) {
     let mut tree = Tree::new();
     let schemes = [
         "SHA512-CRYPT",
@@ -50,7 +51,7 @@ fn passwd_hashes_log_in_for_every_scheme() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"from stdin\n").unwrap();
     let out = child.wait_with_output().unwrap();
     tree.user_with_hash("piped", String::from_utf8(out.stdout).unwrap().trim());
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     for (i, scheme) in schemes.iter().enumerate() {
         let mut c = server.connect();
         c.login(&format!("user{i}"), "pa ss");
@@ -124,8 +125,8 @@ fn demo_creates_a_tree_serves_it_and_prints_how_to_connect() {
     assert!(!out.status.success());
 }
 
-#[test]
-fn apop_login_with_python_poplib() {
+engine_test!(apop_login_with_python_poplib);
+fn apop_login_with_python_poplib(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("mrose", "tanstaaf");
     tree.deliver("mrose", 1, b"Subject: x\n\nbody\n");
@@ -133,7 +134,7 @@ fn apop_login_with_python_poplib() {
         &tree,
         Opts {
             toml: "[auth]\nfailure_delay_ms = 0\napop = true\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let script = format!(
@@ -161,11 +162,11 @@ fn apop_login_with_python_poplib() {
     );
 }
 
-#[test]
-fn sasl_plain_login_with_and_without_initial_response() {
+engine_test!(sasl_plain_login_with_and_without_initial_response);
+fn sasl_plain_login_with_and_without_initial_response(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("alice", "pw");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     // base64("\0alice\0pw")
     let mut c = server.connect();
     assert_eq!(c.cmd("AUTH PLAIN AGFsaWNlAHB3"), "+OK Logged in.");
@@ -179,8 +180,8 @@ fn sasl_plain_login_with_and_without_initial_response() {
     assert_eq!(c2.cmd("*"), "-ERR Authentication cancelled.");
 }
 
-#[test]
-fn autologout_ends_an_idle_session_and_deletes_nothing() {
+engine_test!(autologout_ends_an_idle_session_and_deletes_nothing);
+fn autologout_ends_an_idle_session_and_deletes_nothing(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("u", "p");
     tree.deliver("u", 1, b"a\n");
@@ -191,7 +192,7 @@ fn autologout_ends_an_idle_session_and_deletes_nothing() {
         Opts {
             shards: 1,
             toml: "[limits]\nautologout_ms = 400\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -203,6 +204,71 @@ fn autologout_ends_an_idle_session_and_deletes_nothing() {
     assert!(c.is_closed());
     assert_eq!(tree.files("u"), before);
     server.wait_log("below the 10 minutes RFC 1939 requires");
+}
+
+/// The variable that makes the io_uring probe fail as a refusing kernel would.
+const FORCE_FAIL: &str = "SHARDPOP_URING_FORCE_FAIL";
+
+#[test]
+fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    tree.deliver("u", 1, b"Subject: s\n\nbody\n");
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            env: vec![(FORCE_FAIL, "1")],
+            ..Opts::new(Engine::Auto)
+        },
+    );
+    let log = server.log();
+    assert!(
+        log.contains(
+            "engine: epoll (auto: io_uring refused: forced off by SHARDPOP_URING_FORCE_FAIL)"
+        ),
+        "{log}"
+    );
+    let choices = log.matches("engine: epoll").count() + log.matches("engine: io_uring").count();
+    assert_eq!(choices, 1, "one line says which and why:\n{log}");
+    let mut c = server.connect();
+    c.login("u", "p");
+    assert_eq!(c.cmd("RETR 1"), "+OK 20 octets");
+    assert_eq!(c.multiline().0, b"Subject: s\r\n\r\nbody\r\n");
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+}
+
+#[test]
+fn auto_picks_io_uring_when_the_kernel_allows_it() {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    let server = Server::start(&tree, Engine::Auto);
+    server.wait_log("engine: io_uring (auto: the kernel supports every operation used)");
+    server.connect().login("u", "p");
+}
+
+#[test]
+fn engine_uring_fails_startup_with_a_clear_error_when_io_uring_is_refused() {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    let out = shardpop()
+        .args(["serve", "--listen", "127.0.0.1:0", "--engine", "uring"])
+        .arg("--passwd-file")
+        .arg(tree.passwd())
+        .arg("--mail-location")
+        .arg(tree.location())
+        .env(FORCE_FAIL, "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "shardpop: --engine uring: io_uring is not usable: forced off by SHARDPOP_URING_FORCE_FAIL (use --engine auto or epoll)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "nothing was bound: {stderr}");
 }
 
 fn scram(server: &Server, user: &str, password: &str, initial: bool) -> (bool, String) {
@@ -226,8 +292,8 @@ fn scram(server: &Server, user: &str, password: &str, initial: bool) -> (bool, S
     (out.status.success(), text)
 }
 
-#[test]
-fn scram_sha_256_logins_with_stored_keys_and_plain_passwords() {
+engine_test!(scram_sha_256_logins_with_stored_keys_and_plain_passwords);
+fn scram_sha_256_logins_with_stored_keys_and_plain_passwords(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("plainuser", "pencil");
     tree.deliver("plainuser", 1, b"x\n");
@@ -238,7 +304,7 @@ fn scram_sha_256_logins_with_stored_keys_and_plain_passwords() {
     let hash = String::from_utf8(out.stdout).unwrap();
     assert!(hash.starts_with("{SCRAM-SHA-256}4096,"), "{hash}");
     tree.user_with_hash("scramuser", hash.trim());
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     for initial in [false, true] {
         let (ok, text) = scram(&server, "plainuser", "pencil", initial);
         assert!(

@@ -1,11 +1,12 @@
 //! Real clients against a real server: Python's poplib (every command) and
 //! curl (LIST, RETR, DELE), bodies compared byte-exact to the files on disk.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 
-use common::{Server, Tree, crlf};
+use common::{Engine, Server, Tree, crlf};
 
 fn tree() -> Tree {
     let mut tree = Tree::new();
@@ -29,10 +30,10 @@ fn tree() -> Tree {
     tree
 }
 
-#[test]
-fn python_poplib_every_command() {
+engine_test!(python_poplib_every_command);
+fn python_poplib_every_command(engine: Engine) {
     let tree = tree();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     for (user, password, messages) in [("alice@example.org", "s3cret pass", 7), ("empty", "pw", 0)]
     {
         let out = Command::new("python3")
@@ -87,10 +88,10 @@ fn curl(server: &Server, path: &str, extra: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-#[test]
-fn curl_list_and_retr() {
+engine_test!(curl_list_and_retr);
+fn curl_list_and_retr(engine: Engine) {
     let tree = tree();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let files = tree.files("alice@example.org");
     let list = String::from_utf8(curl(&server, "/", &[])).unwrap();
     assert_eq!(list.lines().count(), files.len(), "{list}");
@@ -117,10 +118,10 @@ fn curl_list_and_retr() {
     }
 }
 
-#[test]
-fn curl_dele_removes_the_file_at_quit() {
+engine_test!(curl_dele_removes_the_file_at_quit);
+fn curl_dele_removes_the_file_at_quit(engine: Engine) {
     let tree = tree();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let before = tree.files("alice@example.org");
     // curl sends DELE 2 then QUIT.
     curl(&server, "/2", &["--request", "DELE", "--list-only"]);

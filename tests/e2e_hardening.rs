@@ -1,12 +1,13 @@
 //! One test per defence against hostile clients, each also showing that a
 //! legitimate client is unaffected.
 
+#[macro_use]
 mod common;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Opts, Server, Tree};
+use common::{Engine, Opts, Server, Tree};
 
 fn tree() -> Tree {
     let mut tree = Tree::new();
@@ -24,8 +25,8 @@ fn fail_login(server: &Server, user: &str) -> Duration {
     started.elapsed()
 }
 
-#[test]
-fn failed_login_delay_grows_per_address() {
+engine_test!(failed_login_delay_grows_per_address);
+fn failed_login_delay_grows_per_address(engine: Engine) {
     let tree = tree();
     let toml = "[auth]\nfailure_delay_ms = 150\npenalty_delay_max_ms = 600\npenalty_failures_before_block = 100\n";
     let server = Server::start_with(
@@ -33,7 +34,7 @@ fn failed_login_delay_grows_per_address() {
         Opts {
             shards: 2,
             toml: toml.into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let delays: Vec<Duration> = (0..4).map(|_| fail_login(&server, "alice")).collect();
@@ -50,8 +51,8 @@ fn failed_login_delay_grows_per_address() {
     assert!(started.elapsed() < Duration::from_millis(300));
 }
 
-#[test]
-fn an_address_past_its_budget_is_refused_for_a_while() {
+engine_test!(an_address_past_its_budget_is_refused_for_a_while);
+fn an_address_past_its_budget_is_refused_for_a_while(engine: Engine) {
     let tree = tree();
     let toml = "[auth]\nfailure_delay_ms = 0\npenalty_failures_before_block = 3\npenalty_block_ms = 1000\n";
     let server = Server::start_with(
@@ -59,7 +60,7 @@ fn an_address_past_its_budget_is_refused_for_a_while() {
         Opts {
             shards: 2,
             toml: toml.into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     for _ in 0..3 {
@@ -81,8 +82,8 @@ fn an_address_past_its_budget_is_refused_for_a_while() {
     server.connect().login("alice", "right");
 }
 
-#[test]
-fn trusted_networks_are_exempt() {
+engine_test!(trusted_networks_are_exempt);
+fn trusted_networks_are_exempt(engine: Engine) {
     let tree = tree();
     let toml = "[auth]\nfailure_delay_ms = 0\npenalty_failures_before_block = 2\ntrusted_networks = [\"127.0.0.0/8\"]\n";
     let server = Server::start_with(
@@ -90,7 +91,7 @@ fn trusted_networks_are_exempt() {
         Opts {
             shards: 1,
             toml: toml.into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     for _ in 0..6 {
@@ -100,15 +101,15 @@ fn trusted_networks_are_exempt() {
     assert!(!server.log().contains("address blocked"));
 }
 
-#[test]
-fn connections_per_address_can_be_capped() {
+engine_test!(connections_per_address_can_be_capped);
+fn connections_per_address_can_be_capped(engine: Engine) {
     let tree = tree();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 2,
             toml: "[limits]\nconnections_per_address_max = 3\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let held: Vec<_> = (0..3).map(|_| server.connect()).collect();
@@ -136,8 +137,8 @@ fn connections_per_address_can_be_capped() {
     }
 }
 
-#[test]
-fn unknown_users_cost_as_much_as_wrong_passwords() {
+engine_test!(unknown_users_cost_as_much_as_wrong_passwords);
+fn unknown_users_cost_as_much_as_wrong_passwords(engine: Engine) {
     let mut tree = Tree::new();
     let hash = shardpop::auth::hash_password(shardpop::auth::Scheme::Sha512Crypt, b"right");
     tree.user_with_hash("alice", &hash);
@@ -146,7 +147,7 @@ fn unknown_users_cost_as_much_as_wrong_passwords() {
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 0\npenalty_failures_before_block = 1000\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let median = |user: &str| {
@@ -167,10 +168,10 @@ fn unknown_users_cost_as_much_as_wrong_passwords() {
     );
 }
 
-#[test]
-fn user_names_that_could_escape_the_mail_root_are_refused() {
+engine_test!(user_names_that_could_escape_the_mail_root_are_refused);
+fn user_names_that_could_escape_the_mail_root_are_refused(engine: Engine) {
     let tree = tree();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     for name in [
         "../alice",
         "alice/../../x",
@@ -200,15 +201,15 @@ fn user_names_that_could_escape_the_mail_root_are_refused() {
     server.connect().login("alice", "right");
 }
 
-#[test]
-fn plaintext_auth_policy_tls_refuses_even_loopback() {
+engine_test!(plaintext_auth_policy_tls_refuses_even_loopback);
+fn plaintext_auth_policy_tls_refuses_even_loopback(engine: Engine) {
     let tree = tree();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 0\nplaintext_auth = \"tls\"\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -230,14 +231,14 @@ fn plaintext_auth_policy_tls_refuses_even_loopback() {
             .starts_with("-ERR [AUTH] Plaintext authentication disallowed")
     );
     // The default (tls-or-loopback) serves loopback clients.
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     server.connect().login("alice", "right");
 }
 
-#[test]
-fn a_client_that_keeps_talking_without_logging_in_is_closed() {
+engine_test!(a_client_that_keeps_talking_without_logging_in_is_closed);
+fn a_client_that_keeps_talking_without_logging_in_is_closed(engine: Engine) {
     let tree = tree();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.send("CAPA\r\n".repeat(40).as_bytes());
     let mut closing = false;
@@ -255,8 +256,8 @@ fn a_client_that_keeps_talking_without_logging_in_is_closed() {
     server.connect().login("alice", "right");
 }
 
-#[test]
-fn a_client_that_never_reads_its_retr_is_timed_out() {
+engine_test!(a_client_that_never_reads_its_retr_is_timed_out);
+fn a_client_that_never_reads_its_retr_is_timed_out(engine: Engine) {
     let mut tree = tree();
     tree.user("big", "right");
     let body: Vec<u8> = (0..200_000)
@@ -268,7 +269,7 @@ fn a_client_that_never_reads_its_retr_is_timed_out() {
         Opts {
             shards: 1,
             toml: "[limits]\nautologout_ms = 700\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -281,8 +282,8 @@ fn a_client_that_never_reads_its_retr_is_timed_out() {
     server.connect().login("alice", "right");
 }
 
-#[test]
-fn started_as_root_it_drops_to_the_configured_user() {
+engine_test!(started_as_root_it_drops_to_the_configured_user);
+fn started_as_root_it_drops_to_the_configured_user(engine: Engine) {
     let mut tree = tree();
     tree.user("carol", "right");
     tree.deliver("carol", 1, b"x\n");
@@ -306,7 +307,7 @@ fn started_as_root_it_drops_to_the_configured_user() {
         Opts {
             shards: 1,
             toml: "[server]\nuser = \"nobody\"\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     if !root {

@@ -2,12 +2,13 @@
 //! bodies byte-exact, deletion only at QUIT, locking across shards, and
 //! hostile input answered with -ERR while other sessions go on.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Client, Opts, Server, Tree, crlf};
+use common::{Client, Engine, Opts, Server, Tree, crlf};
 
 /// Messages that exercise every transform rule.
 fn corpus() -> Vec<(&'static str, Vec<u8>)> {
@@ -60,10 +61,10 @@ fn tree_with_corpus() -> (Tree, Vec<(&'static str, Vec<u8>)>) {
     (tree, corpus)
 }
 
-#[test]
-fn every_body_is_byte_exact_for_retr_and_sizes_match() {
+engine_test!(every_body_is_byte_exact_for_retr_and_sizes_match);
+fn every_body_is_byte_exact_for_retr_and_sizes_match(engine: Engine) {
     let (tree, corpus) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     let total: usize = corpus.iter().map(|(_, b)| crlf(b).len()).sum();
@@ -113,10 +114,10 @@ fn every_body_is_byte_exact_for_retr_and_sizes_match() {
     assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
 }
 
-#[test]
-fn top_sends_headers_and_n_lines() {
+engine_test!(top_sends_headers_and_n_lines);
+fn top_sends_headers_and_n_lines(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     assert_eq!(c.cmd("TOP 1 0"), "+OK");
@@ -137,10 +138,10 @@ fn top_sends_headers_and_n_lines() {
     );
 }
 
-#[test]
-fn empty_mailbox() {
+engine_test!(empty_mailbox);
+fn empty_mailbox(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("empty", "pw-e");
     assert_eq!(c.cmd("STAT"), "+OK 0 0");
@@ -152,11 +153,11 @@ fn empty_mailbox() {
     assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
 }
 
-#[test]
-fn uidls_are_stable_unique_and_printable_across_restarts() {
+engine_test!(uidls_are_stable_unique_and_printable_across_restarts);
+fn uidls_are_stable_unique_and_printable_across_restarts(engine: Engine) {
     let (tree, corpus) = tree_with_corpus();
     let first = {
-        let server = Server::start(&tree);
+        let server = Server::start(&tree, engine);
         let mut c = server.connect();
         c.login("alice", "pw-a");
         assert_eq!(c.cmd("UIDL"), "+OK");
@@ -175,7 +176,7 @@ fn uidls_are_stable_unique_and_printable_across_restarts() {
         );
         assert!(seen.insert(uid.to_string()));
     }
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     c.cmd("UIDL");
@@ -183,11 +184,11 @@ fn uidls_are_stable_unique_and_printable_across_restarts() {
     assert_eq!(c.cmd("UIDL 2"), format!("+OK {}", lines[1]));
 }
 
-#[test]
-fn dele_then_quit_removes_exactly_those_files() {
+engine_test!(dele_then_quit_removes_exactly_those_files);
+fn dele_then_quit_removes_exactly_those_files(engine: Engine) {
     let (tree, corpus) = tree_with_corpus();
     let before = tree.files("alice");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     assert_eq!(c.cmd("DELE 2"), "+OK Marked to be deleted.");
@@ -205,11 +206,11 @@ fn dele_then_quit_removes_exactly_those_files() {
     server.wait_log("deleted=2");
 }
 
-#[test]
-fn dele_then_dropped_connection_removes_nothing() {
+engine_test!(dele_then_dropped_connection_removes_nothing);
+fn dele_then_dropped_connection_removes_nothing(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let before = tree.files("alice");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     {
         let mut c = server.connect();
         c.login("alice", "pw-a");
@@ -227,11 +228,11 @@ fn dele_then_dropped_connection_removes_nothing() {
     assert_eq!(tree.files("alice"), before);
 }
 
-#[test]
-fn killed_server_deletes_nothing() {
+engine_test!(killed_server_deletes_nothing);
+fn killed_server_deletes_nothing(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let before = tree.files("alice");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     c.cmd("DELE 1");
@@ -239,7 +240,7 @@ fn killed_server_deletes_nothing() {
     server.kill9();
     assert_eq!(tree.files("alice"), before);
     // And the flock died with the process: a new server lets the user in.
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
 }
@@ -265,10 +266,10 @@ fn connect_until_unlocked(server: &Server, user: &str, password: &str) -> Client
     }
 }
 
-#[test]
-fn second_login_gets_in_use_and_the_lock_frees_at_once_on_drop() {
+engine_test!(second_login_gets_in_use_and_the_lock_frees_at_once_on_drop);
+fn second_login_gets_in_use_and_the_lock_frees_at_once_on_drop(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut first = server.connect();
     first.login("alice", "pw-a");
     for _ in 0..8 {
@@ -288,14 +289,14 @@ fn second_login_gets_in_use_and_the_lock_frees_at_once_on_drop() {
     );
 }
 
-#[test]
-fn concurrent_logins_on_every_shard_only_one_wins() {
+engine_test!(concurrent_logins_on_every_shard_only_one_wins);
+fn concurrent_logins_on_every_shard_only_one_wins(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 2,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     // 32 clients race for the same mailbox; SO_REUSEPORT spreads them over
@@ -329,10 +330,10 @@ fn concurrent_logins_on_every_shard_only_one_wins() {
     }
 }
 
-#[test]
-fn wrong_password_and_unknown_user_get_the_same_reply() {
+engine_test!(wrong_password_and_unknown_user_get_the_same_reply);
+fn wrong_password_and_unknown_user_get_the_same_reply(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.cmd("USER alice");
     let wrong = c.cmd("PASS nope");
@@ -350,15 +351,15 @@ fn wrong_password_and_unknown_user_get_the_same_reply() {
     assert!(!log.contains("nope"), "passwords never reach the log");
 }
 
-#[test]
-fn failure_delay_holds_the_answer_without_blocking_others() {
+engine_test!(failure_delay_holds_the_answer_without_blocking_others);
+fn failure_delay_holds_the_answer_without_blocking_others(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
             toml: "[auth]\nfailure_delay_ms = 700\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut bad = server.connect();
@@ -378,10 +379,10 @@ fn failure_delay_holds_the_answer_without_blocking_others() {
     );
 }
 
-#[test]
-fn pipelined_commands_are_answered_in_order() {
+engine_test!(pipelined_commands_are_answered_in_order);
+fn pipelined_commands_are_answered_in_order(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.send(b"CAPA\r\nUSER alice\r\nPASS pw-a\r\nSTAT\r\nRETR 1\r\nLIST 2\r\nNOOP\r\nTOP 1 0\r\nQUIT\r\n");
     assert!(c.line().starts_with("+OK"));
@@ -414,14 +415,14 @@ fn pipelined_commands_are_answered_in_order() {
     assert!(c.is_closed());
 }
 
-#[test]
-fn hostile_input_gets_err_and_others_are_unharmed() {
+engine_test!(hostile_input_gets_err_and_others_are_unharmed);
+fn hostile_input_gets_err_and_others_are_unharmed(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut other = server.connect();
@@ -462,10 +463,10 @@ fn hostile_input_gets_err_and_others_are_unharmed() {
     assert_eq!(other.cmd("STAT"), "+OK 0 0");
 }
 
-#[test]
-fn a_flood_of_bad_commands_is_closed_politely() {
+engine_test!(a_flood_of_bad_commands_is_closed_politely);
+fn a_flood_of_bad_commands_is_closed_politely(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     let flood = "XYZZY\r\n".repeat(1000);
     c.send(flood.as_bytes());
@@ -484,15 +485,15 @@ fn a_flood_of_bad_commands_is_closed_politely() {
     server.connect().login("alice", "pw-a");
 }
 
-#[test]
-fn silent_client_is_timed_out_before_login() {
+engine_test!(silent_client_is_timed_out_before_login);
+fn silent_client_is_timed_out_before_login(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
             toml: "[limits]\nlogin_timeout_ms = 300\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -502,14 +503,14 @@ fn silent_client_is_timed_out_before_login() {
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
-#[test]
-fn slow_reader_gets_the_whole_body_with_bounded_buffering() {
+engine_test!(slow_reader_gets_the_whole_body_with_bounded_buffering);
+fn slow_reader_gets_the_whole_body_with_bounded_buffering(engine: Engine) {
     let (tree, corpus) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -526,8 +527,8 @@ fn slow_reader_gets_the_whole_body_with_bounded_buffering() {
     assert_eq!(c.cmd("NOOP"), "+OK");
 }
 
-#[test]
-fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
+engine_test!(sigterm_stops_gracefully_and_deletes_nothing_uncommitted);
+fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let before = tree.files("alice");
     let server = Server::start_with(
@@ -535,7 +536,7 @@ fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
         Opts {
             shards: 2,
             toml: "[limits]\nshutdown_grace_ms = 300\n".into(),
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     let mut c = server.connect();
@@ -552,11 +553,11 @@ fn sigterm_stops_gracefully_and_deletes_nothing_uncommitted() {
     assert_eq!(tree.files("alice"), before);
 }
 
-#[test]
-fn half_closed_client_still_gets_its_quit_committed() {
+engine_test!(half_closed_client_still_gets_its_quit_committed);
+fn half_closed_client_still_gets_its_quit_committed(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let before = tree.files("alice");
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.send(b"USER alice\r\nPASS pw-a\r\nDELE 1\r\nQUIT\r\n");
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -569,14 +570,14 @@ fn half_closed_client_still_gets_its_quit_committed() {
     assert_eq!(tree.files("alice"), before[1..]);
 }
 
-#[test]
-fn writes_to_a_closed_socket_do_not_hurt_the_server() {
+engine_test!(writes_to_a_closed_socket_do_not_hurt_the_server);
+fn writes_to_a_closed_socket_do_not_hurt_the_server(engine: Engine) {
     let (tree, _) = tree_with_corpus();
     let server = Server::start_with(
         &tree,
         Opts {
             shards: 1,
-            ..Opts::default()
+            ..Opts::new(engine)
         },
     );
     for _ in 0..20 {
@@ -590,15 +591,74 @@ fn writes_to_a_closed_socket_do_not_hurt_the_server() {
     assert!(c.cmd("STAT").starts_with("+OK 9 "));
 }
 
-#[test]
-fn disk_errors_are_sys_temp_with_the_cause_logged() {
+engine_test!(out_of_descriptors_pauses_accepts_and_recovers);
+fn out_of_descriptors_pauses_accepts_and_recovers(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("u", "p");
+    // Find which descriptor numbers a warmed-up server uses, then start one
+    // whose limit leaves exactly two free numbers (descriptors inherited
+    // from the test harness sit high, so count numbers, not entries).
+    let opts = || Opts {
+        shards: 1,
+        ..Opts::new(engine)
+    };
+    let warm = |server: &Server| -> Vec<usize> {
+        drop(server.connect());
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let used = warm(&Server::start_with(&tree, opts()));
+    let second_free = (0..).filter(|fd| !used.contains(fd)).nth(1).unwrap();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            nofile: Some(second_free + 1),
+            ..opts()
+        },
+    );
+    warm(&server);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    // The third waits in the backlog: accepting it fails with EMFILE.
+    let mut waiting = std::net::TcpStream::connect(server.addr).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut greeting = [0u8; 64];
+    assert!(
+        waiting.read(&mut greeting).is_err(),
+        "no descriptor, no greeting"
+    );
+    server.wait_log("accept failed; pausing accepts");
+    // A descriptor comes free: the paused accept is retried and succeeds.
+    assert!(a.cmd("QUIT").starts_with("+OK"));
+    assert!(a.is_closed());
+    drop(a);
+    waiting.set_read_timeout(Some(common::IO_TIMEOUT)).unwrap();
+    let n = waiting.read(&mut greeting).unwrap();
+    assert!(greeting[..n].starts_with(b"+OK"), "{:?}", &greeting[..n]);
+    assert!(b.cmd("CAPA").starts_with("+OK"));
+}
+
+engine_test!(disk_errors_are_sys_temp_with_the_cause_logged);
+fn disk_errors_are_sys_temp_with_the_cause_logged(engine: Engine) {
     let (mut tree, _) = tree_with_corpus();
     // A user whose Maildir path is a plain file: the store cannot open it.
     tree.user("broken", "pw-b");
     let md = tree.maildir("broken");
     std::fs::remove_dir_all(&md).unwrap();
     std::fs::write(&md, b"not a directory").unwrap();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.cmd("USER broken");
     assert_eq!(
@@ -621,8 +681,8 @@ fn disk_errors_are_sys_temp_with_the_cause_logged() {
     server.wait_log("cannot remove deleted message");
 }
 
-#[test]
-fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
+engine_test!(uidls_and_order_follow_dovecot_uidlist_like_dovecot);
+fn uidls_and_order_follow_dovecot_uidlist_like_dovecot(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("d", "pw");
     let md = tree.maildir("d");
@@ -640,7 +700,7 @@ fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
          8 Pmigrated-uidl-1 :1700000003.M3.h\n",
     )
     .unwrap();
-    let server = Server::start(&tree);
+    let server = Server::start(&tree, engine);
     let mut c = server.connect();
     c.login("d", "pw");
     assert_eq!(c.cmd("UIDL"), "+OK");
@@ -651,4 +711,19 @@ fn uidls_and_order_follow_dovecot_uidlist_like_dovecot() {
     );
     assert_eq!(c.cmd("RETR 1"), "+OK 3 octets");
     assert_eq!(c.multiline().0, b"b\r\n");
+}
+
+engine_test!(the_mailbox_is_free_as_soon_as_quit_is_answered);
+fn the_mailbox_is_free_as_soon_as_quit_is_answered(engine: Engine) {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree, engine);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+    // The client keeps its socket open (the server lingers); a new session
+    // must get in at once, not after the linger.
+    let mut again = server.connect();
+    again.cmd("USER alice");
+    assert_eq!(again.cmd("PASS pw-a"), "+OK Logged in.");
+    drop(c);
 }

@@ -2,6 +2,7 @@
 //! `openssl s_client`, curl and Python's poplib; certificate reload on SIGHUP;
 //! the STARTTLS injection class; RETR over TLS byte-exact.
 
+#[macro_use]
 mod common;
 #[path = "common/tls_fixture.rs"]
 mod tls_fixture;
@@ -10,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Opts, Server, Tree, crlf};
+use common::{Engine, Opts, Server, Tree, crlf};
 use tls_fixture::TestCa;
 
 struct Setup {
@@ -21,7 +22,7 @@ struct Setup {
     big: Vec<u8>,
 }
 
-fn setup(extra_toml: &str) -> Setup {
+fn setup(engine: Engine, extra_toml: &str) -> Setup {
     let mut tree = Tree::new();
     tree.user("alice", "pw");
     tree.deliver("alice", 1, b"Subject: hi\n\n.dot\nbody\n");
@@ -46,6 +47,7 @@ fn setup(extra_toml: &str) -> Setup {
             shards: 2,
             toml,
             args,
+            ..Opts::new(engine)
         },
     );
     Setup {
@@ -71,9 +73,9 @@ fn python(script: &str) -> String {
     stdout
 }
 
-#[test]
-fn poplib_stls_and_pop3_ssl_fetch_byte_exact() {
-    let s = setup("");
+engine_test!(poplib_stls_and_pop3_ssl_fetch_byte_exact);
+fn poplib_stls_and_pop3_ssl_fetch_byte_exact(engine: Engine) {
+    let s = setup(engine, "");
     let script = format!(
         r#"
 import poplib, ssl
@@ -113,9 +115,9 @@ q.quit()
     );
 }
 
-#[test]
-fn openssl_s_client_starttls_and_implicit() {
-    let s = setup("");
+engine_test!(openssl_s_client_starttls_and_implicit);
+fn openssl_s_client_starttls_and_implicit(engine: Engine) {
+    let s = setup(engine, "");
     for (mode, port) in [
         ("starttls", s.server.addr.port()),
         ("implicit", s.server.tls_addr().port()),
@@ -154,9 +156,9 @@ fn openssl_s_client_starttls_and_implicit() {
     }
 }
 
-#[test]
-fn curl_pop3s_and_ssl_reqd() {
-    let s = setup("");
+engine_test!(curl_pop3s_and_ssl_reqd);
+fn curl_pop3s_and_ssl_reqd(engine: Engine) {
+    let s = setup(engine, "");
     let run = |url: String, extra: &[&str]| {
         let out = Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
@@ -185,9 +187,9 @@ fn curl_pop3s_and_ssl_reqd() {
     assert!(body == crlf(&s.big), "curl --ssl-reqd RETR differs");
 }
 
-#[test]
-fn bytes_pipelined_after_stls_are_discarded() {
-    let s = setup("");
+engine_test!(bytes_pipelined_after_stls_are_discarded);
+fn bytes_pipelined_after_stls_are_discarded(engine: Engine) {
+    let s = setup(engine, "");
     // The attack: "STLS\r\nUSER evil\r\n" in one packet; the USER must not
     // be honoured inside the TLS session.
     let script = format!(
@@ -220,9 +222,9 @@ print(t.recv(1000))
     );
 }
 
-#[test]
-fn sighup_reloads_the_certificate_for_new_connections_only() {
-    let s = setup("");
+engine_test!(sighup_reloads_the_certificate_for_new_connections_only);
+fn sighup_reloads_the_certificate_for_new_connections_only(engine: Engine) {
+    let s = setup(engine, "");
     let fingerprint = |port: u16| {
         let out = Command::new("bash")
             .arg("-c")
@@ -283,9 +285,9 @@ q.quit()
     assert_eq!(fingerprint(tls_port), after);
 }
 
-#[test]
-fn tls_is_required_by_policy_then_allowed_after_stls() {
-    let s = setup("plaintext_auth = \"tls\"\n");
+engine_test!(tls_is_required_by_policy_then_allowed_after_stls);
+fn tls_is_required_by_policy_then_allowed_after_stls(engine: Engine) {
+    let s = setup(engine, "plaintext_auth = \"tls\"\n");
     let mut c = s.server.connect();
     assert!(
         c.cmd("USER alice")

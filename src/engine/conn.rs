@@ -1,7 +1,8 @@
 //! One client connection, without its socket: buffers, the protocol session,
 //! the mailbox and the body being streamed. `Conn` does no I/O; a backend
-//! (the pump: `epoll.rs`) moves bytes in and out through a small contract,
-//! the same for a readiness loop and a completion ring:
+//! (the pump: `shard.rs` on epoll, `uring/shard.rs` on io_uring) moves bytes
+//! in and out through a small contract, the same for a readiness loop and a
+//! completion ring:
 //!
 //! - input: [`Conn::input_space`] → the pump writes received bytes there →
 //!   [`Conn::on_input`] (or [`Conn::on_eof`]);
@@ -642,6 +643,9 @@ impl Conn {
     /// The pump shut down the write side: discard input until EOF or `LINGER`.
     pub fn start_linger(&mut self, now: Instant) {
         self.linger_until = Some(now + LINGER);
+        // The session is over: free the mailbox now, not when the client
+        // finally closes its side.
+        self.mailbox = None;
     }
 
     /// When the connection next needs the timer: its idle deadline, or

@@ -51,6 +51,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux, so no
+    // engine spends a setsockopt per connection on it.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -84,5 +87,15 @@ mod tests {
                 bound[1]
             );
         }
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let (bound, per_shard) = bind_all(&[("127.0.0.1:0".parse().unwrap(), false)], 1).unwrap();
+        let _client = std::net::TcpStream::connect(bound[0].0).unwrap();
+        let (listener, _) = &per_shard[0][0];
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

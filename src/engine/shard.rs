@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use super::body::IOVECS_MAX;
 use super::conn::{Conn, Context, Settings, Status};
 use super::guard::{Admission, Guard};
 use super::timer::Timers;
+use super::waker::Waker;
 use super::worker::{ConnRef, Done, Job, Reply};
 use crate::config::PlaintextAuth;
 use crate::protocol::{Limits, Offer, Session};
@@ -69,6 +71,71 @@ impl Shared {
     }
 }
 
+/// What to do with a client that was just accepted; the same for both pumps.
+pub enum Accepted {
+    /// Serve it. `counted`: it holds a per-address slot in the guard,
+    /// released with [`Shared::release`] when it closes.
+    Serve {
+        /// The connection, greeting queued.
+        conn: Box<Conn>,
+        /// Holds a guard slot.
+        counted: bool,
+    },
+    /// Send this line (if the socket takes it at once) and close.
+    Refuse(&'static [u8]),
+}
+
+impl Shared {
+    /// Admits a client accepted by `shard` (guard, TLS, session) and builds
+    /// its connection.
+    pub fn accept(
+        &self,
+        shard: usize,
+        id: u64,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        settings: &Settings,
+        now: Instant,
+    ) -> Accepted {
+        let counted = match self.guard.admit(peer.ip(), now) {
+            Admission::Admit { counted } => counted,
+            refused => {
+                tracing::info!("pop3 connection refused ({refused:?}): rip={}", peer.ip());
+                return Accepted::Refuse(match refused {
+                    Admission::TooManyConnections => b"-ERR [SYS/TEMP] Too many connections from your address.\r\n",
+                    _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
+                });
+            }
+        };
+        let tls = match (implicit_tls, &settings.tls) {
+            (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
+                Ok(layer) => Some(layer),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start TLS for a new connection");
+                    if counted {
+                        self.guard.release(peer.ip());
+                    }
+                    return Accepted::Refuse(b"");
+                }
+            },
+            _ => None,
+        };
+        let stls = tls.is_none() && settings.tls.is_some();
+        let session = self.session(shard, id, peer, tls.is_some(), stls);
+        Accepted::Serve {
+            conn: Box::new(Conn::new(id, peer, session, settings, now, tls)),
+            counted,
+        }
+    }
+
+    /// A connection that held a guard slot closed.
+    pub fn release(&self, peer: SocketAddr, counted: bool) {
+        if counted {
+            self.guard.release(peer.ip());
+        }
+    }
+}
+
 /// A socket and its connection.
 struct Entry {
     socket: TcpStream,
@@ -84,7 +151,7 @@ pub struct Shard {
     poll: Poll,
     /// Each with its implicit-TLS flag.
     listeners: Vec<(TcpListener, bool)>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<Waker>,
     reply: Reply,
     done_rx: Receiver<Done>,
     jobs: Sender<Job>,
@@ -107,7 +174,7 @@ impl Shard {
         shared: Arc<Shared>,
     ) -> io::Result<Shard> {
         let poll = Poll::new()?;
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Waker::Mio(mio::Waker::new(poll.registry(), WAKER)?));
         let mut mio_listeners = Vec::with_capacity(listeners.len());
         for (i, (l, tls)) in listeners.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
@@ -141,7 +208,7 @@ impl Shard {
     }
 
     /// Wakes the shard's poll (used by the signal thread).
-    pub fn waker(&self) -> Arc<mio::Waker> {
+    pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
 
@@ -206,14 +273,21 @@ impl Shard {
                     return;
                 }
             };
-            let counted = match self.shared.guard.admit(peer.ip(), now) {
-                Admission::Admit { counted } => counted,
-                refused => {
-                    refuse(&mut socket, refused);
+            self.next_id += 1;
+            let (conn, counted) = match self.shared.accept(
+                self.id,
+                self.next_id,
+                peer,
+                implicit_tls,
+                &self.settings,
+                now,
+            ) {
+                Accepted::Serve { conn, counted } => (conn, counted),
+                Accepted::Refuse(line) => {
+                    let _ = socket.write(line);
                     continue;
                 }
             };
-            let _ = socket.set_nodelay(true);
             let slot = self.entries.vacant_key();
             let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = self
@@ -222,30 +296,12 @@ impl Shard {
                 .register(&mut socket, Token(slot), interest)
             {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
-                if counted {
-                    self.shared.guard.release(peer.ip());
-                }
+                self.shared.release(peer, counted);
                 continue;
             }
-            self.next_id += 1;
-            let tls = match (implicit_tls, &self.settings.tls) {
-                (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
-                    Ok(layer) => Some(layer),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start TLS for a new connection");
-                        continue;
-                    }
-                },
-                _ => None,
-            };
-            let stls = tls.is_none() && self.settings.tls.is_some();
-            let session = self
-                .shared
-                .session(self.id, self.next_id, peer, tls.is_some(), stls);
-            let conn = Conn::new(self.next_id, peer, session, &self.settings, now, tls);
             self.entries.insert(Entry {
                 socket,
-                conn,
+                conn: *conn,
                 counted,
             });
             self.drive(slot, now);
@@ -378,36 +434,21 @@ impl Shard {
         let mut entry = self.entries.remove(slot);
         let _ = self.poll.registry().deregister(&mut entry.socket);
         entry.conn.log_end(self.id);
-        if entry.counted {
-            self.shared.guard.release(entry.conn.peer.ip());
-        }
+        self.shared.release(entry.conn.peer, entry.counted);
         // Dropping `entry` closes the socket and releases the mailbox lock.
     }
-}
-
-/// Tells a refused client why, if its socket takes the line at once, and
-/// drops it. The log line is what fail2ban or an operator looks for.
-fn refuse(socket: &mut TcpStream, why: Admission) {
-    let line: &[u8] = match why {
-        Admission::TooManyConnections => {
-            b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
-        }
-        _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
-    };
-    let peer = socket
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    tracing::info!("pop3 connection refused ({why:?}): rip={peer}");
-    let _ = socket.write(line);
 }
 
 /// The readiness pump for one connection: read until the socket is drained
 /// (edge-triggered) or the buffer is full, let the connection work, write
 /// until the socket is full, and repeat while anything moved.
 fn pump(entry: &mut Entry, cx: &Context<'_>) -> Status {
+    // Once a read comes back short (or would block), the socket is drained:
+    // edge-triggered epoll reports any later data as a new event, so this
+    // call does not read again, saving an EAGAIN round trip per turn.
+    let mut drained = false;
     loop {
-        let read = match read_in(entry, cx.now) {
+        let read = match read_in(entry, cx.now, &mut drained) {
             Ok(n) => n,
             Err(e) => {
                 entry.conn.fail(&e);
@@ -439,20 +480,28 @@ fn pump(entry: &mut Entry, cx: &Context<'_>) -> Status {
     }
 }
 
-fn read_in(entry: &mut Entry, now: Instant) -> io::Result<usize> {
+fn read_in(entry: &mut Entry, now: Instant, drained: &mut bool) -> io::Result<usize> {
     let mut total = 0;
-    while entry.conn.wants_input() {
+    while !*drained && entry.conn.wants_input() {
         let space = entry.conn.input_space();
         if space.is_empty() {
             break;
         }
+        let offered = space.len();
         match entry.socket.read(space) {
-            Ok(0) => entry.conn.on_eof(),
+            Ok(0) => {
+                entry.conn.on_eof();
+                *drained = true;
+            }
             Ok(n) => {
                 entry.conn.on_input(n, now);
                 total += n;
+                *drained = n < offered;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *drained = true;
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }

@@ -1,7 +1,8 @@
 //! The worker pool: blocking work (password hashing, Maildir scans, unlinks)
 //! runs here, never on a shard thread. Jobs come in on one crossbeam channel
 //! shared by all workers; each result goes back to the shard that asked, on
-//! that shard's channel, and its mio `Waker` wakes the shard's event loop.
+//! that shard's channel, and its `Waker` (mio or eventfd) wakes the shard's
+//! event loop.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -67,7 +68,7 @@ pub struct Reply {
     /// The shard's completion channel.
     pub to: Sender<Done>,
     /// Wakes the shard's poll.
-    pub waker: Arc<mio::Waker>,
+    pub waker: Arc<super::waker::Waker>,
     /// The connection.
     pub conn: ConnRef,
     /// For log lines.

@@ -43,15 +43,51 @@ pub enum OpenError {
 impl Mailbox {
     /// Creates the Maildir if needed, locks it, then takes the snapshot.
     pub fn open(dir: &Path, format: &UidlFormat) -> Result<Mailbox, OpenError> {
-        maildir::create(dir).map_err(OpenError::Io)?;
-        let lock = MailboxLock::acquire(dir).map_err(|e| match e {
+        let lock_err = |e| match e {
             LockError::InUse => OpenError::InUse,
             LockError::Io(e) => OpenError::Io(e),
-        })?;
-        let snapshot = maildir::scan(dir, format).map_err(OpenError::Io)?;
+        };
+        // The Maildir almost always exists: try first, create only on
+        // NotFound (saves three mkdir calls per login).
+        let lock = match MailboxLock::acquire(dir) {
+            Err(LockError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                maildir::create(dir).map_err(OpenError::Io)?;
+                MailboxLock::acquire(dir).map_err(lock_err)?
+            }
+            other => other.map_err(lock_err)?,
+        };
+        let snapshot = match maildir::scan(dir, format) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                maildir::create(dir).map_err(OpenError::Io)?;
+                maildir::scan(dir, format)
+            }
+            other => other,
+        }
+        .map_err(OpenError::Io)?;
         Ok(Mailbox {
             snapshot: Arc::new(snapshot),
             _lock: lock,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_maildir_is_created_at_first_login() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new-user/Maildir");
+        let mailbox = Mailbox::open(&dir, &UidlFormat::default()).unwrap();
+        assert!(mailbox.snapshot.messages.is_empty());
+        for sub in ["cur", "new", "tmp"] {
+            assert!(dir.join(sub).is_dir(), "{sub}");
+        }
+        drop(mailbox);
+        // A Maildir whose cur/ went missing is repaired too.
+        std::fs::remove_dir(dir.join("cur")).unwrap();
+        assert!(Mailbox::open(&dir, &UidlFormat::default()).is_ok());
+        assert!(dir.join("cur").is_dir());
     }
 }

@@ -1,7 +1,31 @@
 //! Shared end-to-end helpers: a mail tree in a temp dir, a real
 //! `shardpop serve` process on 127.0.0.1:0, and a line-oriented POP3 client.
 //! Every process started here is stopped when its handle drops.
+//!
+//! Every end-to-end test that starts a server runs on both engines:
+//! `engine_test!(name);` above `fn name(engine: Engine)` expands into the
+//! tests `name::epoll` and `name::uring` (monoio's `test_all`, without a
+//! proc macro), and `Opts::new(engine)` passes `--engine` to the server.
 #![allow(dead_code)]
+
+/// Runs the function `$name(engine: Engine)` once per engine, as the tests
+/// `$name::epoll` and `$name::uring`. A function the macro is not given is
+/// never called, and the dead-code lint says so.
+macro_rules! engine_test {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn epoll() {
+                super::$name(crate::common::Engine::Epoll);
+            }
+
+            #[test]
+            fn uring() {
+                super::$name(crate::common::Engine::Uring);
+            }
+        }
+    };
+}
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -130,27 +154,63 @@ pub struct Server {
     _config: tempfile::NamedTempFile,
 }
 
-/// Extra config: TOML text appended to the defaults the tests use.
+/// The server's `--engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Epoll,
+    Uring,
+    Auto,
+}
+
+impl Engine {
+    pub fn arg(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll",
+            Engine::Uring => "uring",
+            Engine::Auto => "auto",
+        }
+    }
+
+    /// The start of the one log line that names the engine in use.
+    fn log_line(self) -> Option<&'static str> {
+        match self {
+            Engine::Epoll => Some("engine: epoll"),
+            Engine::Uring => Some("engine: io_uring"),
+            Engine::Auto => None,
+        }
+    }
+}
+
+/// How to start the server: engine, shards, extra TOML appended to the
+/// defaults the tests use, environment variables, and a descriptor limit.
 pub struct Opts {
+    pub engine: Engine,
     pub shards: usize,
     pub toml: String,
+    pub env: Vec<(&'static str, &'static str)>,
+    pub nofile: Option<usize>,
     /// Extra `serve` flags.
     pub args: Vec<String>,
 }
 
-impl Default for Opts {
-    fn default() -> Self {
+impl Opts {
+    /// The defaults on `engine`; there is no engine-less default, so no
+    /// test forgets to pass it.
+    pub fn new(engine: Engine) -> Opts {
         Opts {
+            engine,
             shards: 2,
             toml: String::new(),
             args: Vec::new(),
+            env: Vec::new(),
+            nofile: None,
         }
     }
 }
 
 impl Server {
-    pub fn start(tree: &Tree) -> Server {
-        Server::start_with(tree, Opts::default())
+    pub fn start(tree: &Tree, engine: Engine) -> Server {
+        Server::start_with(tree, Opts::new(engine))
     }
 
     pub fn start_with(tree: &Tree, opts: Opts) -> Server {
@@ -161,7 +221,19 @@ impl Server {
             format!("[auth]\nfailure_delay_ms = 0\n{}", opts.toml)
         };
         config.write_all(toml.as_bytes()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        // With a descriptor limit, `prlimit` sets it before the server starts
+        // (a limit lowered later would not reach an accept already armed).
+        let mut command = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_shardpop"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shardpop")),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -170,6 +242,8 @@ impl Server {
                 &opts.shards.to_string(),
                 "--workers",
                 "2",
+                "--engine",
+                opts.engine.arg(),
             ])
             .arg("--passwd-file")
             .arg(tree.passwd())
@@ -179,6 +253,7 @@ impl Server {
             .arg(config.path())
             .args(&opts.args)
             .env("RUST_LOG", "info")
+            .envs(opts.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -211,12 +286,18 @@ impl Server {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        Server {
+        let server = Server {
             child,
             addr,
             log,
             _config: config,
+        };
+        // The engine line is logged before the listeners are bound.
+        if let Some(line) = opts.engine.log_line() {
+            let log = server.log();
+            assert!(log.contains(line), "not on {:?}:\n{log}", opts.engine);
         }
+        server
     }
 
     pub fn log(&self) -> String {
