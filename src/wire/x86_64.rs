@@ -1,174 +1,277 @@
-//! The x86_64 tiers: the transform, the scan and the dot search over 16-byte
-//! (SSE2, every x86_64 CPU) or 32-byte (AVX2, detected at run time) blocks.
+//! The x86_64 tiers: the transform, the scan and the dot search over 64-byte
+//! blocks held in four SSE2 registers (every x86_64 CPU), two AVX2 registers
+//! or one AVX-512 register (both detected at run time).
 //! The only file of the wire layer with `unsafe`: vector loads and stores
 //! through raw pointers, and calls into `#[target_feature(enable = "avx2")]`
 //! functions, which are sound only behind the [`Avx2`] proof.
 //!
-//! The algorithm is written once, generic over [`Vector`], and inlined into
+//! The algorithm is written once, generic over [`Block`], and inlined into
 //! one function per ISA (as memchr does): the `#[inline(always)]` trait
 //! methods take the target features of the function they are inlined into.
 //!
 //! The transform copies each block to the output whole, then fixes up the few
 //! places where a byte must be inserted (a CR before a bare LF, a `.` before a
 //! line-start `.`): it writes the inserted byte and stores the rest of the
-//! block again, one byte further on. Most blocks of mail have no insertion at
-//! all, and a block with k insertions costs k extra loads and stores. TOP's
+//! block again, one byte further on. A 64-byte block of mail has at most one
+//! insertion nearly always (lines are ~80 bytes), so the first one is done
+//! without a branch and only the rare others loop. TOP's
 //! headers and the tails shorter than two blocks go to the portable tier.
 
 use core::arch::x86_64::{
-    __m128i, __m256i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    __m128i, __m256i, __m512i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
     _mm_storeu_si128, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
-    _mm256_set1_epi8, _mm256_storeu_si256,
+    _mm256_set1_epi8, _mm256_storeu_si256, _mm512_cmpeq_epi8_mask, _mm512_loadu_si512,
+    _mm512_mask_expand_epi8, _mm512_set1_epi8, _mm512_storeu_si512,
 };
 
 use super::{Flow, LINES_UNLIMITED, Phase, Scan, portable};
 
-/// A vector of `BYTES` lanes, the only thing the block loops need.
-trait Vector: Copy {
-    const BYTES: usize;
+/// Bytes per block: one bit per byte in a `u64` mask.
+const BLOCK: usize = 64;
 
+/// 64 bytes in vector registers, the only thing the block loops need.
+trait Block: Copy {
     /// # Safety
-    /// `src` is valid for `BYTES` reads, and the CPU has the vector's feature.
+    /// `src` is valid for `BLOCK` reads, and the CPU has the block's features.
     unsafe fn load(src: *const u8) -> Self;
 
     /// # Safety
-    /// `dst` is valid for `BYTES` writes, and the CPU has the vector's feature.
+    /// `dst` is valid for `BLOCK` writes, and the CPU has the block's features.
     unsafe fn store(self, dst: *mut u8);
 
-    /// Bit i is set when lane i equals `byte`; bits from `BYTES` up are 0.
+    /// Bit i is set when byte i equals `byte`.
     ///
     /// # Safety
-    /// The CPU has the vector's feature.
+    /// The CPU has the block's features.
     unsafe fn eq_mask(self, byte: u8) -> u64;
+
+    /// Writes the block at `dst` with `byte` inserted before input byte `at`
+    /// (`at == 64`: no insertion) and the rest moved one byte on: 65 bytes,
+    /// the last one garbage if `at == 64`. `src` is where `self` was loaded.
+    ///
+    /// # Safety
+    /// `src` is valid for `2 * BLOCK` reads, `dst` for `3 * BLOCK` writes,
+    /// `at <= 64`, and the CPU has the block's features.
+    #[inline(always)]
+    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, at: usize, byte: u8) {
+        // SAFETY: at <= 64: the byte lands below dst + 65, the block load ends
+        // at most at src + 128 and the stores at dst + 129.
+        unsafe {
+            self.store(dst);
+            dst.add(at).write(byte);
+            Self::load(src.add(at)).store(dst.add(at + 1));
+        }
+    }
 }
 
+/// Four SSE2 registers.
 #[derive(Clone, Copy)]
-struct Sse2(__m128i);
+struct Sse2Block([__m128i; 4]);
 
-impl Vector for Sse2 {
-    const BYTES: usize = 16;
-
+impl Block for Sse2Block {
     #[inline(always)]
-    unsafe fn load(src: *const u8) -> Sse2 {
-        // SAFETY: the caller guarantees 16 readable bytes; loadu needs no alignment.
-        Sse2(unsafe { _mm_loadu_si128(src.cast()) })
+    unsafe fn load(src: *const u8) -> Sse2Block {
+        // SAFETY: the caller guarantees 64 readable bytes; loadu needs no
+        // alignment; SSE2 is part of the x86_64 baseline.
+        Sse2Block(std::array::from_fn(|i| unsafe {
+            _mm_loadu_si128(src.add(16 * i).cast())
+        }))
     }
 
     #[inline(always)]
     unsafe fn store(self, dst: *mut u8) {
-        // SAFETY: the caller guarantees 16 writable bytes; storeu needs no alignment.
-        unsafe { _mm_storeu_si128(dst.cast(), self.0) }
+        for (i, part) in self.0.into_iter().enumerate() {
+            // SAFETY: the caller guarantees 64 writable bytes; storeu needs no alignment.
+            unsafe { _mm_storeu_si128(dst.add(16 * i).cast(), part) }
+        }
     }
 
     #[inline(always)]
     unsafe fn eq_mask(self, byte: u8) -> u64 {
-        // SAFETY: SSE2 is part of the x86_64 baseline.
-        let mask = unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(self.0, _mm_set1_epi8(byte as i8))) };
-        u64::from(mask as u16)
+        let mut mask = 0;
+        for (i, part) in self.0.into_iter().enumerate() {
+            // SAFETY: SSE2 is part of the x86_64 baseline.
+            let bits =
+                unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(part, _mm_set1_epi8(byte as i8))) };
+            mask |= u64::from(bits as u16) << (16 * i);
+        }
+        mask
     }
 }
 
+/// Two AVX2 registers.
 #[derive(Clone, Copy)]
-struct Avx2Vector(__m256i);
+struct Avx2Block([__m256i; 2]);
 
-impl Vector for Avx2Vector {
-    const BYTES: usize = 32;
-
+impl Block for Avx2Block {
     #[inline(always)]
-    unsafe fn load(src: *const u8) -> Avx2Vector {
-        // SAFETY: the caller guarantees 32 readable bytes and AVX2.
-        Avx2Vector(unsafe { _mm256_loadu_si256(src.cast()) })
+    unsafe fn load(src: *const u8) -> Avx2Block {
+        // SAFETY: the caller guarantees 64 readable bytes and AVX2.
+        unsafe {
+            Avx2Block([
+                _mm256_loadu_si256(src.cast()),
+                _mm256_loadu_si256(src.add(32).cast()),
+            ])
+        }
     }
 
     #[inline(always)]
     unsafe fn store(self, dst: *mut u8) {
-        // SAFETY: the caller guarantees 32 writable bytes and AVX2.
-        unsafe { _mm256_storeu_si256(dst.cast(), self.0) }
+        // SAFETY: the caller guarantees 64 writable bytes and AVX2.
+        unsafe {
+            _mm256_storeu_si256(dst.cast(), self.0[0]);
+            _mm256_storeu_si256(dst.add(32).cast(), self.0[1]);
+        }
     }
 
     #[inline(always)]
     unsafe fn eq_mask(self, byte: u8) -> u64 {
         // SAFETY: the caller guarantees AVX2.
-        let mask = unsafe {
-            _mm256_movemask_epi8(_mm256_cmpeq_epi8(self.0, _mm256_set1_epi8(byte as i8)))
+        let (low, high) = unsafe {
+            let needle = _mm256_set1_epi8(byte as i8);
+            (
+                _mm256_movemask_epi8(_mm256_cmpeq_epi8(self.0[0], needle)),
+                _mm256_movemask_epi8(_mm256_cmpeq_epi8(self.0[1], needle)),
+            )
         };
-        u64::from(mask as u32)
+        u64::from(low as u32) | u64::from(high as u32) << 32
     }
 }
 
-/// Proof that the CPU has AVX2: only [`Avx2::new`] builds one, after the
-/// (cached) CPUID check. Holding one makes the AVX2 functions sound to call.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+/// One AVX-512 register: compares give the mask directly (AVX-512BW), and
+/// an insertion is one `vpexpandb` (AVX-512 VBMI2).
+#[derive(Clone, Copy)]
+struct Avx512Block(__m512i);
 
-impl Avx2 {
-    pub(crate) fn new() -> Option<Avx2> {
-        // std caches the CPUID result in an atomic, so this is one load after the first call.
-        std::is_x86_feature_detected!("avx2").then_some(Avx2(()))
+impl Block for Avx512Block {
+    #[inline(always)]
+    unsafe fn load(src: *const u8) -> Avx512Block {
+        // SAFETY: the caller guarantees 64 readable bytes and AVX-512F.
+        Avx512Block(unsafe { _mm512_loadu_si512(src.cast()) })
     }
 
-    pub(crate) fn transform(self, flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
-        // SAFETY: `self` exists, so the CPU has AVX2.
-        unsafe { transform_avx2(flow, input, out) }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut u8) {
+        // SAFETY: the caller guarantees 64 writable bytes and AVX-512F.
+        unsafe { _mm512_storeu_si512(dst.cast(), self.0) }
     }
 
-    pub(crate) fn scan(self, message: &[u8]) -> Scan {
-        // SAFETY: `self` exists, so the CPU has AVX2.
-        unsafe { scan_avx2(message) }
+    #[inline(always)]
+    unsafe fn eq_mask(self, byte: u8) -> u64 {
+        // SAFETY: the caller guarantees AVX-512F and AVX-512BW.
+        unsafe { _mm512_cmpeq_epi8_mask(self.0, _mm512_set1_epi8(byte as i8)) }
     }
 
-    pub(crate) fn find_dot_line(self, message: &[u8], from: usize) -> Option<usize> {
-        // SAFETY: `self` exists, so the CPU has AVX2.
-        unsafe { find_dot_line_avx2(message, from) }
+    /// One store: `vpexpandb` spreads the block over every lane but `at`,
+    /// which takes `byte`; the byte pushed out of the register goes after it.
+    #[inline(always)]
+    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, at: usize, byte: u8) {
+        let lanes = !(1u64 << (at & 63)) | u64::from(at == 64).wrapping_neg();
+        // SAFETY: the caller guarantees AVX-512F/BW/VBMI2, 128 readable bytes
+        // at src and 192 writable ones at dst (65 are written).
+        unsafe {
+            let spread = _mm512_mask_expand_epi8(_mm512_set1_epi8(byte as i8), lanes, self.0);
+            _mm512_storeu_si512(dst.cast(), spread);
+            dst.add(BLOCK).write(src.add(BLOCK - 1).read());
+        }
     }
 }
 
-/// # Safety
-/// The CPU has AVX2.
-#[target_feature(enable = "avx2")]
-unsafe fn transform_avx2(flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
-    // SAFETY: the caller guarantees AVX2, the feature of `Avx2Vector`.
-    unsafe { transform_with::<Avx2Vector>(flow, input, out) }
+/// Defines a proof type for an ISA extension and its entry points: only
+/// `new` builds the proof, after the (cached) CPUID check, and holding one is
+/// what makes the `#[target_feature]` functions sound to call.
+macro_rules! detected_tier {
+    ($proof:ident, $block:ty, [$($feature:tt),+], $transform:ident, $scan:ident, $find:ident) => {
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) struct $proof(());
+
+        impl $proof {
+            pub(crate) fn new() -> Option<$proof> {
+                // std caches CPUID in an atomic: one load after the first call.
+                ($(std::is_x86_feature_detected!($feature))&&+).then_some($proof(()))
+            }
+
+            pub(crate) fn transform(self, flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+                // SAFETY: `self` exists, so the CPU has the features.
+                unsafe { $transform(flow, input, out) }
+            }
+
+            pub(crate) fn scan(self, message: &[u8]) -> Scan {
+                // SAFETY: `self` exists, so the CPU has the features.
+                unsafe { $scan(message) }
+            }
+
+            pub(crate) fn find_dot_line(self, message: &[u8], from: usize) -> Option<usize> {
+                // SAFETY: `self` exists, so the CPU has the features.
+                unsafe { $find(message, from) }
+            }
+        }
+
+        /// # Safety
+        /// The CPU has the features.
+        #[target_feature($(enable = $feature),+)]
+        unsafe fn $transform(flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+            // SAFETY: the caller guarantees the block's features.
+            unsafe { transform_with::<$block>(flow, input, out) }
+        }
+
+        /// # Safety
+        /// The CPU has the features.
+        #[target_feature($(enable = $feature),+)]
+        unsafe fn $scan(message: &[u8]) -> Scan {
+            // SAFETY: the caller guarantees the block's features.
+            unsafe { scan_with::<$block>(message) }
+        }
+
+        /// # Safety
+        /// The CPU has the features.
+        #[target_feature($(enable = $feature),+)]
+        unsafe fn $find(message: &[u8], from: usize) -> Option<usize> {
+            // SAFETY: the caller guarantees the block's features.
+            unsafe { find_dot_line_with::<$block>(message, from) }
+        }
+    };
 }
 
-/// # Safety
-/// The CPU has AVX2.
-#[target_feature(enable = "avx2")]
-unsafe fn scan_avx2(message: &[u8]) -> Scan {
-    // SAFETY: the caller guarantees AVX2, the feature of `Avx2Vector`.
-    unsafe { scan_with::<Avx2Vector>(message) }
-}
-
-/// # Safety
-/// The CPU has AVX2.
-#[target_feature(enable = "avx2")]
-unsafe fn find_dot_line_avx2(message: &[u8], from: usize) -> Option<usize> {
-    // SAFETY: the caller guarantees AVX2, the feature of `Avx2Vector`.
-    unsafe { find_dot_line_with::<Avx2Vector>(message, from) }
-}
+detected_tier!(
+    Avx2,
+    Avx2Block,
+    ["avx2"],
+    transform_avx2,
+    scan_avx2,
+    find_dot_line_avx2
+);
+detected_tier!(
+    Avx512,
+    Avx512Block,
+    ["avx512f", "avx512bw", "avx512vbmi2", "bmi1", "popcnt"],
+    transform_avx512,
+    scan_avx512,
+    find_dot_line_avx512
+);
 
 pub(crate) fn transform_sse2(flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
     // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe { transform_with::<Sse2>(flow, input, out) }
+    unsafe { transform_with::<Sse2Block>(flow, input, out) }
 }
 
 pub(crate) fn scan_sse2(message: &[u8]) -> Scan {
     // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe { scan_with::<Sse2>(message) }
+    unsafe { scan_with::<Sse2Block>(message) }
 }
 
 pub(crate) fn find_dot_line_sse2(message: &[u8], from: usize) -> Option<usize> {
     // SAFETY: SSE2 is part of the x86_64 baseline.
-    unsafe { find_dot_line_with::<Sse2>(message, from) }
+    unsafe { find_dot_line_with::<Sse2Block>(message, from) }
 }
 
 /// TOP's headers on the portable tier, the body in blocks, the tail on the
 /// portable tier again.
 ///
 /// # Safety
-/// The CPU has `V`'s feature.
+/// The CPU has `B`'s features.
 #[inline(always)]
-unsafe fn transform_with<V: Vector>(
+unsafe fn transform_with<B: Block>(
     flow: &mut Flow,
     input: &[u8],
     out: &mut [u8],
@@ -178,8 +281,8 @@ unsafe fn transform_with<V: Vector>(
         (consumed, written) = portable::transform(flow, input, out, portable::Until::Body);
     }
     if let Phase::Body { .. } = flow.phase {
-        // SAFETY: the caller guarantees `V`'s feature.
-        let (c, w) = unsafe { body_blocks::<V>(flow, &input[consumed..], &mut out[written..]) };
+        // SAFETY: the caller guarantees `B`'s features.
+        let (c, w) = unsafe { body_blocks::<B>(flow, &input[consumed..], &mut out[written..]) };
         consumed += c;
         written += w;
     }
@@ -192,35 +295,50 @@ unsafe fn transform_with<V: Vector>(
     (consumed + c, written + w)
 }
 
-/// Bits `0..n` set, for `n <= 64`.
-#[inline(always)]
-fn low_bits(n: usize) -> u64 {
-    if n >= 64 { u64::MAX } else { (1 << n) - 1 }
-}
-
-/// The transform over whole blocks while the body phase lasts. Stops when
-/// fewer than two blocks of input or three blocks of output are left (the
-/// fix-up stores reach that far), or when TOP's budget is spent.
+/// The transform over whole blocks while the body phase lasts: RETR's loop
+/// has no line accounting at all, TOP's counts LFs.
 ///
 /// # Safety
-/// The CPU has `V`'s feature, and `flow.phase` is `Body`.
+/// The CPU has `B`'s features.
 #[inline(always)]
-unsafe fn body_blocks<V: Vector>(flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+unsafe fn body_blocks<B: Block>(flow: &mut Flow, input: &[u8], out: &mut [u8]) -> (usize, usize) {
+    let Phase::Body { lines_left } = flow.phase else {
+        return (0, 0);
+    };
+    if lines_left == LINES_UNLIMITED {
+        // SAFETY: the caller guarantees the features; the phase is Body.
+        unsafe { blocks::<B, false>(flow, input, out) }
+    } else {
+        // SAFETY: the caller guarantees the features; the phase is Body.
+        unsafe { blocks::<B, true>(flow, input, out) }
+    }
+}
+
+/// Stops when fewer than two blocks of input or three blocks of output are
+/// left (the fix-up loads and stores reach that far), or, if `LIMITED`, when
+/// TOP's budget is spent.
+///
+/// # Safety
+/// The CPU has `B`'s features, and `flow.phase` is `Body`.
+#[inline(always)]
+unsafe fn blocks<B: Block, const LIMITED: bool>(
+    flow: &mut Flow,
+    input: &[u8],
+    out: &mut [u8],
+) -> (usize, usize) {
     let Phase::Body { mut lines_left } = flow.phase else {
         return (0, 0);
     };
-    let limited = lines_left != LINES_UNLIMITED;
     let (mut consumed, mut written) = (0, 0);
     // Carries from the previous block: its last byte was CR / LF.
-    let mut prev_cr = u64::from(flow.prev_cr);
-    let mut line_start = u64::from(flow.line_start);
-    while input.len() - consumed >= 2 * V::BYTES && out.len() - written >= 3 * V::BYTES {
-        // SAFETY: consumed + 2 * BYTES <= input.len() and written + 3 * BYTES
+    let (mut prev_cr, mut line_start) = (u64::from(flow.prev_cr), u64::from(flow.line_start));
+    while input.len() - consumed >= 2 * BLOCK && out.len() - written >= 3 * BLOCK {
+        // SAFETY: consumed + 2 * BLOCK <= input.len() and written + 3 * BLOCK
         // <= out.len() (loop condition), so both pointers stay in bounds.
         let (src, dst) = unsafe { (input.as_ptr().add(consumed), out.as_mut_ptr().add(written)) };
-        // SAFETY: src has BYTES readable bytes; the caller guarantees the feature.
-        let block = unsafe { V::load(src) };
-        // SAFETY: the caller guarantees the feature.
+        // SAFETY: src has BLOCK readable bytes; the caller guarantees the features.
+        let block = unsafe { B::load(src) };
+        // SAFETY: the caller guarantees the features.
         let (lf, cr, dot) = unsafe {
             (
                 block.eq_mask(b'\n'),
@@ -228,40 +346,21 @@ unsafe fn body_blocks<V: Vector>(flow: &mut Flow, input: &[u8], out: &mut [u8]) 
                 block.eq_mask(b'.'),
             )
         };
-        let mut take = V::BYTES;
-        if limited && u64::from(lf.count_ones()) >= lines_left {
-            // The budget ends in this block: keep up to its lines_left-th LF.
-            let mut lfs = lf;
-            for _ in 1..lines_left {
-                lfs &= lfs - 1;
-            }
-            take = lfs.trailing_zeros() as usize + 1;
+        let (mut keep, mut take) = (u64::MAX, BLOCK);
+        if LIMITED && u64::from(lf.count_ones()) >= lines_left {
+            keep = through_nth_lf(lf, lines_left);
+            take = keep.count_ones() as usize;
         }
-        let keep = low_bits(take);
         let bare_lf = lf & !((cr << 1) | prev_cr) & keep;
         let stuffed_dot = dot & ((lf << 1) | line_start) & keep;
-        let mut inserts = bare_lf | stuffed_dot;
-        // SAFETY: dst has 3 * BYTES writable bytes; the caller guarantees the feature.
-        unsafe { block.store(dst) };
-        let mut shift = 0;
-        while inserts != 0 {
-            let at = inserts.trailing_zeros() as usize;
-            let byte = if bare_lf >> at & 1 == 1 { b'\r' } else { b'.' };
-            // SAFETY: at < BYTES and shift < BYTES, so the byte store is below
-            // dst + 2 * BYTES, the vector store ends below dst + 3 * BYTES and
-            // the load ends below src + 2 * BYTES: all in bounds (see above).
-            unsafe {
-                dst.add(at + shift).write(byte);
-                V::load(src.add(at)).store(dst.add(at + shift + 1));
-            }
-            shift += 1;
-            inserts &= inserts - 1;
-        }
+        // SAFETY: dst has 3 * BLOCK writable bytes, src 2 * BLOCK readable
+        // ones; the caller guarantees the features.
+        let inserted = unsafe { insert(block, src, dst, bare_lf | stuffed_dot, bare_lf) };
         consumed += take;
-        written += take + shift;
+        written += take + inserted;
         prev_cr = cr >> (take - 1) & 1;
         line_start = lf >> (take - 1) & 1;
-        if limited {
+        if LIMITED {
             lines_left -= u64::from((lf & keep).count_ones());
             if lines_left == 0 {
                 break;
@@ -270,16 +369,77 @@ unsafe fn body_blocks<V: Vector>(flow: &mut Flow, input: &[u8], out: &mut [u8]) 
     }
     flow.prev_cr = prev_cr == 1;
     flow.line_start = line_start == 1;
-    if limited {
-        flow.phase = Flow::body(lines_left);
-    }
+    flow.phase = Flow::body(lines_left);
     (consumed, written)
 }
 
-/// # Safety
-/// The CPU has `V`'s feature.
+/// The bits up to and including the `n`-th set bit of `lf` (`1 <= n <=
+/// lf.count_ones()`): the part of the block within TOP's budget.
 #[inline(always)]
-unsafe fn scan_with<V: Vector>(message: &[u8]) -> Scan {
+fn through_nth_lf(lf: u64, n: u64) -> u64 {
+    let mut lfs = lf;
+    for _ in 1..n {
+        lfs &= lfs - 1;
+    }
+    let last = lfs.trailing_zeros();
+    if last == 63 {
+        u64::MAX
+    } else {
+        (1 << (last + 1)) - 1
+    }
+}
+
+/// Writes a block at `dst`, inserting before each input byte
+/// whose bit is set in `inserts`, inserts CR (if its bit is set in `bare_lf`)
+/// or '.', and moves the rest of the block one byte on. Returns the number of
+/// bytes inserted.
+///
+/// The first insertion is done without a branch, because most blocks of mail
+/// have at most one: with none, `at` is 64 and the writes land past this
+/// block's output, where the next block's store overwrites them.
+///
+/// # Safety
+/// `src` is valid for `2 * BLOCK` reads and `dst` for `3 * BLOCK` writes, and
+/// the CPU has `B`'s features.
+#[inline(always)]
+unsafe fn insert<B: Block>(
+    block: B,
+    src: *const u8,
+    dst: *mut u8,
+    inserts: u64,
+    bare_lf: u64,
+) -> usize {
+    let at = inserts.trailing_zeros() as usize;
+    let byte = if bare_lf >> (at & 63) & 1 == 1 {
+        b'\r'
+    } else {
+        b'.'
+    };
+    // SAFETY: at <= 64; the caller passes on its bounds and features.
+    unsafe { block.store_inserting(src, dst, at, byte) };
+    let mut rest = inserts & inserts.wrapping_sub(1);
+    let mut shift = 1;
+    while rest != 0 {
+        let at = rest.trailing_zeros() as usize;
+        let byte = if bare_lf >> at & 1 == 1 { b'\r' } else { b'.' };
+        // SAFETY: at < 64 and shift < 64 (one per earlier insertion), so the
+        // byte lands below dst + 127, the store ends below dst + 191 and the
+        // load below src + 127: in bounds.
+        unsafe {
+            dst.add(at + shift).write(byte);
+            B::load(src.add(at)).store(dst.add(at + shift + 1));
+        }
+        shift += 1;
+        rest &= rest - 1;
+    }
+    // `shift` counts the insertions after the first; add the first, if any.
+    shift - usize::from(inserts == 0)
+}
+
+/// # Safety
+/// The CPU has `B`'s features.
+#[inline(always)]
+unsafe fn scan_with<B: Block>(message: &[u8]) -> Scan {
     let mut facts = Scan {
         bare_lf: u64::from(message.first() == Some(&b'\n')),
         dot_lines: u64::from(message.first() == Some(&b'.')),
@@ -288,17 +448,12 @@ unsafe fn scan_with<V: Vector>(message: &[u8]) -> Scan {
     // Each block at p is compared with the block at p - 1, so the byte before
     // every lane is at hand without carries.
     let mut p = 1;
-    while p + V::BYTES <= message.len() {
-        // SAFETY: p >= 1 and p + BYTES <= len: both blocks are in bounds; the
-        // caller guarantees the feature.
-        let (this, before) = unsafe {
-            (
-                V::load(message.as_ptr().add(p)),
-                V::load(message.as_ptr().add(p - 1)),
-            )
-        };
-        // SAFETY: the caller guarantees the feature.
+    while p + BLOCK <= message.len() {
+        // SAFETY: p >= 1 and p + BLOCK <= len: both blocks are in bounds; the
+        // caller guarantees the features.
         let (lf, dot, cr_before, lf_before) = unsafe {
+            let this = B::load(message.as_ptr().add(p));
+            let before = B::load(message.as_ptr().add(p - 1));
             (
                 this.eq_mask(b'\n'),
                 this.eq_mask(b'.'),
@@ -308,7 +463,7 @@ unsafe fn scan_with<V: Vector>(message: &[u8]) -> Scan {
         };
         facts.bare_lf += u64::from((lf & !cr_before).count_ones());
         facts.dot_lines += u64::from((dot & lf_before).count_ones());
-        p += V::BYTES;
+        p += BLOCK;
     }
     for p in p..message.len() {
         let before = message[p - 1];
@@ -321,9 +476,9 @@ unsafe fn scan_with<V: Vector>(message: &[u8]) -> Scan {
 }
 
 /// # Safety
-/// The CPU has `V`'s feature.
+/// The CPU has `B`'s features.
 #[inline(always)]
-unsafe fn find_dot_line_with<V: Vector>(message: &[u8], from: usize) -> Option<usize> {
+unsafe fn find_dot_line_with<B: Block>(message: &[u8], from: usize) -> Option<usize> {
     if from >= message.len() {
         return None;
     }
@@ -331,18 +486,18 @@ unsafe fn find_dot_line_with<V: Vector>(message: &[u8], from: usize) -> Option<u
         return Some(0);
     }
     let mut p = from.max(1);
-    while p + V::BYTES <= message.len() {
-        // SAFETY: p >= 1 and p + BYTES <= len: both blocks are in bounds; the
-        // caller guarantees the feature.
+    while p + BLOCK <= message.len() {
+        // SAFETY: p >= 1 and p + BLOCK <= len: both blocks are in bounds; the
+        // caller guarantees the features.
         let hits = unsafe {
-            let this = V::load(message.as_ptr().add(p));
-            let before = V::load(message.as_ptr().add(p - 1));
+            let this = B::load(message.as_ptr().add(p));
+            let before = B::load(message.as_ptr().add(p - 1));
             this.eq_mask(b'.') & before.eq_mask(b'\n')
         };
         if hits != 0 {
             return Some(p + hits.trailing_zeros() as usize);
         }
-        p += V::BYTES;
+        p += BLOCK;
     }
     (p..message.len()).find(|&p| message[p] == b'.' && message[p - 1] == b'\n')
 }
