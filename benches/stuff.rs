@@ -12,7 +12,11 @@
 //! - `stuff_crlf`: the same message stored with CRLF. Besides the transform,
 //!   `find_dot_line` (the sender's per-RETR work when it writes the mmap
 //!   ranges as they are) and `scan` (done once per message, then cached).
-//! - `stuff_top`: TOP n 20 of the LF message (headers on the portable tier).
+//! - `stuff_top`: TOP n 20 of the LF message (headers on the portable tier);
+//!   throughput counts the bytes up to TOP's cut, the ones actually read.
+//! - `stuff_lf_cold`, `stuff_crlf_sender_cold`: the same on a 64 MiB
+//!   message, larger than the last-level cache: every variant, memcpy
+//!   included, then reads from DRAM, as a RETR of a page-cache file does.
 //!
 //! `cargo bench --bench stuff -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -28,8 +32,12 @@ use shardpop::wire::{Extent, Stuffer, TERMINATOR_MAX, Tier};
 
 /// The engine's output bound per connection.
 const OUT_BYTES: usize = 64 * 1024;
-/// Size of the generated message.
+/// Size of the generated message: a large mail with an attachment, read
+/// from a warm cache.
 const MESSAGE_BYTES: usize = 1024 * 1024;
+/// Size of the cold message: larger than the last-level cache, so every
+/// variant reads from DRAM as a RETR of a page-cache file does.
+const COLD_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// A deterministic xorshift generator, so every run measures the same bytes.
 struct Rng(u64);
@@ -50,9 +58,9 @@ impl Rng {
 /// Headers, a text part with 60–80 character lines (about 1 in 25 beginning
 /// with '.', some blank), then a base64 attachment in 76-character lines,
 /// with bare LF line ends.
-fn lf_corpus() -> Vec<u8> {
+fn lf_corpus(bytes: usize) -> Vec<u8> {
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
-    let mut message = Vec::with_capacity(MESSAGE_BYTES + 4096);
+    let mut message = Vec::with_capacity(bytes + 4096);
     for hop in 0..8 {
         message.extend_from_slice(
             format!("Received: from mx{hop}.example.net (mx{hop}.example.net [192.0.2.{hop}])\n\tby pop.example.org (shardpop) with ESMTPS id 4Xy{hop}Zk; Tue, 3 Jun 2025 10:0{hop}:00 +0000\n")
@@ -85,7 +93,7 @@ fn lf_corpus() -> Vec<u8> {
         b"\n--b1_0123456789\nContent-Type: application/pdf; name=\"q2.pdf\"\nContent-Transfer-Encoding: base64\n\n",
     );
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    while message.len() < MESSAGE_BYTES {
+    while message.len() < bytes {
         for _ in 0..76 {
             message.push(alphabet[rng.below(64) as usize]);
         }
@@ -125,6 +133,18 @@ fn stream(
     consumed
 }
 
+/// The input bytes the transform reads: up to TOP's cut (found one byte at a
+/// time with the reference), else the whole message.
+fn bytes_read(message: &[u8], extent: Extent) -> usize {
+    let mut stuffer = Stuffer::with_tier(extent, Tier::Reference).expect("reference");
+    let mut out = [0u8; Stuffer::OUT_MIN];
+    let mut read = 0;
+    while read < message.len() && !stuffer.is_input_done() {
+        read += stuffer.transform(&message[read..read + 1], &mut out).0;
+    }
+    read
+}
+
 /// The whole wire output of `tier`, for the check before timing.
 fn wire(tier: Tier, message: &[u8], extent: Extent) -> (Vec<u8>, usize) {
     let stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
@@ -151,6 +171,7 @@ fn transform_group<M: Measurement>(
     extent: Extent,
 ) {
     let (expected, consumed) = wire(Tier::Reference, message, extent);
+    let read = bytes_read(message, extent);
     for tier in Tier::available() {
         assert!(
             wire(tier, message, extent) == (expected.clone(), consumed),
@@ -158,10 +179,13 @@ fn transform_group<M: Measurement>(
         );
     }
     let mut group = c.benchmark_group(name);
-    group.throughput(Throughput::Bytes(consumed as u64));
+    group.throughput(Throughput::Bytes(read as u64));
+    if message.len() > MESSAGE_BYTES {
+        group.sample_size(10);
+    }
     let mut out = vec![0u8; OUT_BYTES];
     group.bench_function("memcpy", |b| {
-        b.iter(|| memcpy(black_box(&message[..consumed]), &mut out))
+        b.iter(|| memcpy(black_box(&message[..read]), &mut out))
     });
     for tier in Tier::available() {
         group.bench_function(tier.name(), |b| {
@@ -178,7 +202,7 @@ fn transform_group<M: Measurement>(
 
 /// The sender's work on a CRLF message: the dot search over the whole
 /// message, and the one-off scan.
-fn sender_group<M: Measurement>(c: &mut Criterion<M>, message: &[u8]) {
+fn sender_group<M: Measurement>(c: &mut Criterion<M>, name: &str, message: &[u8]) {
     let facts = Tier::Reference.scan(message);
     assert_eq!(facts.bare_lf, 0, "the CRLF corpus has no bare LF");
     assert!(facts.dot_lines > 0, "the corpus has dot lines");
@@ -198,8 +222,11 @@ fn sender_group<M: Measurement>(c: &mut Criterion<M>, message: &[u8]) {
             "{tier:?} find_dot_line"
         );
     }
-    let mut group = c.benchmark_group("stuff_crlf_sender");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Bytes(message.len() as u64));
+    if message.len() > MESSAGE_BYTES {
+        group.sample_size(10);
+    }
     let mut out = vec![0u8; OUT_BYTES];
     group.bench_function("memcpy", |b| {
         b.iter(|| memcpy(black_box(message), &mut out))
@@ -217,12 +244,17 @@ fn sender_group<M: Measurement>(c: &mut Criterion<M>, message: &[u8]) {
 }
 
 fn benches<M: Measurement>(c: &mut Criterion<M>) {
-    let lf = lf_corpus();
+    let lf = lf_corpus(MESSAGE_BYTES);
     let crlf = crlf_corpus(&lf);
     transform_group(c, "stuff_lf", &lf, Extent::Whole);
     transform_group(c, "stuff_crlf", &crlf, Extent::Whole);
-    sender_group(c, &crlf);
+    sender_group(c, "stuff_crlf_sender", &crlf);
     transform_group(c, "stuff_top", &lf, Extent::Top { body_lines: 20 });
+    let cold_lf = lf_corpus(COLD_MESSAGE_BYTES);
+    transform_group(c, "stuff_lf_cold", &cold_lf, Extent::Whole);
+    drop(cold_lf);
+    let cold_crlf = crlf_corpus(&lf_corpus(COLD_MESSAGE_BYTES));
+    sender_group(c, "stuff_crlf_sender_cold", &cold_crlf);
 }
 
 /// Nanoseconds this thread has run on a CPU (`CLOCK_THREAD_CPUTIME_ID`):

@@ -21,7 +21,7 @@ use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
     _mm_storeu_si128, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
     _mm256_set1_epi8, _mm256_storeu_si256, _mm512_cmpeq_epi8_mask, _mm512_loadu_si512,
-    _mm512_mask_expand_epi8, _mm512_set1_epi8, _mm512_storeu_si512,
+    _mm512_mask_blend_epi8, _mm512_mask_expand_epi8, _mm512_set1_epi8, _mm512_storeu_si512,
 };
 
 use super::{Flow, LINES_UNLIMITED, Phase, Scan, portable};
@@ -45,15 +45,19 @@ trait Block: Copy {
     /// The CPU has the block's features.
     unsafe fn eq_mask(self, byte: u8) -> u64;
 
-    /// Writes the block at `dst` with `byte` inserted before input byte `at`
-    /// (`at == 64`: no insertion) and the rest moved one byte on: 65 bytes,
-    /// the last one garbage if `at == 64`. `src` is where `self` was loaded.
+    /// Writes the block at `dst` with one byte inserted before the input
+    /// byte whose bit is `first` (zero: no insertion) and the rest moved one
+    /// byte on: 65 bytes, the last one garbage if `first` is zero. The byte
+    /// is CR if `first` is in `bare_lf`, else '.'. `src` is where `self` was
+    /// loaded.
     ///
     /// # Safety
     /// `src` is valid for `2 * BLOCK` reads, `dst` for `3 * BLOCK` writes,
-    /// `at <= 64`, and the CPU has the block's features.
+    /// `first` has at most one bit set, and the CPU has the block's features.
     #[inline(always)]
-    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, at: usize, byte: u8) {
+    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, first: u64, bare_lf: u64) {
+        let at = first.trailing_zeros() as usize;
+        let byte = if first & bare_lf != 0 { b'\r' } else { b'.' };
         // SAFETY: at <= 64: the byte lands below dst + 65, the block load ends
         // at most at src + 128 and the stores at dst + 129.
         unsafe {
@@ -162,15 +166,21 @@ impl Block for Avx512Block {
         unsafe { _mm512_cmpeq_epi8_mask(self.0, _mm512_set1_epi8(byte as i8)) }
     }
 
-    /// One store: `vpexpandb` spreads the block over every lane but `at`,
-    /// which takes `byte`; the byte pushed out of the register goes after it.
+    /// One store: `vpexpandb` spreads the block over every lane but the one
+    /// of `first`, which takes the byte to insert for that input lane (CR
+    /// where `bare_lf`, else '.'); the byte pushed out of the register goes
+    /// after it.
     #[inline(always)]
-    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, at: usize, byte: u8) {
-        let lanes = !(1u64 << (at & 63)) | u64::from(at == 64).wrapping_neg();
+    unsafe fn store_inserting(self, src: *const u8, dst: *mut u8, first: u64, bare_lf: u64) {
         // SAFETY: the caller guarantees AVX-512F/BW/VBMI2, 128 readable bytes
         // at src and 192 writable ones at dst (65 are written).
         unsafe {
-            let spread = _mm512_mask_expand_epi8(_mm512_set1_epi8(byte as i8), lanes, self.0);
+            let fill = _mm512_mask_blend_epi8(
+                bare_lf,
+                _mm512_set1_epi8(b'.' as i8),
+                _mm512_set1_epi8(b'\r' as i8),
+            );
+            let spread = _mm512_mask_expand_epi8(fill, !first, self.0);
             _mm512_storeu_si512(dst.cast(), spread);
             dst.add(BLOCK).write(src.add(BLOCK - 1).read());
         }
@@ -395,7 +405,7 @@ fn through_nth_lf(lf: u64, n: u64) -> u64 {
 /// bytes inserted.
 ///
 /// The first insertion is done without a branch, because most blocks of mail
-/// have at most one: with none, `at` is 64 and the writes land past this
+/// have at most one: with none, the extra writes land past this
 /// block's output, where the next block's store overwrites them.
 ///
 /// # Safety
@@ -409,14 +419,10 @@ unsafe fn insert<B: Block>(
     inserts: u64,
     bare_lf: u64,
 ) -> usize {
-    let at = inserts.trailing_zeros() as usize;
-    let byte = if bare_lf >> (at & 63) & 1 == 1 {
-        b'\r'
-    } else {
-        b'.'
-    };
-    // SAFETY: at <= 64; the caller passes on its bounds and features.
-    unsafe { block.store_inserting(src, dst, at, byte) };
+    let first = inserts & inserts.wrapping_neg();
+    // SAFETY: `first` has at most one bit; the caller passes on its bounds
+    // and features.
+    unsafe { block.store_inserting(src, dst, first, bare_lf) };
     let mut rest = inserts & inserts.wrapping_sub(1);
     let mut shift = 1;
     while rest != 0 {
