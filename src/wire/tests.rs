@@ -527,6 +527,37 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
 }
 
+/// Mail-sized messages: lines of 0..100 bytes, some starting with '.',
+/// ending in LF, CRLF, a lone CR or nothing, so the block loops run for many
+/// iterations and across the chunk boundaries of a streamed body.
+fn long_message() -> impl Strategy<Value = Vec<u8>> {
+    let line = (any::<bool>(), 0usize..100, 0u8..4).prop_map(|(dot, len, end)| {
+        let mut line = if dot { b".".to_vec() } else { Vec::new() };
+        line.extend(std::iter::repeat_n(b'q', len));
+        line.extend_from_slice([&b"\n"[..], b"\r\n", b"\r", b""][usize::from(end)]);
+        line
+    });
+    prop::collection::vec(line, 0..300).prop_map(|lines| lines.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn long_messages_chunked(
+        message in long_message(),
+        extent in extent(),
+        chunk_sizes in prop::collection::vec(1usize..5000, 1..4),
+        out_sizes in prop::collection::vec(Stuffer::OUT_MIN..9000, 1..4),
+    ) {
+        let expected = model(&message, extent);
+        for tier in Tier::available() {
+            prop_assert_eq!(&stuff(tier, &message, extent), &expected, "{:?} whole", tier);
+            prop_assert_eq!(&stream(tier, &message, extent, &chunk_sizes, &out_sizes), &expected, "{:?}", tier);
+        }
+    }
+}
+
 proptest! {
     #[test]
     fn reference_matches_model(message in message(), extent in extent()) {

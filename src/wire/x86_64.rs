@@ -21,7 +21,8 @@ use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
     _mm_storeu_si128, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
     _mm256_set1_epi8, _mm256_storeu_si256, _mm512_cmpeq_epi8_mask, _mm512_loadu_si512,
-    _mm512_mask_blend_epi8, _mm512_mask_expand_epi8, _mm512_set1_epi8, _mm512_storeu_si512,
+    _mm512_mask_blend_epi8, _mm512_mask_cmpeq_epi8_mask, _mm512_mask_cmpneq_epi8_mask,
+    _mm512_mask_expand_epi8, _mm512_set1_epi8, _mm512_storeu_si512,
 };
 
 use super::{Flow, LINES_UNLIMITED, Phase, Scan, portable};
@@ -44,6 +45,41 @@ trait Block: Copy {
     /// # Safety
     /// The CPU has the block's features.
     unsafe fn eq_mask(self, byte: u8) -> u64;
+
+    /// Where this block needs insertions: `(inserts, bare_lf)`, the bytes
+    /// that get a byte before them and those of them that are bare LFs (the
+    /// others are line-start dots). `carry` holds the previous block's CR and
+    /// LF masks (only bit 63 matters) and is updated to this block's.
+    ///
+    /// # Safety
+    /// The CPU has the block's features.
+    #[inline(always)]
+    unsafe fn marks(self, carry: &mut (u64, u64)) -> (u64, u64) {
+        // SAFETY: the caller guarantees the features.
+        let (lf, cr, dot) =
+            unsafe { (self.eq_mask(b'\n'), self.eq_mask(b'\r'), self.eq_mask(b'.')) };
+        let bare_lf = lf & !((cr << 1) | carry.0 >> 63);
+        let stuffed_dot = dot & ((lf << 1) | carry.1 >> 63);
+        *carry = (cr, lf);
+        (bare_lf | stuffed_dot, bare_lf)
+    }
+
+    /// [`marks`](Block::marks) for a block that is not the first of the
+    /// input: the byte before it is read from `src - 1`.
+    ///
+    /// # Safety
+    /// `src - 1` is readable, and the CPU has the block's features.
+    #[inline(always)]
+    unsafe fn marks_after(self, src: *const u8) -> (u64, u64) {
+        // SAFETY: the caller guarantees src - 1 is readable.
+        let before = unsafe { src.sub(1).read() };
+        let mut carry = (
+            u64::from(before == b'\r') << 63,
+            u64::from(before == b'\n') << 63,
+        );
+        // SAFETY: the caller guarantees the features.
+        unsafe { self.marks(&mut carry) }
+    }
 
     /// Writes the block at `dst` with one byte inserted before the input
     /// byte whose bit is `first` (zero: no insertion) and the rest moved one
@@ -164,6 +200,24 @@ impl Block for Avx512Block {
     unsafe fn eq_mask(self, byte: u8) -> u64 {
         // SAFETY: the caller guarantees AVX-512F and AVX-512BW.
         unsafe { _mm512_cmpeq_epi8_mask(self.0, _mm512_set1_epi8(byte as i8)) }
+    }
+
+    /// Compares the block and the block one byte earlier, so the byte
+    /// before each lane is at hand and the masks combine in masked compares
+    /// (only `inserts` and the first insertion cross to general registers).
+    #[inline(always)]
+    unsafe fn marks_after(self, src: *const u8) -> (u64, u64) {
+        // SAFETY: the caller guarantees src - 1 is readable (so 64 bytes from
+        // it are: the block at src is), and AVX-512F/BW.
+        unsafe {
+            let before = _mm512_loadu_si512(src.sub(1).cast());
+            let lf = _mm512_cmpeq_epi8_mask(self.0, _mm512_set1_epi8(b'\n' as i8));
+            let bare_lf = _mm512_mask_cmpneq_epi8_mask(lf, before, _mm512_set1_epi8(b'\r' as i8));
+            let line_start = _mm512_cmpeq_epi8_mask(before, _mm512_set1_epi8(b'\n' as i8));
+            let stuffed_dot =
+                _mm512_mask_cmpeq_epi8_mask(line_start, self.0, _mm512_set1_epi8(b'.' as i8));
+            (bare_lf | stuffed_dot, bare_lf)
+        }
     }
 
     /// One store: `vpexpandb` spreads the block over every lane but the one
@@ -340,14 +394,31 @@ unsafe fn blocks<B: Block, const LIMITED: bool>(
         return (0, 0);
     };
     let (mut consumed, mut written) = (0, 0);
-    // Carries from the previous block: its last byte was CR / LF.
-    let (mut prev_cr, mut line_start) = (u64::from(flow.prev_cr), u64::from(flow.line_start));
+    // Carries from the previous block, in bit 63: its last byte was CR / LF.
+    let mut carry = (
+        u64::from(flow.prev_cr) << 63,
+        u64::from(flow.line_start) << 63,
+    );
     while input.len() - consumed >= 2 * BLOCK && out.len() - written >= 3 * BLOCK {
         // SAFETY: consumed + 2 * BLOCK <= input.len() and written + 3 * BLOCK
         // <= out.len() (loop condition), so both pointers stay in bounds.
         let (src, dst) = unsafe { (input.as_ptr().add(consumed), out.as_mut_ptr().add(written)) };
         // SAFETY: src has BLOCK readable bytes; the caller guarantees the features.
         let block = unsafe { B::load(src) };
+        if !LIMITED {
+            // SAFETY: the caller guarantees the features; dst has 3 * BLOCK
+            // writable bytes, src 2 * BLOCK readable ones.
+            let inserted = unsafe {
+                let (inserts, bare_lf) = match consumed {
+                    0 => block.marks(&mut carry),
+                    _ => block.marks_after(src),
+                };
+                insert(block, src, dst, inserts, bare_lf)
+            };
+            consumed += BLOCK;
+            written += BLOCK + inserted;
+            continue;
+        }
         // SAFETY: the caller guarantees the features.
         let (lf, cr, dot) = unsafe {
             (
@@ -357,28 +428,28 @@ unsafe fn blocks<B: Block, const LIMITED: bool>(
             )
         };
         let (mut keep, mut take) = (u64::MAX, BLOCK);
-        if LIMITED && u64::from(lf.count_ones()) >= lines_left {
+        if u64::from(lf.count_ones()) >= lines_left {
             keep = through_nth_lf(lf, lines_left);
             take = keep.count_ones() as usize;
         }
-        let bare_lf = lf & !((cr << 1) | prev_cr) & keep;
-        let stuffed_dot = dot & ((lf << 1) | line_start) & keep;
-        // SAFETY: dst has 3 * BLOCK writable bytes, src 2 * BLOCK readable
-        // ones; the caller guarantees the features.
+        let bare_lf = lf & !((cr << 1) | carry.0 >> 63) & keep;
+        let stuffed_dot = dot & ((lf << 1) | carry.1 >> 63) & keep;
+        // SAFETY: as above.
         let inserted = unsafe { insert(block, src, dst, bare_lf | stuffed_dot, bare_lf) };
         consumed += take;
         written += take + inserted;
-        prev_cr = cr >> (take - 1) & 1;
-        line_start = lf >> (take - 1) & 1;
-        if LIMITED {
-            lines_left -= u64::from((lf & keep).count_ones());
-            if lines_left == 0 {
-                break;
-            }
+        // The byte at take - 1 moves to bit 63.
+        carry = (cr << (BLOCK - take), lf << (BLOCK - take));
+        lines_left -= u64::from((lf & keep).count_ones());
+        if lines_left == 0 {
+            break;
         }
     }
-    flow.prev_cr = prev_cr == 1;
-    flow.line_start = line_start == 1;
+    if consumed > 0 {
+        // The loop above may not have kept `carry` up to date.
+        flow.prev_cr = input[consumed - 1] == b'\r';
+        flow.line_start = input[consumed - 1] == b'\n';
+    }
     flow.phase = Flow::body(lines_left);
     (consumed, written)
 }
