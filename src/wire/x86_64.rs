@@ -1,20 +1,21 @@
 //! The x86_64 tiers: the transform, the scan and the dot search over 64-byte
 //! blocks held in four SSE2 registers (every x86_64 CPU), two AVX2 registers
-//! or one AVX-512 register (both detected at run time).
+//! or one AVX-512 register (AVX2 and AVX-512BW/VBMI2 detected at run time).
 //! The only file of the wire layer with `unsafe`: vector loads and stores
-//! through raw pointers, and calls into `#[target_feature(enable = "avx2")]`
-//! functions, which are sound only behind the [`Avx2`] proof.
+//! through raw pointers, and calls into `#[target_feature]` functions, which
+//! are sound only behind the [`Avx2`] / [`Avx512`] proofs.
 //!
 //! The algorithm is written once, generic over [`Block`], and inlined into
 //! one function per ISA (as memchr does): the `#[inline(always)]` trait
 //! methods take the target features of the function they are inlined into.
 //!
-//! The transform copies each block to the output whole, then fixes up the few
-//! places where a byte must be inserted (a CR before a bare LF, a `.` before a
-//! line-start `.`): it writes the inserted byte and stores the rest of the
-//! block again, one byte further on. A 64-byte block of mail has at most one
-//! insertion nearly always (lines are ~80 bytes), so the first one is done
-//! without a branch and only the rare others loop. TOP's
+//! Per block, the transform finds the bytes that need a byte inserted before
+//! them (a CR before a bare LF, a `.` before a line-start `.`), comparing the
+//! block with the byte before it. It then stores the block with the first
+//! insertion made, without a branch: SSE2/AVX2 store the block whole, write
+//! the inserted byte and store the rest again one byte on; AVX-512 does it
+//! in one `vpexpandb`. A 64-byte block of mail has at most one insertion
+//! nearly always (lines are ~80 bytes), so only the rare others loop. TOP's
 //! headers and the tails shorter than two blocks go to the portable tier.
 
 use core::arch::x86_64::{
