@@ -17,26 +17,49 @@ fuzz_target!(|data: &[u8]| {
     };
     let extent = match mode & 1 {
         0 => Extent::Whole,
-        _ => Extent::Top { body_lines: u64::from(mode >> 1) },
+        _ => Extent::Top {
+            body_lines: u64::from(mode >> 1),
+        },
     };
     let chunks = [usize::from(chunk) + 1, 4 * usize::from(chunk) + 128];
-    let rooms = [usize::from(room) % 64 + Stuffer::OUT_MIN, 4 * usize::from(room) + 192];
+    let rooms = [
+        usize::from(room) % 64 + Stuffer::OUT_MIN,
+        4 * usize::from(room) + 192,
+    ];
     let whole = [message.len() + 1];
     let ample = [2 * message.len() + 1];
     let expected = stream(Tier::Reference, message, extent, &whole, &ample);
     let facts = Tier::Reference.scan(message);
     for tier in Tier::available() {
-        assert_eq!(stream(tier, message, extent, &whole, &ample), expected, "{tier:?} whole");
-        assert_eq!(stream(tier, message, extent, &chunks, &rooms), expected, "{tier:?} chunked");
+        assert_eq!(
+            stream(tier, message, extent, &whole, &ample),
+            expected,
+            "{tier:?} whole"
+        );
+        assert_eq!(
+            stream(tier, message, extent, &chunks, &rooms),
+            expected,
+            "{tier:?} chunked"
+        );
         assert_eq!(tier.scan(message), facts, "{tier:?} scan");
         let from = usize::from(room) * message.len() / 256;
         let want = Tier::Reference.find_dot_line(message, from);
-        assert_eq!(tier.find_dot_line(message, from), want, "{tier:?} find_dot_line");
+        assert_eq!(
+            tier.find_dot_line(message, from),
+            want,
+            "{tier:?} find_dot_line"
+        );
     }
 });
 
 /// Streams `message` through `tier` with cycled chunk and window sizes.
-fn stream(tier: Tier, message: &[u8], extent: Extent, chunks: &[usize], rooms: &[usize]) -> Vec<u8> {
+fn stream(
+    tier: Tier,
+    message: &[u8],
+    extent: Extent,
+    chunks: &[usize],
+    rooms: &[usize],
+) -> Vec<u8> {
     let mut stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
     let mut window = vec![0u8; rooms.iter().copied().max().unwrap_or(0).max(TERMINATOR_MAX)];
     let (mut wire, mut consumed, mut call) = (Vec::new(), 0, 0);
