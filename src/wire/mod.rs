@@ -13,8 +13,8 @@
 //!   against; also the benchmark baseline.
 //! - `portable.rs`: the fallback on every target: a line at a time with
 //!   `memchr`, safe code only.
-//! - `x86_64.rs`: SSE2 and AVX2 block loops (`std::arch`); the only file of
-//!   this layer with `unsafe`.
+//! - `x86_64.rs`: SSE2, AVX2 and AVX-512 block loops (`std::arch`); the only
+//!   file of this layer with `unsafe`.
 //!
 //! `cfg(shardpop_force_scalar)` and `cfg(miri)` compile the vector tiers out,
 //! so the server runs the portable tier (Miri then checks the safe code).
@@ -163,10 +163,12 @@ pub enum Tier {
     Reference,
     /// `portable.rs`: a line at a time with `memchr`; every target.
     Portable,
-    /// `x86_64.rs` with 16-byte SSE2 blocks.
+    /// `x86_64.rs`, 64-byte blocks in four SSE2 registers.
     Sse2,
-    /// `x86_64.rs` with 32-byte AVX2 blocks.
+    /// `x86_64.rs`, 64-byte blocks in two AVX2 registers.
     Avx2,
+    /// `x86_64.rs`, 64-byte blocks in one AVX-512 register (AVX-512BW).
+    Avx512,
 }
 
 /// The detected tier: 0 until detection has run, else `1 + index in Tier::ALL`.
@@ -174,7 +176,24 @@ static DETECTED: AtomicU8 = AtomicU8::new(0);
 
 impl Tier {
     /// Every tier, slowest first.
-    pub const ALL: [Tier; 4] = [Tier::Reference, Tier::Portable, Tier::Sse2, Tier::Avx2];
+    pub const ALL: [Tier; 5] = [
+        Tier::Reference,
+        Tier::Portable,
+        Tier::Sse2,
+        Tier::Avx2,
+        Tier::Avx512,
+    ];
+
+    /// A short lowercase name, for benchmark ids and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Reference => "reference",
+            Tier::Portable => "portable",
+            Tier::Sse2 => "sse2",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
 
     /// Whether this build and this CPU can run the tier.
     pub fn is_available(self) -> bool {
@@ -184,6 +203,8 @@ impl Tier {
             Tier::Sse2 => true,
             #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
             Tier::Avx2 => x86_64::Avx2::new().is_some(),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Tier::Avx512 => x86_64::Avx512::new().is_some(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -216,6 +237,8 @@ impl Tier {
             Backend::Sse2 => x86_64::scan_sse2(message),
             #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
             Backend::Avx2(avx2) => avx2.scan(message),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Avx512(avx512) => avx512.scan(message),
         }
     }
 
@@ -228,6 +251,8 @@ impl Tier {
             Backend::Sse2 => x86_64::find_dot_line_sse2(message, from),
             #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
             Backend::Avx2(avx2) => avx2.find_dot_line(message, from),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Avx512(avx512) => avx512.find_dot_line(message, from),
         }
     }
 
@@ -242,14 +267,20 @@ impl Tier {
                 Some(avx2) => Backend::Avx2(avx2),
                 None => panic!("wire: tier {self:?} is not available on this CPU"),
             },
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Tier::Avx512 => match x86_64::Avx512::new() {
+                Some(avx512) => Backend::Avx512(avx512),
+                None => panic!("wire: tier {self:?} is not available on this CPU"),
+            },
             #[allow(unreachable_patterns)]
             _ => panic!("wire: tier {self:?} is not available in this build"),
         }
     }
 }
 
-/// A tier that is known to run here. `Avx2` holds the proof that the CPU
-/// has AVX2, so calling through it needs no check and no `unsafe` here.
+/// A tier that is known to run here. `Avx2` and `Avx512` hold the proof that
+/// the CPU has the features, so calling through them needs no check and no
+/// `unsafe` here.
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Reference,
@@ -258,6 +289,8 @@ enum Backend {
     Sse2,
     #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
     Avx2(x86_64::Avx2),
+    #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+    Avx512(x86_64::Avx512),
 }
 
 /// Turns one message into its RETR or TOP wire form, chunk by chunk.
@@ -329,6 +362,8 @@ impl Stuffer {
             Backend::Sse2 => x86_64::transform_sse2(&mut self.flow, input, out),
             #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
             Backend::Avx2(avx2) => avx2.transform(&mut self.flow, input, out),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Avx512(avx512) => avx512.transform(&mut self.flow, input, out),
         }
     }
 

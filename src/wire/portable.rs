@@ -28,11 +28,10 @@ pub(crate) fn transform(
 ) -> (usize, usize) {
     let (mut consumed, mut written) = (0, 0);
     while consumed < input.len() {
-        let in_headers = matches!(flow.phase, Phase::Headers { .. });
         if flow.phase == Phase::Done {
             return (input.len(), written);
         }
-        if until == Until::Body && !in_headers {
+        if until == Until::Body && !matches!(flow.phase, Phase::Headers { .. }) {
             break;
         }
         let room = out.len() - written;
@@ -53,14 +52,13 @@ pub(crate) fn transform(
             break;
         }
         out[written..written + run].copy_from_slice(&window[..run]);
-        if in_headers {
-            if let Phase::Headers { body_lines, .. } = flow.phase {
-                let cr_only = flow.line_start && run == 1 && window[0] == b'\r';
-                flow.phase = Phase::Headers {
-                    cr_only,
-                    body_lines,
-                };
-            }
+        if let Phase::Headers { body_lines, .. } = flow.phase {
+            // The line is one CR so far only if this run is its first byte.
+            let cr_only = flow.line_start && run == 1 && window[0] == b'\r';
+            flow.phase = Phase::Headers {
+                cr_only,
+                body_lines,
+            };
         }
         flow.prev_cr = window[run - 1] == b'\r';
         flow.line_start = false;

@@ -1,0 +1,78 @@
+//! Every wire tier against the reference: the transform (fed in the chunk
+//! and output sizes the input asks for), the scan and the dot search.
+//!
+//! Input: `[mode, chunk, room, message @ ..]`. `mode` bit 0 picks RETR or
+//! TOP, the other bits are TOP's line count; `chunk` and `room` size the
+//! input chunks and output windows, alternating with sizes large enough for
+//! the vector blocks.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shardpop::wire::{Extent, Stuffer, TERMINATOR_MAX, Tier};
+
+fuzz_target!(|data: &[u8]| {
+    let [mode, chunk, room, ref message @ ..] = *data else {
+        return;
+    };
+    let extent = match mode & 1 {
+        0 => Extent::Whole,
+        _ => Extent::Top {
+            body_lines: u64::from(mode >> 1),
+        },
+    };
+    let chunks = [usize::from(chunk) + 1, 4 * usize::from(chunk) + 128];
+    let rooms = [
+        usize::from(room) % 64 + Stuffer::OUT_MIN,
+        4 * usize::from(room) + 192,
+    ];
+    let whole = [message.len() + 1];
+    let ample = [2 * message.len() + 1];
+    let expected = stream(Tier::Reference, message, extent, &whole, &ample);
+    let facts = Tier::Reference.scan(message);
+    for tier in Tier::available() {
+        assert_eq!(
+            stream(tier, message, extent, &whole, &ample),
+            expected,
+            "{tier:?} whole"
+        );
+        assert_eq!(
+            stream(tier, message, extent, &chunks, &rooms),
+            expected,
+            "{tier:?} chunked"
+        );
+        assert_eq!(tier.scan(message), facts, "{tier:?} scan");
+        let from = usize::from(room) * message.len() / 256;
+        let want = Tier::Reference.find_dot_line(message, from);
+        assert_eq!(
+            tier.find_dot_line(message, from),
+            want,
+            "{tier:?} find_dot_line"
+        );
+    }
+});
+
+/// Streams `message` through `tier` with cycled chunk and window sizes.
+fn stream(
+    tier: Tier,
+    message: &[u8],
+    extent: Extent,
+    chunks: &[usize],
+    rooms: &[usize],
+) -> Vec<u8> {
+    let mut stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
+    let mut window = vec![0u8; rooms.iter().copied().max().unwrap_or(0).max(TERMINATOR_MAX)];
+    let (mut wire, mut consumed, mut call) = (Vec::new(), 0, 0);
+    while consumed < message.len() && !stuffer.is_input_done() {
+        let end = message.len().min(consumed + chunks[call % chunks.len()]);
+        let out = &mut window[..rooms[call % rooms.len()]];
+        let (c, w) = stuffer.transform(&message[consumed..end], out);
+        assert!(c > 0, "{tier:?}: no progress");
+        wire.extend_from_slice(&out[..w]);
+        consumed += c;
+        call += 1;
+    }
+    let n = stuffer.finish(&mut window[..TERMINATOR_MAX]);
+    wire.extend_from_slice(&window[..n]);
+    wire
+}
