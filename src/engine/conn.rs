@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::body::{BodyStream, RawPlan};
+use super::buffer::InBuf;
 use super::guard::Guard;
 use super::worker::{ConnRef, Done, Job, Outcome, Reply};
 use crate::auth::ScramServer;
@@ -93,9 +94,7 @@ pub struct Settings {
 /// TLS on a connection: the layer and the ciphertext not yet fed to it.
 struct Tls {
     layer: TlsLayer,
-    cipher_in: Box<[u8]>,
-    start: usize,
-    end: usize,
+    cipher_in: InBuf,
 }
 
 /// Bytes handed to the pump to send: queued replies (or transformed body),
@@ -137,22 +136,8 @@ impl Tls {
     fn new(layer: TlsLayer, bytes: usize) -> Tls {
         Tls {
             layer,
-            cipher_in: vec![0; bytes].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            cipher_in: InBuf::new(bytes),
         }
-    }
-
-    fn input_space(&mut self) -> &mut [u8] {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start > 0 && self.end == self.cipher_in.len() {
-            self.cipher_in.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        &mut self.cipher_in[self.end..]
     }
 }
 
@@ -163,9 +148,7 @@ pub struct Conn {
     /// The client's address.
     pub peer: SocketAddr,
     session: Session,
-    recv: Box<[u8]>,
-    recv_start: usize,
-    recv_end: usize,
+    recv: InBuf,
     /// New output (replies, transformed body), after `unsent`.
     out: Vec<u8>,
     /// Output handed out earlier and not all sent: goes first.
@@ -217,9 +200,7 @@ impl Conn {
             id,
             peer,
             session,
-            recv: vec![0; s.recv_buffer_bytes].into_boxed_slice(),
-            recv_start: 0,
-            recv_end: 0,
+            recv: InBuf::new(s.recv_buffer_bytes),
             out,
             unsent: None,
             spare: Vec::new(),
@@ -245,34 +226,23 @@ impl Conn {
 
     /// True when the connection can take more input now.
     pub fn wants_input(&self) -> bool {
-        if let Some(tls) = &self.tls {
-            return !self.peer_eof
-                && (self.linger_until.is_some() || tls.end < tls.cipher_in.len() || tls.start > 0);
-        }
-        !self.peer_eof
-            && (self.linger_until.is_some()
-                || self.recv_end < self.recv.len()
-                || self.recv_start > 0)
+        let buffer = match &self.tls {
+            Some(tls) => &tls.cipher_in,
+            None => &self.recv,
+        };
+        !self.peer_eof && (self.linger_until.is_some() || buffer.has_room())
     }
 
     /// Where the pump puts received bytes (empty when the buffer is full).
     /// While lingering, input is discarded, so the whole buffer is offered.
     pub fn input_space(&mut self) -> &mut [u8] {
         if self.linger_until.is_some() {
-            return &mut self.recv;
+            return self.recv.scratch();
         }
-        if let Some(tls) = &mut self.tls {
-            return tls.input_space();
+        match &mut self.tls {
+            Some(tls) => tls.cipher_in.space(),
+            None => self.recv.space(),
         }
-        if self.recv_start == self.recv_end {
-            self.recv_start = 0;
-            self.recv_end = 0;
-        } else if self.recv_start > 0 && self.recv_end == self.recv.len() {
-            self.recv.copy_within(self.recv_start..self.recv_end, 0);
-            self.recv_end -= self.recv_start;
-            self.recv_start = 0;
-        }
-        &mut self.recv[self.recv_end..]
     }
 
     /// `n` bytes were written into [`Conn::input_space`].
@@ -281,8 +251,8 @@ impl Conn {
             return;
         }
         match &mut self.tls {
-            Some(tls) => tls.end += n,
-            None => self.recv_end += n,
+            Some(tls) => tls.cipher_in.commit(n),
+            None => self.recv.commit(n),
         }
         self.last_activity = now;
     }
@@ -319,26 +289,18 @@ impl Conn {
         };
         let mut moved = false;
         loop {
-            if tls.start < tls.end {
+            if !tls.cipher_in.is_empty() {
                 let taken = tls
                     .layer
-                    .receive(&tls.cipher_in[tls.start..tls.end])
+                    .receive(tls.cipher_in.filled())
                     .map_err(io::Error::other)?;
-                tls.start += taken;
+                tls.cipher_in.consume(taken);
                 moved |= taken > 0;
             }
-            if self.recv_start == self.recv_end {
-                self.recv_start = 0;
-                self.recv_end = 0;
-            } else if self.recv_start > 0 && self.recv_end == self.recv.len() {
-                self.recv.copy_within(self.recv_start..self.recv_end, 0);
-                self.recv_end -= self.recv_start;
-                self.recv_start = 0;
-            }
-            let got = tls.layer.read_plaintext(&mut self.recv[self.recv_end..]);
-            self.recv_end += got;
+            let got = tls.layer.read_plaintext(self.recv.space());
+            self.recv.commit(got);
             moved |= got > 0;
-            if got == 0 || tls.start == tls.end {
+            if got == 0 || tls.cipher_in.is_empty() {
                 break;
             }
         }
@@ -367,10 +329,8 @@ impl Conn {
         if self.session.has_pending_output() {
             self.session.continue_output(&mut self.out);
         }
-        let step = self
-            .session
-            .handle_input(&self.recv[self.recv_start..self.recv_end], &mut self.out);
-        self.recv_start += step.consumed;
+        let step = self.session.handle_input(self.recv.filled(), &mut self.out);
+        self.recv.consume(step.consumed);
         let acted = step.effect.is_some();
         if let Some(effect) = step.effect {
             self.apply(effect, cx);
@@ -430,7 +390,7 @@ impl Conn {
             Effect::StartTls => {
                 // Anything the client pipelined after STLS is plaintext it must
                 // not have sent (the STARTTLS injection class of bugs): drop it.
-                self.recv_start = self.recv_end;
+                self.recv.clear();
                 let Some(reloader) = &cx.settings.tls else {
                     debug_assert!(false, "STLS offered without a certificate");
                     self.closing = true;
@@ -612,9 +572,8 @@ impl Conn {
         if self.out.is_empty()
             && let Some((layer, offer)) = self.stls_pending.take()
         {
-            self.recv_start = 0;
-            self.recv_end = 0;
-            self.tls = Some(Box::new(Tls::new(layer, self.recv.len())));
+            self.recv.clear();
+            self.tls = Some(Box::new(Tls::new(layer, self.recv.capacity())));
             self.session.tls_started(offer);
         }
     }

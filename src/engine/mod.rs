@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod body;
+pub mod buffer;
 pub mod conn;
 pub mod guard;
 pub mod listen;
