@@ -23,8 +23,13 @@ use crate::engine::conn::Outgoing;
 
 /// SQ entries per shard (the CQ gets four times as many).
 pub const SQ_ENTRIES: u32 = 1024;
-/// Receive buffers in the shard's provided-buffer ring.
-pub const RECV_BUFFERS: u16 = 1024;
+/// Receive buffers in the shard's provided-buffer ring. A buffer is held only
+/// from the kernel filling it until its bytes are copied into the connection,
+/// within one loop turn, so this bounds the receives completing in one turn,
+/// not the connections; running out is ENOBUFS and a re-armed recv. 256 × 4 KiB
+/// is 1 MiB per shard (1024 made idle memory look like 16 KiB a connection at
+/// 1,000 connections on two shards).
+pub const RECV_BUFFERS: u16 = 256;
 /// Bytes per receive buffer: a recv takes at most this much, and never more
 /// than the connection's free input space.
 pub const RECV_BUFFER_BYTES: usize = 4096;
