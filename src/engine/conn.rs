@@ -72,6 +72,33 @@ pub struct Context<'a> {
     pub guard: &'a Guard,
 }
 
+/// What every connection of a shard uses from it: one field of each pump, so
+/// a [`Context`] can be made while a connection is borrowed from the slab.
+pub struct Env {
+    /// The pool's job queue.
+    pub jobs: crossbeam_channel::Sender<Job>,
+    /// This shard's reply channel and waker.
+    pub reply: Reply,
+    /// Per-shard settings.
+    pub settings: Settings,
+    /// What the shards share (limits, guard, shutdown flag).
+    pub shared: Arc<super::shard::Shared>,
+}
+
+impl Env {
+    /// The context for the connection in `slot` at `now`.
+    pub fn cx(&self, slot: usize, now: Instant) -> Context<'_> {
+        Context {
+            jobs: &self.jobs,
+            reply: &self.reply,
+            settings: &self.settings,
+            now,
+            slot,
+            guard: &self.shared.guard,
+        }
+    }
+}
+
 /// Settings every connection of a shard shares.
 #[derive(Clone)]
 pub struct Settings {

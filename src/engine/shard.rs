@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::body::IOVECS_MAX;
-use super::conn::{Conn, Context, Settings, Status};
+use super::conn::{Conn, Context, Env, Settings, Status};
 use super::guard::{Admission, Guard};
 use super::timer::Timers;
 use super::waker::Waker;
@@ -152,11 +152,8 @@ pub struct Shard {
     /// Each with its implicit-TLS flag.
     listeners: Vec<(TcpListener, bool)>,
     waker: Arc<Waker>,
-    reply: Reply,
     done_rx: Receiver<Done>,
-    jobs: Sender<Job>,
-    settings: Settings,
-    shared: Arc<Shared>,
+    env: Env,
     entries: Slab<Entry>,
     timers: Timers,
     next_id: u64,
@@ -194,11 +191,13 @@ impl Shard {
             poll,
             listeners: mio_listeners,
             waker,
-            reply,
             done_rx,
-            jobs,
-            settings,
-            shared,
+            env: Env {
+                jobs,
+                reply,
+                settings,
+                shared,
+            },
             entries: Slab::new(),
             timers: Timers::default(),
             next_id: 0,
@@ -235,22 +234,21 @@ impl Shard {
             }
             self.completions(now);
             self.expire(now);
-            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
+            if self.env.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
                 return;
             }
         }
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        next.map(|when| when.saturating_duration_since(now))
+        crate::engine::timer::wait_for(
+            now,
+            [
+                self.timers.next(),
+                self.accept_paused_until,
+                self.shutdown_deadline,
+            ],
+        )
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
@@ -274,12 +272,12 @@ impl Shard {
                 }
             };
             self.next_id += 1;
-            let (conn, counted) = match self.shared.accept(
+            let (conn, counted) = match self.env.shared.accept(
                 self.id,
                 self.next_id,
                 peer,
                 implicit_tls,
-                &self.settings,
+                &self.env.settings,
                 now,
             ) {
                 Accepted::Serve { conn, counted } => (conn, counted),
@@ -296,7 +294,7 @@ impl Shard {
                 .register(&mut socket, Token(slot), interest)
             {
                 tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
-                self.shared.release(peer, counted);
+                self.env.shared.release(peer, counted);
                 continue;
             }
             self.entries.insert(Entry {
@@ -314,14 +312,7 @@ impl Shard {
         let Some(entry) = self.entries.get_mut(slot) else {
             return;
         };
-        let cx = Context {
-            jobs: &self.jobs,
-            reply: &self.reply,
-            settings: &self.settings,
-            now,
-            slot,
-            guard: &self.shared.guard,
-        };
+        let cx = self.env.cx(slot, now);
         let status = pump(entry, &cx);
         self.settle(slot, status);
     }
@@ -334,14 +325,7 @@ impl Shard {
             let Some(entry) = self.entries.get_mut(slot).filter(|e| e.conn.id == id) else {
                 continue;
             };
-            let cx = Context {
-                jobs: &self.jobs,
-                reply: &self.reply,
-                settings: &self.settings,
-                now,
-                slot,
-                guard: &self.shared.guard,
-            };
+            let cx = self.env.cx(slot, now);
             entry.conn.on_done(done, &cx);
             self.drive(slot, now);
         }
@@ -356,14 +340,7 @@ impl Shard {
                 continue;
             }
             entry.conn.armed_at = None;
-            let cx = Context {
-                jobs: &self.jobs,
-                reply: &self.reply,
-                settings: &self.settings,
-                now,
-                slot,
-                guard: &self.shared.guard,
-            };
+            let cx = self.env.cx(slot, now);
             match entry.conn.on_timer(&cx) {
                 Status::Close => {
                     // One attempt to deliver the last line, then drop it.
@@ -389,7 +366,7 @@ impl Shard {
                     let _ = self.poll.registry().deregister(l);
                 }
                 self.listeners.clear();
-                let d = now + self.shared.shutdown_grace;
+                let d = now + self.env.shared.shutdown_grace;
                 self.shutdown_deadline = Some(d);
                 tracing::info!(
                     shard = self.id,
@@ -422,7 +399,7 @@ impl Shard {
             return;
         }
         let conn = &mut self.entries[slot].conn;
-        let want = conn.next_wakeup(&self.settings);
+        let want = conn.next_wakeup(&self.env.settings);
         if conn.armed_at.is_none_or(|at| want < at) {
             conn.timer_gen += 1;
             conn.armed_at = Some(want);
@@ -434,7 +411,7 @@ impl Shard {
         let mut entry = self.entries.remove(slot);
         let _ = self.poll.registry().deregister(&mut entry.socket);
         entry.conn.log_end(self.id);
-        self.shared.release(entry.conn.peer, entry.counted);
+        self.env.shared.release(entry.conn.peer, entry.counted);
         // Dropping `entry` closes the socket and releases the mailbox lock.
     }
 }

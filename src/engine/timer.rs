@@ -37,6 +37,16 @@ impl Timers {
     }
 }
 
+/// How long a pump may wait: until the earliest of `deadlines` (timers,
+/// an accept retry, the end of a shutdown), or forever when there is none.
+pub fn wait_for(now: Instant, deadlines: [Option<Instant>; 3]) -> Option<std::time::Duration> {
+    deadlines
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|when| when.saturating_duration_since(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

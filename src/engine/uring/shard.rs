@@ -22,7 +22,7 @@ use slab::Slab;
 use super::inflight::{Kind, Op, Socket, UserData};
 use super::ops::{Cqe, Io, SendBuf};
 use super::sys::{EventFd, adopt_fd};
-use crate::engine::conn::{Conn, Context, Settings, Status};
+use crate::engine::conn::{Conn, Context, Env, Settings, Status};
 use crate::engine::shard::{Accepted, Shared};
 use crate::engine::timer::Timers;
 use crate::engine::waker::Waker;
@@ -58,11 +58,8 @@ pub struct Shard {
     io: Io,
     listeners: Vec<Option<Listener>>,
     waker: Arc<Waker>,
-    reply: Reply,
     done_rx: Receiver<Done>,
-    jobs: Sender<Job>,
-    settings: Settings,
-    shared: Arc<Shared>,
+    env: Env,
     entries: Slab<Entry>,
     timers: Timers,
     next_id: u64,
@@ -103,11 +100,13 @@ impl Shard {
                 })
                 .collect(),
             waker,
-            reply,
             done_rx,
-            jobs,
-            settings,
-            shared,
+            env: Env {
+                jobs,
+                reply,
+                settings,
+                shared,
+            },
             entries: Slab::new(),
             timers: Timers::default(),
             next_id: 0,
@@ -161,7 +160,7 @@ impl Shard {
             self.cqes = cqes;
             self.completions(now);
             self.expire(now);
-            if self.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
+            if self.env.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
                 break;
             }
         }
@@ -197,15 +196,14 @@ impl Shard {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let next = [
-            self.timers.next(),
-            self.accept_paused_until,
-            self.shutdown_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        next.map(|when| when.saturating_duration_since(now))
+        crate::engine::timer::wait_for(
+            now,
+            [
+                self.timers.next(),
+                self.accept_paused_until,
+                self.shutdown_deadline,
+            ],
+        )
     }
 
     /// Dispatches one completion to its owner.
@@ -281,12 +279,12 @@ impl Shard {
             Err(_) => return,
         };
         self.next_id += 1;
-        let (conn, counted) = match self.shared.accept(
+        let (conn, counted) = match self.env.shared.accept(
             self.id,
             self.next_id,
             peer,
             implicit_tls,
-            &self.settings,
+            &self.env.settings,
             now,
         ) {
             Accepted::Serve { conn, counted } => (conn, counted),
@@ -384,14 +382,7 @@ impl Shard {
         let Some(conn) = &mut entry.conn else {
             return;
         };
-        let cx = Context {
-            jobs: &self.jobs,
-            reply: &self.reply,
-            settings: &self.settings,
-            now,
-            slot,
-            guard: &self.shared.guard,
-        };
+        let cx = self.env.cx(slot, now);
         let status = pump(&mut self.io, slot, &mut entry.socket, conn, &cx);
         self.settle(slot, status);
     }
@@ -409,14 +400,7 @@ impl Shard {
             else {
                 continue;
             };
-            let cx = Context {
-                jobs: &self.jobs,
-                reply: &self.reply,
-                settings: &self.settings,
-                now,
-                slot,
-                guard: &self.shared.guard,
-            };
+            let cx = self.env.cx(slot, now);
             conn.on_done(done, &cx);
             self.drive(slot, now);
         }
@@ -431,14 +415,7 @@ impl Shard {
                 continue;
             }
             conn.armed_at = None;
-            let cx = Context {
-                jobs: &self.jobs,
-                reply: &self.reply,
-                settings: &self.settings,
-                now,
-                slot,
-                guard: &self.shared.guard,
-            };
+            let cx = self.env.cx(slot, now);
             match conn.on_timer(&cx) {
                 Status::Close => self.last_words(slot),
                 _ => self.drive(slot, now),
@@ -478,7 +455,7 @@ impl Shard {
                         None => *l = None,
                     }
                 }
-                let d = now + self.shared.shutdown_grace;
+                let d = now + self.env.shared.shutdown_grace;
                 self.shutdown_deadline = Some(d);
                 tracing::info!(
                     shard = self.id,
@@ -515,7 +492,7 @@ impl Shard {
         let Some(conn) = &mut self.entries[slot].conn else {
             return;
         };
-        let want = conn.next_wakeup(&self.settings);
+        let want = conn.next_wakeup(&self.env.settings);
         if conn.armed_at.is_none_or(|at| want < at) {
             conn.timer_gen += 1;
             conn.armed_at = Some(want);
@@ -532,7 +509,7 @@ impl Shard {
         }
         if let Some(conn) = entry.conn.take() {
             conn.log_end(self.id);
-            self.shared.release(conn.peer, entry.counted);
+            self.env.shared.release(conn.peer, entry.counted);
         }
         for ud in entry.socket.close() {
             self.io.cancel(ud);
