@@ -128,6 +128,11 @@ pub struct Auth {
     pub penalty_block_max_ms: u64,
     /// An address with no failure for this long starts afresh.
     pub penalty_window_ms: u64,
+    /// A file of at least 16 secret bytes that keys the SCRAM salts of
+    /// `{PLAIN}` and unknown users. Give every server of one passwd-file the
+    /// same file so a user's salt does not change between servers or
+    /// restarts; without it the secret is random per process.
+    pub scram_secret_file: Option<PathBuf>,
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
@@ -166,6 +171,7 @@ impl Default for Auth {
             penalty_block_ms: 30_000,
             penalty_block_max_ms: 15 * 60_000,
             penalty_window_ms: 5 * 60_000,
+            scram_secret_file: None,
         }
     }
 }

@@ -324,3 +324,114 @@ fn scram_sha_256_logins_with_stored_keys_and_plain_passwords(engine: Engine) {
     }
     server.wait_log("pop3 login failed (BadCredentials): user=<nobody>");
 }
+
+/// The salt a SCRAM server-first names for `user` (the exchange is then
+/// abandoned).
+fn scram_salt(server: &Server, user: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    // client-first "n,,n=USER,r=abcdefgh", base64 by python to keep it readable.
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!("import base64;print(base64.b64encode(b'n,,n={user},r=abcdefgh').decode())"),
+        ])
+        .output()
+        .unwrap();
+    let b64 = String::from_utf8(out.stdout).unwrap();
+    writer
+        .write_all(format!("AUTH SCRAM-SHA-256 {}\r\n", b64.trim()).as_bytes())
+        .unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import base64;print(base64.b64decode('{}').decode())",
+                line.trim_start_matches("+ ").trim()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let server_first = String::from_utf8(out.stdout).unwrap();
+    server_first
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("s="))
+        .expect("a salt")
+        .trim()
+        .to_string()
+}
+
+engine_test!(a_shared_scram_secret_keeps_salts_across_servers);
+fn a_shared_scram_secret_keeps_salts_across_servers(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("plainuser", "pencil");
+    std::fs::write(
+        tree.root().join("scram.secret"),
+        b"0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    let toml = format!(
+        "[auth]\nfailure_delay_ms = 0\nscram_secret_file = \"{}\"\n",
+        tree.root().join("scram.secret").display()
+    );
+    let first = Server::start_with(
+        &tree,
+        Opts {
+            toml: toml.clone(),
+            ..Opts::new(engine)
+        },
+    );
+    let second = Server::start_with(
+        &tree,
+        Opts {
+            toml,
+            ..Opts::new(engine)
+        },
+    );
+    for user in ["plainuser", "nosuchuser"] {
+        assert_eq!(
+            scram_salt(&first, user),
+            scram_salt(&second, user),
+            "{user}"
+        );
+    }
+    // Without the file each process picks its own secret.
+    let third = Server::start(&tree, engine);
+    assert_ne!(
+        scram_salt(&first, "plainuser"),
+        scram_salt(&third, "plainuser")
+    );
+    // A short secret stops startup.
+    std::fs::write(tree.root().join("short.secret"), b"short").unwrap();
+    let out = shardpop()
+        .args(["serve", "--listen", "127.0.0.1:0", "--engine", "epoll"])
+        .arg("--passwd-file")
+        .arg(tree.passwd())
+        .arg("--mail-location")
+        .arg(tree.location())
+        .arg("--config")
+        .arg({
+            let p = tree.root().join("short.toml");
+            std::fs::write(
+                &p,
+                format!(
+                    "[auth]\nscram_secret_file = \"{}\"\n",
+                    tree.root().join("short.secret").display()
+                ),
+            )
+            .unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a SCRAM secret needs at least 16 bytes")
+    );
+}

@@ -366,9 +366,10 @@ impl Passdb {
     ///   unless the entry has `nologin` or `fail`.
     /// - Unknown users, names the passdb refuses, users without a password:
     ///   made-up keys that look like a real user's and can never succeed.
-    /// - `Ok(None)`: the user exists but their stored password cannot do
-    ///   SCRAM (crypt and digest schemes, `nopassword`); the caller fails the
-    ///   exchange now. This does tell a client that such a user exists.
+    /// - Users whose stored password cannot do SCRAM (crypt and digest
+    ///   schemes, `nopassword`): made-up keys too, so their exchange fails at
+    ///   the proof like a wrong password and does not reveal the user.
+    /// - `Ok(None)` is not returned today; callers still treat it as a failure.
     /// - `Err` only when the passwd-file cannot be read.
     pub fn scram_credentials(&self, user: &str) -> Result<Option<ScramCredentials>, AuthError> {
         let key = lookup_key(user);
@@ -386,10 +387,12 @@ impl Passdb {
                 (None, Some(plaintext)) => {
                     ScramKeys::derive(plaintext, &self.scram_salt(&key), SCRAM_PLAIN_ITERATIONS)
                 }
-                (None, None) => return Ok(None),
+                // A crypt or digest hash cannot do SCRAM. Made-up keys make
+                // the exchange fail at the proof, like a wrong password,
+                // instead of early, which would tell a client the user exists.
+                (None, None) => return Ok(Some(self.scram_fake(&table, &key))),
             },
-            Password::Locked => return Ok(Some(self.scram_fake(&table, &key))),
-            Password::Any => return Ok(None),
+            Password::Locked | Password::Any => return Ok(Some(self.scram_fake(&table, &key))),
         };
         let user = admit(true, key, entry);
         Ok(Some(ScramCredentials::new(keys, user)))

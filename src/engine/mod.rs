@@ -84,7 +84,18 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
     let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
-    let passdb = Passdb::open(passwd_file).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut passdb = Passdb::open(passwd_file).map_err(|e| StartError::Config(e.to_string()))?;
+    if let Some(path) = &config.auth.scram_secret_file {
+        let secret = std::fs::read(path)
+            .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
+        if secret.len() < 16 {
+            return Err(StartError::Config(format!(
+                "{}: a SCRAM secret needs at least 16 bytes",
+                path.display()
+            )));
+        }
+        passdb = passdb.with_scram_secret(&secret);
+    }
     let location = MailLocation::parse(config.mail.location.as_deref().expect("validated"))
         .map_err(|e| StartError::Config(e.to_string()))?;
     if config.auth.apop && !passdb.has_plaintext() {
