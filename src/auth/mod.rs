@@ -32,6 +32,8 @@ mod passdb;
 mod passwd_file;
 pub mod sasl;
 mod scheme;
+#[cfg(test)]
+pub(crate) mod test_fixture;
 mod user;
 mod username;
 

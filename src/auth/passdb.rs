@@ -269,7 +269,10 @@ impl Passdb {
         Passdb::open_with_interval(path, RELOAD_CHECK_INTERVAL)
     }
 
-    fn open_with_interval(path: &Path, check_interval: Duration) -> Result<Passdb, AuthError> {
+    pub(crate) fn open_with_interval(
+        path: &Path,
+        check_interval: Duration,
+    ) -> Result<Passdb, AuthError> {
         let table = load(path)?;
         tracing::info!(
             path = %path.display(),

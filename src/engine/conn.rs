@@ -86,6 +86,33 @@ pub struct Env {
 }
 
 impl Env {
+    /// A shard's environment, and the receiving end of its completion
+    /// channel (the pool answers on `reply.to` and wakes `waker`).
+    pub fn new(
+        jobs: crossbeam_channel::Sender<Job>,
+        settings: Settings,
+        shared: Arc<super::shard::Shared>,
+        waker: Arc<super::waker::Waker>,
+    ) -> (Env, crossbeam_channel::Receiver<super::worker::Done>) {
+        let (to, done_rx) = crossbeam_channel::unbounded();
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        let reply = Reply {
+            to,
+            waker,
+            conn: ConnRef { slot: 0, id: 0 },
+            peer: unset,
+        };
+        (
+            Env {
+                jobs,
+                reply,
+                settings,
+                shared,
+            },
+            done_rx,
+        )
+    }
+
     /// The context for the connection in `slot` at `now`.
     pub fn cx(&self, slot: usize, now: Instant) -> Context<'_> {
         Context {

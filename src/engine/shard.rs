@@ -22,7 +22,7 @@ use super::conn::{Conn, Context, Env, Settings, Status};
 use super::guard::{Admission, Guard};
 use super::timer::Timers;
 use super::waker::Waker;
-use super::worker::{ConnRef, Done, Job, Reply};
+use super::worker::{ConnRef, Done, Job};
 use crate::config::PlaintextAuth;
 use crate::protocol::{Limits, Offer, Session};
 
@@ -179,25 +179,14 @@ impl Shard {
                 .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
             mio_listeners.push((l, tls));
         }
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let reply = Reply {
-            to: done_tx,
-            waker: Arc::clone(&waker),
-            conn: ConnRef { slot: 0, id: 0 },
-            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
+        let (env, done_rx) = Env::new(jobs, settings, shared, Arc::clone(&waker));
         Ok(Shard {
             id,
             poll,
             listeners: mio_listeners,
             waker,
             done_rx,
-            env: Env {
-                jobs,
-                reply,
-                settings,
-                shared,
-            },
+            env,
             entries: Slab::new(),
             timers: Timers::default(),
             next_id: 0,

@@ -11,31 +11,7 @@ const CRYPT_DEFAULT_ROUNDS: &str = "{SHA512-CRYPT}$6$8g0WO6M1HHMV2gH3$VeZNPPksMG
 /// `doveadm pw -s SSHA256 -p secret`.
 const SSHA256_SECRET: &str = "{SSHA256}q4xGlg00t2xe4MFDpLhKIjS1QRFw8Ipe38NxKXz85G7MjHVG";
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Fixture {
-    fn new(text: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        fs::write(&path, text).unwrap();
-        Fixture { dir, path }
-    }
-
-    /// A passdb that checks the file on every lookup.
-    fn open(&self) -> Passdb {
-        Passdb::open_with_interval(&self.path, Duration::ZERO).unwrap()
-    }
-
-    /// Replaces the file by rename, as editors and config tools do.
-    fn replace(&self, text: &str) {
-        let next = self.dir.path().join("users.new");
-        fs::write(&next, text).unwrap();
-        fs::rename(&next, &self.path).unwrap();
-    }
-}
+use crate::auth::test_fixture::Fixture;
 
 fn users() -> String {
     format!(

@@ -10,7 +10,6 @@
 //! until the cancelled operations complete, and only then is its descriptor
 //! closed (through the ring) and its slot freed.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +25,7 @@ use crate::engine::conn::{Conn, Context, Env, Settings, Status};
 use crate::engine::shard::{Accepted, Shared};
 use crate::engine::timer::Timers;
 use crate::engine::waker::Waker;
-use crate::engine::worker::{ConnRef, Done, Job, Reply};
+use crate::engine::worker::{ConnRef, Done, Job};
 
 /// After EMFILE/ENFILE, wait this long before accepting again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -79,13 +78,7 @@ impl Shard {
     ) -> std::io::Result<Shard> {
         let io = Io::new()?;
         let waker = Arc::new(Waker::Uring(EventFd::new()?));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let reply = Reply {
-            to: done_tx,
-            waker: Arc::clone(&waker),
-            conn: ConnRef { slot: 0, id: 0 },
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
+        let (env, done_rx) = Env::new(jobs, settings, shared, Arc::clone(&waker));
         let mut shard = Shard {
             id,
             io,
@@ -101,12 +94,7 @@ impl Shard {
                 .collect(),
             waker,
             done_rx,
-            env: Env {
-                jobs,
-                reply,
-                settings,
-                shared,
-            },
+            env,
             entries: Slab::new(),
             timers: Timers::default(),
             next_id: 0,

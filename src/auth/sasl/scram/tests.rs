@@ -2,7 +2,6 @@
 //! here from RFC 5802 (ring primitives only, none of the server's helpers),
 //! and against a passwd-file through `Passdb::scram_credentials`.
 
-use std::fs;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
@@ -44,23 +43,7 @@ fn users() -> String {
     )
 }
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Fixture {
-    fn new(text: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users");
-        fs::write(&path, text).unwrap();
-        Fixture { _dir: dir, path }
-    }
-
-    fn open(&self) -> Passdb {
-        Passdb::open(&self.path).unwrap()
-    }
-}
+use crate::auth::test_fixture::Fixture;
 
 fn entry(name: &str) -> UserEntry {
     UserEntry {
