@@ -222,6 +222,9 @@ pub struct Limits {
     pub output_buffer_bytes: usize,
     /// Receive buffer per connection (pipelined commands waiting their turn).
     pub recv_buffer_bytes: usize,
+    /// Jobs (logins, commits) waiting for a worker before new ones are
+    /// answered `-ERR [SYS/TEMP]` at once: a shard never waits for the pool.
+    pub worker_queue_max: usize,
 }
 
 impl Default for Limits {
@@ -236,6 +239,7 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             output_buffer_bytes: 64 * 1024,
             recv_buffer_bytes: 4096,
+            worker_queue_max: 1024,
         }
     }
 }
@@ -306,6 +310,9 @@ impl Config {
         }
         if l.bad_commands_max == 0 {
             return invalid("limits.bad_commands_max must be at least 1");
+        }
+        if l.worker_queue_max == 0 {
+            return invalid("limits.worker_queue_max must be at least 1");
         }
         if l.autologout_ms < 600_000 {
             tracing::warn!(

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Engine, Opts, Server, Tree, crlf};
+use common::{Engine, Opts, Server, Tree, crlf, python};
 use tls_fixture::TestCa;
 
 struct Setup {
@@ -57,20 +57,6 @@ fn setup(engine: Engine, extra_toml: &str) -> Setup {
         server,
         big,
     }
-}
-
-fn python(script: &str) -> String {
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 engine_test!(poplib_stls_and_pop3_ssl_fetch_byte_exact);

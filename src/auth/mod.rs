@@ -42,7 +42,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use passdb::{Passdb, SCRAM_PLAIN_ITERATIONS};
-pub use sasl::{ScramCredentials, ScramError, ScramServer};
+pub use sasl::{ScramCredentials, ScramError, ScramExchange, ScramNext, ScramServer};
 pub use scheme::{Scheme, hash_password};
 pub use user::UserEntry;
 pub use username::valid_username;

@@ -1,16 +1,18 @@
 //! The engine moves bytes and runs blocking work; it holds no protocol rules.
 //!
-//! - `shard.rs`: one thread per core, each with its own mio `Poll` (epoll),
-//!   its own SO_REUSEPORT listener per address, a slab of connections and a
-//!   timer heap.
-//! - `conn.rs`: the one `Conn` type, which pumps bytes between a socket and
-//!   a `protocol::Session` and streams bodies from the mmap.
-//! - `worker.rs`: the crossbeam worker pool for hashing, scans and unlinks;
-//!   results come back on the shard's channel and wake it through its Waker.
+//! - `shard.rs`: the shard core, one per thread: connections, timers,
+//!   admission, pool completions, expiry and graceful shutdown, written once
+//!   over the [`backend::Backend`] contract (`backend.rs`).
+//! - `epoll.rs` (mio) and `uring/` (io_uring): the two backends; they only
+//!   move bytes and import the core's contract, never each other.
+//! - `conn/`: the one `Conn` both backends serve, split by concern
+//!   (byte plumbing and TLS, effect dispatch, body streaming).
+//! - `context.rs`: one context per lifetime (process, shard, call).
+//! - `worker.rs`: the bounded worker pool for hashing, scans and unlinks;
+//!   results come back on the shard's bounded channel and wake it.
 //! - `listen.rs`: binding the SO_REUSEPORT listeners with socket2.
-//! - `uring/`: the io_uring shard, a completion pump around the same `Conn`
-//!   (the only place in the engine with `unsafe`).
-//! - `waker.rs`: how the pool and the signal thread wake either kind of shard.
+//! - `waker.rs`: the one wake trait both backends implement.
+//! - `error.rs`: why a connection ends, typed so the log level follows.
 //!
 //! The backend is chosen once at startup (`server.engine`, `--engine`):
 //! `auto` probes io_uring and falls back to epoll with one log line.
@@ -20,9 +22,13 @@
 // `deny`, not `forbid`: `uring/` opts out; every other file forbids it.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod body;
 pub mod buffer;
 pub mod conn;
+pub mod context;
+pub mod epoll;
+pub mod error;
 pub mod guard;
 pub mod listen;
 pub mod privilege;
@@ -33,23 +39,42 @@ pub mod waker;
 pub mod worker;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
 
-use crate::auth::Passdb;
-use crate::config::{Config, Engine};
-use crate::protocol::Limits;
-use crate::store::MailLocation;
+use crate::auth::{AuthError, Passdb};
+use crate::config::{Config, ConfigError, Engine};
+use crate::store::{FormatError, LocationError, MailLocation};
+use crate::tls::TlsError;
+use context::{Local, Process};
 
-/// Why the server could not start.
+/// Why the server could not start; each cause keeps its source.
 #[derive(Debug)]
 pub enum StartError {
-    /// The configuration is unusable.
-    Config(String),
+    /// The configuration does not validate.
+    Config(ConfigError),
+    /// The passdb could not be loaded.
+    Passdb(AuthError),
+    /// The SCRAM secret file could not be read.
+    ScramSecret {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The SCRAM secret file holds fewer than 16 bytes.
+    ScramSecretShort(PathBuf),
+    /// The mail location is not usable.
+    Location(LocationError),
+    /// The UIDL format is not usable.
+    UidlFormat(FormatError),
+    /// The TLS certificate or key is not usable.
+    Tls(TlsError),
     /// A listener could not be bound.
     Bind(std::net::SocketAddr, std::io::Error),
+    /// Root privileges could not be dropped as configured.
+    Privilege(privilege::PrivilegeError),
     /// The OS refused a poll, ring, thread or signal handler.
     Os(std::io::Error),
     /// `--engine uring` was asked for and the kernel refuses io_uring.
@@ -59,8 +84,21 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::Config(s) => f.write_str(s),
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Passdb(e) => write!(f, "{e}"),
+            StartError::ScramSecret { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            StartError::ScramSecretShort(path) => write!(
+                f,
+                "{}: a SCRAM secret needs at least 16 bytes",
+                path.display()
+            ),
+            StartError::Location(e) => write!(f, "{e}"),
+            StartError::UidlFormat(e) => write!(f, "{e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
             StartError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            StartError::Privilege(e) => write!(f, "{e}"),
             StartError::Os(e) => write!(f, "{e}"),
             StartError::Uring(why) => write!(
                 f,
@@ -70,37 +108,56 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Passdb(e) => Some(e),
+            StartError::ScramSecret { source, .. } => Some(source),
+            StartError::Location(e) => Some(e),
+            StartError::UidlFormat(e) => Some(e),
+            StartError::Tls(e) => Some(e),
+            StartError::Bind(_, e) | StartError::Os(e) => Some(e),
+            StartError::Privilege(e) => Some(e),
+            StartError::ScramSecretShort(_) | StartError::Uring(_) => None,
+        }
+    }
+}
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn serve(config: &Config) -> Result<(), StartError> {
     serve_with(config, |_| {})
 }
 
-/// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
-/// once every listener is up.
-pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Result<(), StartError> {
-    config
-        .validate()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+/// Loads the passdb (with the operator's SCRAM secret, if any).
+fn load_passdb(config: &Config) -> Result<Passdb, StartError> {
     let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
-    let mut passdb = Passdb::open(passwd_file).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut passdb = Passdb::open(passwd_file).map_err(StartError::Passdb)?;
     if let Some(path) = &config.auth.scram_secret_file {
-        let secret = std::fs::read(path)
-            .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let secret = std::fs::read(path).map_err(|source| StartError::ScramSecret {
+            path: path.clone(),
+            source,
+        })?;
         if secret.len() < 16 {
-            return Err(StartError::Config(format!(
-                "{}: a SCRAM secret needs at least 16 bytes",
-                path.display()
-            )));
+            return Err(StartError::ScramSecretShort(path.clone()));
         }
         passdb = passdb.with_scram_secret(&secret);
     }
-    let location = MailLocation::parse(config.mail.location.as_deref().expect("validated"))
-        .map_err(|e| StartError::Config(e.to_string()))?;
     if config.auth.apop && !passdb.has_plaintext() {
         tracing::warn!("APOP is enabled but no user has a plaintext password: nobody can use it");
     }
+    Ok(passdb)
+}
+
+/// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
+/// once every listener is up.
+pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let passdb = load_passdb(config)?;
+    let location = MailLocation::parse(config.mail.location.as_deref().expect("validated"))
+        .map_err(StartError::Location)?;
+    let uidl_format = crate::store::UidlFormat::parse(&config.mail.pop3_uidl_format)
+        .map_err(StartError::UidlFormat)?;
 
     let backend = choose(config.server.engine)?;
     let shards = config.shards();
@@ -111,8 +168,7 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
                 key: key.clone(),
             };
             Some(Arc::new(
-                crate::tls::TlsReloader::new(files)
-                    .map_err(|e| StartError::Config(e.to_string()))?,
+                crate::tls::TlsReloader::new(files).map_err(StartError::Tls)?,
             ))
         }
         _ => None,
@@ -135,60 +191,40 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     ) {
         Ok(Some(identity)) => tracing::info!(%identity, "dropped root privileges"),
         Ok(None) => {}
-        Err(e) => return Err(StartError::Config(e)),
+        Err(e) => return Err(StartError::Privilege(e)),
     }
 
-    let uidl_format = crate::store::UidlFormat::parse(&config.mail.pop3_uidl_format)
-        .map_err(|e| StartError::Config(e.to_string()))?;
     let ctx = Arc::new(worker::LoginContext {
         passdb,
         location,
         uidl_format,
     });
-    let (jobs, workers) = worker::start(config.workers(), ctx);
-    let shared = Arc::new(shard::Shared {
-        shutdown: AtomicBool::new(false),
-        shutdown_grace: Duration::from_millis(config.limits.shutdown_grace_ms),
-        limits: Limits {
-            line_bytes_max: config.limits.line_bytes_max,
-            bad_commands_max: config.limits.bad_commands_max,
-            commands_before_login_max: config.limits.commands_before_login_max,
-            output_high_water_bytes: config.limits.output_buffer_bytes,
-        },
-        apop: config.auth.apop,
-        hostname: hostname(),
-        plaintext_auth: config.auth.plaintext_auth,
-        guard: guard::Guard::new(guard::GuardConfig::new(
-            &config.auth,
-            config.limits.connections_per_address_max,
-        )),
-    });
+    let (jobs, job_rx) = worker::Jobs::bounded(config.limits.worker_queue_max);
+    let workers = worker::start(config.workers(), job_rx, ctx);
+    let guard = guard::Guard::new(guard::GuardConfig::new(
+        &config.auth,
+        config.limits.connections_per_address_max,
+    ));
+    let process = Arc::new(Process::new(config, guard, tls.clone(), jobs));
 
-    let (wakers, threads) = start_shards(backend, listeners, config, tls.clone(), &jobs, &shared)?;
-    drop(jobs);
+    let (wakers, threads) = start_shards(backend, listeners, &process)?;
     ready(&bound);
 
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Os)?;
     let signal_handle = signals.handle();
+    let signal_process = Arc::clone(&process);
     let watcher = thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    // New certificates for new connections; sessions keep theirs.
-                    match &tls {
-                        Some(reloader) => match reloader.reload() {
-                            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate"),
-                        },
-                        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
-                    }
+                    reload_tls(tls.as_deref());
                     continue;
                 }
                 tracing::info!(signal, "shutdown requested");
-                shared.shutdown.store(true, Ordering::Relaxed);
+                signal_process.request_shutdown();
                 for w in &wakers {
                     let _ = w.wake();
                 }
@@ -200,8 +236,9 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     for t in threads {
         let _ = t.join();
     }
-    // Every shard has exited, so every job sender is gone: workers finish
-    // what they hold (a QUIT's deletions included) and stop.
+    // Every shard has exited; dropping the last job queue handle lets the
+    // workers finish what they hold (a QUIT's deletions included) and stop.
+    drop(process);
     for w in workers {
         let _ = w.join();
     }
@@ -211,45 +248,33 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     Ok(())
 }
 
+/// SIGHUP: new certificates for new connections; sessions keep theirs.
+fn reload_tls(tls: Option<&crate::tls::TlsReloader>) {
+    match tls {
+        Some(reloader) => match reloader.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+            }
+        },
+        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+    }
+}
+
 /// A running shard's thread.
 type ShardThread = thread::JoinHandle<()>;
 
 /// One shard thread per listener set, on `backend`; returns their wakers
 /// (for the signal thread) and join handles.
 fn start_shards(
-    backend: Backend,
+    backend: Kind,
     listeners: Vec<listen::ShardListeners>,
-    config: &Config,
-    tls: Option<Arc<crate::tls::TlsReloader>>,
-    jobs: &crossbeam_channel::Sender<worker::Job>,
-    shared: &Arc<shard::Shared>,
-) -> Result<(Vec<Arc<waker::Waker>>, Vec<ShardThread>), StartError> {
-    let shards = listeners.len();
-    let mut wakers = Vec::with_capacity(shards);
-    let mut threads = Vec::with_capacity(shards);
+    process: &Arc<Process>,
+) -> Result<(Vec<waker::Waker>, Vec<ShardThread>), StartError> {
+    let mut wakers = Vec::with_capacity(listeners.len());
+    let mut threads = Vec::with_capacity(listeners.len());
     for (id, own) in listeners.into_iter().enumerate() {
-        let settings = conn::Settings {
-            shard: id,
-            login_timeout: config.login_timeout(),
-            autologout: config.autologout(),
-            output_buffer_bytes: config.limits.output_buffer_bytes,
-            recv_buffer_bytes: config.limits.recv_buffer_bytes,
-            tls: tls.clone(),
-            plaintext_auth: config.auth.plaintext_auth,
-        };
-        let (waker, handle) = match backend {
-            Backend::Epoll => {
-                let shard = shard::Shard::new(id, own, jobs.clone(), settings, Arc::clone(shared))
-                    .map_err(StartError::Os)?;
-                let waker = shard.waker();
-                let handle = thread::Builder::new()
-                    .name(format!("shard-{id}"))
-                    .spawn(move || shard.run())
-                    .map_err(StartError::Os)?;
-                (waker, handle)
-            }
-            Backend::Uring => start_uring(id, own, jobs.clone(), settings, Arc::clone(shared))?,
-        };
+        let (waker, handle) = start_shard(backend, id, own, Arc::clone(process))?;
         wakers.push(waker);
         threads.push(handle);
     }
@@ -258,80 +283,92 @@ fn start_shards(
 
 /// The pump the shards run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+enum Kind {
     Epoll,
     Uring,
 }
 
 /// Resolves `server.engine`, probing io_uring when it may be used, and logs
 /// the choice once with its reason.
-fn choose(engine: Engine) -> Result<Backend, StartError> {
+fn choose(engine: Engine) -> Result<Kind, StartError> {
     match engine {
         Engine::Epoll => {
             tracing::info!("engine: epoll (configured)");
-            Ok(Backend::Epoll)
+            Ok(Kind::Epoll)
         }
         Engine::Uring => match uring::probe() {
             Ok(()) => {
                 tracing::info!(
                     "engine: io_uring (configured; the kernel supports every operation used)"
                 );
-                Ok(Backend::Uring)
+                Ok(Kind::Uring)
             }
             Err(why) => Err(StartError::Uring(why)),
         },
         Engine::Auto => match uring::probe() {
             Ok(()) => {
                 tracing::info!("engine: io_uring (auto: the kernel supports every operation used)");
-                Ok(Backend::Uring)
+                Ok(Kind::Uring)
             }
             Err(why) => {
                 tracing::warn!("engine: epoll (auto: io_uring refused: {why})");
-                Ok(Backend::Epoll)
+                Ok(Kind::Epoll)
             }
         },
     }
 }
 
-/// Starts an io_uring shard on its own thread: the ring is created there
-/// (SINGLE_ISSUER ties it to the creating thread), and the thread reports
-/// back before `serve` goes on, so a failure still stops startup.
-fn start_uring(
+/// Runs a shard on the backend `made` (reporting its waker, or why it
+/// could not be made, to the starting thread) until it exits.
+fn run_shard<B: backend::Backend>(
+    made: std::io::Result<(B, waker::Waker)>,
+    core: impl FnOnce(&waker::Waker) -> shard::ShardCore,
+    started: &std::sync::mpsc::SyncSender<std::io::Result<waker::Waker>>,
+) {
+    match made {
+        Ok((io, waker)) => {
+            let core = core(&waker);
+            let _ = started.send(Ok(waker));
+            core.run(io);
+        }
+        Err(e) => drop(started.send(Err(e))),
+    }
+}
+
+/// Starts shard `id` on its own thread. The backend is created there (an
+/// io_uring ring is SINGLE_ISSUER: tied to the thread that creates it), and
+/// the thread reports back before `serve` goes on, so a failure still stops
+/// startup.
+fn start_shard(
+    kind: Kind,
     id: usize,
     own: listen::ShardListeners,
-    jobs: crossbeam_channel::Sender<worker::Job>,
-    settings: conn::Settings,
-    shared: Arc<shard::Shared>,
-) -> Result<(Arc<waker::Waker>, ShardThread), StartError> {
+    process: Arc<Process>,
+) -> Result<(waker::Waker, ShardThread), StartError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let handle = thread::Builder::new()
         .name(format!("shard-{id}"))
-        .spawn(
-            move || match uring::Shard::new(id, own, jobs, settings, shared) {
-                Ok(shard) => {
-                    let _ = tx.send(Ok(shard.waker()));
-                    shard.run();
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            },
-        )
+        .spawn(move || {
+            let (sockets, listener_tls): (Vec<_>, Vec<_>) = own.into_iter().unzip();
+            let core = |waker: &waker::Waker| {
+                let (port, done_rx) = worker::ShardPort::new(Arc::clone(waker));
+                let local = Local { shard: id, port };
+                shard::ShardCore::new(local, process, done_rx, listener_tls)
+            };
+            match kind {
+                Kind::Epoll => run_shard(epoll::Epoll::new(sockets), core, &tx),
+                Kind::Uring => run_shard(uring::Uring::new(sockets), core, &tx),
+            }
+        })
         .map_err(StartError::Os)?;
     match rx.recv() {
         Ok(Ok(waker)) => Ok((waker, handle)),
         Ok(Err(e)) => Err(StartError::Os(std::io::Error::new(
             e.kind(),
-            format!("io_uring shard {id}: {e}"),
+            format!("shard {id}: {e}"),
         ))),
         Err(_) => Err(StartError::Os(std::io::Error::other(
-            "an io_uring shard thread died while starting",
+            "a shard thread died while starting",
         ))),
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }

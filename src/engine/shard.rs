@@ -1,236 +1,132 @@
-//! One shard on epoll (mio): a thread with its own `Poll`, its own
-//! SO_REUSEPORT listeners, a slab of (socket, `Conn`), a timer heap and a
-//! completion channel that the worker pool fills and wakes through a mio
-//! `Waker`. Nothing here is shared with other shards except the job queue and
-//! the shutdown flag. This file is the readiness pump: it moves bytes between
-//! sockets and the I/O-free `Conn`.
+//! The shard core: every rule about a shard's connections, written once for
+//! both backends. It owns the connections, their timers, admission (the
+//! per-address guard, implicit TLS, the greeting), the worker pool's
+//! completions, idle expiry and graceful shutdown; a [`Backend`] only moves
+//! bytes (see `backend.rs` for the contract).
+//!
+//! Queues and their bounds:
+//! - accepted connections waiting to be admitted: at most
+//!   [`ACCEPTS_PER_TURN`] are admitted per loop turn, so a connection flood
+//!   cannot starve established sessions of loop turns; the rest wait in the
+//!   shard's accept queue. When that queue holds [`PENDING_ACCEPTS_MAX`], the
+//!   shard stops accepting (new clients wait in the kernel's listen backlog)
+//!   until it has drained to half. A completion backend may report what the
+//!   kernel had already accepted when it was told to stop: the queue can
+//!   exceed its bound by at most one wait's completions.
+//! - completions from the pool: drained whole every turn (the channel's own
+//!   bound is in `worker.rs`).
 #![forbid(unsafe_code)]
 
-use std::io::{self, IoSlice, Read, Write};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use crossbeam_channel::Receiver;
 use slab::Slab;
 
-use super::body::IOVECS_MAX;
-use super::conn::{Conn, Context, Env, Settings, Status};
-use super::guard::{Admission, Guard};
+use super::backend::{Backend, Closed, Event, Received};
+use super::conn::{Conn, Status};
+use super::context::{Cx, Local, Process};
+use super::error::ConnError;
+use super::guard::Admission;
 use super::timer::Timers;
-use super::waker::Waker;
-use super::worker::{ConnRef, Done, Job};
-use crate::config::PlaintextAuth;
-use crate::protocol::{Limits, Offer, Session};
+use super::worker::{ConnRef, Done};
 
-const WAKER: Token = Token(usize::MAX);
-const LISTENER_BASE: usize = usize::MAX - 1;
+/// New connections admitted per loop turn at most.
+pub const ACCEPTS_PER_TURN: usize = 64;
+/// Accepted connections a shard holds before it stops accepting.
+pub const PENDING_ACCEPTS_MAX: usize = 1024;
 /// After EMFILE/ENFILE, wait this long before accepting again (the backlog
-/// keeps the clients; the listener is edge-triggered, so the timer retries).
+/// keeps the clients).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// What a shard shares with the rest of the process.
-pub struct Shared {
-    /// Set by the signal handler.
-    pub shutdown: AtomicBool,
-    /// How long sessions may finish after shutdown starts.
-    pub shutdown_grace: Duration,
-    /// Protocol limits for every session.
-    pub limits: Limits,
-    /// Whether APOP challenges go in the greeting.
-    pub apop: bool,
-    /// Host name for APOP challenges.
-    pub hostname: String,
-    /// Where plaintext logins are allowed.
-    pub plaintext_auth: PlaintextAuth,
-    /// Per-address defences, shared by every shard.
-    pub guard: Guard,
+/// A connection slot: the connection while it is open, and whether it holds
+/// a per-address slot in the guard. `conn` is `None` while the backend
+/// still holds the closed connection's socket.
+struct Slot {
+    conn: Option<Conn>,
+    counted: bool,
 }
 
-impl Shared {
-    /// A new session for a connection accepted by `shard` as its `id`th.
-    pub fn session(
-        &self,
-        shard: usize,
-        id: u64,
-        peer: std::net::SocketAddr,
-        tls: bool,
-        stls: bool,
-    ) -> Session {
-        let challenge = self.apop.then(|| {
-            format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
-        });
-        let offer = Offer {
-            plaintext_auth: self.plaintext_auth.allows(tls, peer.ip()),
-            stls,
-        };
-        Session::new(self.limits, offer, challenge)
-    }
-}
-
-/// What to do with a client that was just accepted; the same for both pumps.
-pub enum Accepted {
-    /// Serve it. `counted`: it holds a per-address slot in the guard,
-    /// released with [`Shared::release`] when it closes.
-    Serve {
-        /// The connection, greeting queued.
-        conn: Box<Conn>,
-        /// Holds a guard slot.
-        counted: bool,
-    },
+/// What admission decided for a new client.
+enum Admitted {
+    /// Serve it; `counted`: it holds a guard slot until it closes.
+    Serve { conn: Box<Conn>, counted: bool },
     /// Send this line (if the socket takes it at once) and close.
     Refuse(&'static [u8]),
 }
 
-impl Shared {
-    /// Admits a client accepted by `shard` (guard, TLS, session) and builds
-    /// its connection.
-    pub fn accept(
-        &self,
-        shard: usize,
-        id: u64,
-        peer: SocketAddr,
-        implicit_tls: bool,
-        settings: &Settings,
-        now: Instant,
-    ) -> Accepted {
-        let counted = match self.guard.admit(peer.ip(), now) {
-            Admission::Admit { counted } => counted,
-            refused => {
-                tracing::info!("pop3 connection refused ({refused:?}): rip={}", peer.ip());
-                return Accepted::Refuse(match refused {
-                    Admission::TooManyConnections => b"-ERR [SYS/TEMP] Too many connections from your address.\r\n",
-                    _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
-                });
-            }
-        };
-        let tls = match (implicit_tls, &settings.tls) {
-            (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
-                Ok(layer) => Some(layer),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start TLS for a new connection");
-                    if counted {
-                        self.guard.release(peer.ip());
-                    }
-                    return Accepted::Refuse(b"");
-                }
-            },
-            _ => None,
-        };
-        let stls = tls.is_none() && settings.tls.is_some();
-        let session = self.session(shard, id, peer, tls.is_some(), stls);
-        Accepted::Serve {
-            conn: Box::new(Conn::new(id, peer, session, settings, now, tls)),
-            counted,
-        }
-    }
-
-    /// A connection that held a guard slot closed.
-    pub fn release(&self, peer: SocketAddr, counted: bool) {
-        if counted {
-            self.guard.release(peer.ip());
-        }
-    }
-}
-
-/// A socket and its connection.
-struct Entry {
-    socket: TcpStream,
-    conn: Conn,
-    /// Holds a per-address connection slot in the guard.
-    counted: bool,
-}
-
-/// A shard before its thread starts: created on the main thread so that a
-/// bind or poll error stops startup with a clear message.
-pub struct Shard {
-    id: usize,
-    poll: Poll,
-    /// Each with its implicit-TLS flag.
-    listeners: Vec<(TcpListener, bool)>,
-    waker: Arc<Waker>,
+/// One shard's connections and the rules they live by.
+pub struct ShardCore {
+    local: Local,
+    process: Arc<Process>,
     done_rx: Receiver<Done>,
-    env: Env,
-    entries: Slab<Entry>,
+    /// Per listener index: implicit TLS (RFC 8314).
+    listener_tls: Vec<bool>,
+    slots: Slab<Slot>,
     timers: Timers,
     next_id: u64,
+    /// Accepted, not yet admitted: (listener, socket).
+    pending: VecDeque<(usize, OwnedFd)>,
+    /// The backend is taking new connections.
+    accepting: bool,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
 }
 
-impl Shard {
-    /// Registers `listeners` with a new poll.
+impl ShardCore {
+    /// A shard's core; `done_rx` is its end of the pool's completions.
     pub fn new(
-        id: usize,
-        listeners: Vec<(std::net::TcpListener, bool)>,
-        jobs: Sender<Job>,
-        settings: Settings,
-        shared: Arc<Shared>,
-    ) -> io::Result<Shard> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::Mio(mio::Waker::new(poll.registry(), WAKER)?));
-        let mut mio_listeners = Vec::with_capacity(listeners.len());
-        for (i, (l, tls)) in listeners.into_iter().enumerate() {
-            let mut l = TcpListener::from_std(l);
-            poll.registry()
-                .register(&mut l, Token(LISTENER_BASE - i), Interest::READABLE)?;
-            mio_listeners.push((l, tls));
-        }
-        let (env, done_rx) = Env::new(jobs, settings, shared, Arc::clone(&waker));
-        Ok(Shard {
-            id,
-            poll,
-            listeners: mio_listeners,
-            waker,
+        local: Local,
+        process: Arc<Process>,
+        done_rx: Receiver<Done>,
+        listener_tls: Vec<bool>,
+    ) -> ShardCore {
+        ShardCore {
+            local,
+            process,
             done_rx,
-            env,
-            entries: Slab::new(),
+            listener_tls,
+            slots: Slab::new(),
             timers: Timers::default(),
             next_id: 0,
+            pending: VecDeque::new(),
+            accepting: true,
             accept_paused_until: None,
             shutdown_deadline: None,
-        })
+        }
     }
 
-    /// Wakes the shard's poll (used by the signal thread).
-    pub fn waker(&self) -> Arc<Waker> {
-        Arc::clone(&self.waker)
-    }
-
-    /// Runs the event loop until shutdown has finished.
-    pub fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
+    /// Runs the event loop on `io` until shutdown has finished.
+    pub fn run<B: Backend>(mut self, mut io: B) {
+        let mut events = Vec::with_capacity(256);
         loop {
-            let timeout = self.timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                tracing::error!(shard = self.id, error = %e, "poll failed; shard stops");
-                return;
+            let room = PENDING_ACCEPTS_MAX.saturating_sub(self.pending.len());
+            if let Err(e) = io.wait(self.timeout(Instant::now()), room, &mut events) {
+                tracing::error!(shard = self.local.shard, error = %e, "wait failed; shard stops");
+                break;
             }
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
-                        self.accept(LISTENER_BASE - t, now);
-                    }
-                    Token(slot) => self.drive(slot, now),
-                }
+            for event in events.drain(..) {
+                self.event(&mut io, event, now);
             }
-            self.completions(now);
-            self.expire(now);
-            if self.env.shared.shutdown.load(Ordering::Relaxed) && self.shutting_down(now) {
-                return;
+            self.admit(&mut io, now);
+            self.completions(&mut io, now);
+            self.expire(&mut io, now);
+            if self.process.shutting_down() && self.shutting_down(&mut io, now) {
+                break;
             }
         }
+        io.exit();
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        crate::engine::timer::wait_for(
+        if !self.pending.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        super::timer::wait_for(
             now,
             [
                 self.timers.next(),
@@ -240,155 +136,294 @@ impl Shard {
         )
     }
 
-    fn accept(&mut self, index: usize, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t > now) || self.shutdown_deadline.is_some() {
-            return;
+    fn event<B: Backend>(&mut self, io: &mut B, event: Event<B::Buf>, now: Instant) {
+        match event {
+            Event::Accepted { listener, fd } => {
+                if self.shutdown_deadline.is_some() {
+                    return; // dropping `fd` closes it
+                }
+                self.pending.push_back((listener, fd));
+                if self.pending.len() >= PENDING_ACCEPTS_MAX {
+                    self.set_accepting(io, false);
+                }
+            }
+            Event::AcceptFailed(e) => {
+                tracing::warn!(shard = self.local.shard, error = %e, "accept failed; pausing accepts");
+                self.accept_paused_until = Some(now + ACCEPT_RETRY);
+                self.set_accepting(io, false);
+            }
+            Event::Ready(slot) => self.drive(io, slot, now),
+            Event::Received { slot, result } => self.received(io, slot, result, now),
+            Event::Sent {
+                slot,
+                outgoing,
+                result,
+            } => {
+                let Some(conn) = self.open_conn(slot) else {
+                    return;
+                };
+                match result {
+                    Ok(n) => {
+                        conn.output_done(outgoing, n, now);
+                        self.drive(io, slot, now);
+                    }
+                    Err(e) => {
+                        conn.output_done(outgoing, 0, now);
+                        conn.fail(&ConnError::from(e));
+                        self.close(io, slot);
+                    }
+                }
+            }
+            Event::Released(slot) => {
+                debug_assert!(self.slots.get(slot).is_some_and(|s| s.conn.is_none()));
+                self.slots.try_remove(slot);
+            }
         }
-        self.accept_paused_until = None;
-        loop {
-            let (listener, implicit_tls) = &self.listeners[index];
-            let implicit_tls = *implicit_tls;
-            let (mut socket, peer) = match listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the clients wait in the backlog; retry soon.
-                    tracing::warn!(shard = self.id, error = %e, "accept failed; pausing accepts");
-                    self.accept_paused_until = Some(now + ACCEPT_RETRY);
+    }
+
+    fn open_conn(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.slots.get_mut(slot).and_then(|s| s.conn.as_mut())
+    }
+
+    fn received<B: Backend>(
+        &mut self,
+        io: &mut B,
+        slot: usize,
+        result: Received<B::Buf>,
+        now: Instant,
+    ) {
+        let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
+            if let Received::Data { buf, .. } = result {
+                io.copy_received(buf, 0, &mut []);
+            }
+            return;
+        };
+        match result {
+            Received::Data { buf, len } => {
+                let space = conn.input_space();
+                // A receive asks for at most the free space, which only
+                // grows while it is in flight.
+                assert!(len <= space.len(), "a receive overran the input space");
+                io.copy_received(buf, len, &mut space[..len]);
+                conn.on_input(len, now);
+            }
+            Received::Eof => conn.on_eof(),
+            Received::Again => {}
+            Received::Failed(e) => {
+                conn.fail(&ConnError::from(e));
+                return self.close(io, slot);
+            }
+        }
+        self.drive(io, slot, now);
+    }
+
+    fn set_accepting<B: Backend>(&mut self, io: &mut B, on: bool) {
+        if self.accepting != on {
+            self.accepting = on;
+            io.set_accepting(on);
+        }
+    }
+
+    /// Admits up to [`ACCEPTS_PER_TURN`] waiting connections.
+    fn admit<B: Backend>(&mut self, io: &mut B, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some((listener, fd)) = self.pending.pop_front() else {
+                break;
+            };
+            self.admit_one(io, listener, fd, now);
+        }
+        if !self.accepting
+            && self.accept_paused_until.is_none()
+            && self.shutdown_deadline.is_none()
+            && self.pending.len() <= PENDING_ACCEPTS_MAX / 2
+        {
+            self.set_accepting(io, true);
+        }
+    }
+
+    fn admit_one<B: Backend>(&mut self, io: &mut B, listener: usize, fd: OwnedFd, now: Instant) {
+        let Some(peer) = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+        else {
+            return; // the client is already gone
+        };
+        let implicit_tls = self.listener_tls.get(listener).copied().unwrap_or(false);
+        self.next_id += 1;
+        match self.admission(self.next_id, peer, implicit_tls, now) {
+            Admitted::Refuse(line) => {
+                // A fresh socket's buffer takes one short line at once.
+                let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                let _ = socket2::SockRef::from(&fd).send_with_flags(line, flags);
+            }
+            Admitted::Serve { conn, counted } => {
+                let slot = self.slots.vacant_key();
+                if let Err(e) = io.open(slot, fd) {
+                    tracing::warn!(shard = self.local.shard, error = %e, "cannot take a connection");
+                    if counted {
+                        self.process.guard.release(peer.ip());
+                    }
                     return;
                 }
-            };
-            self.next_id += 1;
-            let (conn, counted) = match self.env.shared.accept(
-                self.id,
-                self.next_id,
-                peer,
-                implicit_tls,
-                &self.env.settings,
-                now,
-            ) {
-                Accepted::Serve { conn, counted } => (conn, counted),
-                Accepted::Refuse(line) => {
-                    let _ = socket.write(line);
-                    continue;
-                }
-            };
-            let slot = self.entries.vacant_key();
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut socket, Token(slot), interest)
-            {
-                tracing::warn!(shard = self.id, error = %e, "cannot register a connection");
-                self.env.shared.release(peer, counted);
-                continue;
+                self.slots.insert(Slot {
+                    conn: Some(*conn),
+                    counted,
+                });
+                self.drive(io, slot, now);
             }
-            self.entries.insert(Entry {
-                socket,
-                conn: *conn,
-                counted,
-            });
-            self.drive(slot, now);
+        }
+    }
+
+    /// The per-address guard, TLS and a session for a new client.
+    fn admission(&self, id: u64, peer: SocketAddr, implicit_tls: bool, now: Instant) -> Admitted {
+        let guard = &self.process.guard;
+        let counted = match guard.admit(peer.ip(), now) {
+            Admission::Admit { counted } => counted,
+            refused => {
+                tracing::info!("pop3 connection refused ({refused:?}): rip={}", peer.ip());
+                return Admitted::Refuse(match refused {
+                    Admission::TooManyConnections => {
+                        b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
+                    }
+                    _ => b"-ERR [AUTH] Too many failed logins from your address, try again later.\r\n",
+                });
+            }
+        };
+        let tls = match (implicit_tls, &self.process.tls) {
+            (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
+                Ok(layer) => Some(layer),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start TLS for a new connection");
+                    if counted {
+                        guard.release(peer.ip());
+                    }
+                    return Admitted::Refuse(b"");
+                }
+            },
+            _ => None,
+        };
+        let session = self
+            .process
+            .session(self.local.shard, id, peer, tls.is_some());
+        let conn = Conn::new(id, peer, session, &self.process, now, tls);
+        Admitted::Serve {
+            conn: Box::new(conn),
+            counted,
         }
     }
 
     /// Moves bytes for one connection until nothing more can move, then
     /// closes it or re-arms its timer.
-    fn drive(&mut self, slot: usize, now: Instant) {
-        let Some(entry) = self.entries.get_mut(slot) else {
+    fn drive<B: Backend>(&mut self, io: &mut B, slot: usize, now: Instant) {
+        let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
             return;
         };
-        let cx = self.env.cx(slot, now);
-        let status = pump(entry, &cx);
-        self.settle(slot, status);
+        let cx = Cx::new(&self.process, &self.local, now, slot);
+        let status = pump(io, slot, conn, &cx);
+        self.settle(io, slot, status);
     }
 
-    fn completions(&mut self, now: Instant) {
+    fn completions<B: Backend>(&mut self, io: &mut B, now: Instant) {
         while let Ok(done) = self.done_rx.try_recv() {
             let ConnRef { slot, id } = done.conn;
-            // The connection may have gone (and its slot been reused) meanwhile;
-            // dropping the result drops any mailbox lock it carried.
-            let Some(entry) = self.entries.get_mut(slot).filter(|e| e.conn.id == id) else {
+            // The connection may have gone (and its slot been reused)
+            // meanwhile; dropping the result drops any mailbox lock it held.
+            let Some(conn) = self
+                .slots
+                .get_mut(slot)
+                .and_then(|s| s.conn.as_mut())
+                .filter(|c| c.id == id)
+            else {
                 continue;
             };
-            let cx = self.env.cx(slot, now);
-            entry.conn.on_done(done, &cx);
-            self.drive(slot, now);
+            let cx = Cx::new(&self.process, &self.local, now, slot);
+            conn.on_done(done, &cx);
+            self.drive(io, slot, now);
         }
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire<B: Backend>(&mut self, io: &mut B, now: Instant) {
         while let Some((slot, id, generation)) = self.timers.pop_due(now) {
-            let Some(entry) = self.entries.get_mut(slot) else {
+            let Some(conn) = self
+                .slots
+                .get_mut(slot)
+                .and_then(|s| s.conn.as_mut())
+                .filter(|c| c.id == id && c.timer_gen == generation)
+            else {
                 continue;
             };
-            if entry.conn.id != id || entry.conn.timer_gen != generation {
-                continue;
-            }
-            entry.conn.armed_at = None;
-            let cx = self.env.cx(slot, now);
-            match entry.conn.on_timer(&cx) {
-                Status::Close => {
-                    // One attempt to deliver the last line, then drop it.
-                    let _ = write_out(entry, now);
-                    self.close(slot);
-                }
-                _ => self.drive(slot, now),
+            conn.armed_at = None;
+            let cx = Cx::new(&self.process, &self.local, now, slot);
+            match conn.on_timer(&cx) {
+                Status::Close => self.last_words(io, slot, now),
+                _ => self.drive(io, slot, now),
             }
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
-            for i in 0..self.listeners.len() {
-                self.accept(i, now);
+            self.accept_paused_until = None;
+            if self.shutdown_deadline.is_none() && self.pending.len() <= PENDING_ACCEPTS_MAX / 2 {
+                self.set_accepting(io, true);
             }
         }
     }
 
-    /// Returns true when the shard may exit.
-    fn shutting_down(&mut self, now: Instant) -> bool {
+    /// One attempt to deliver a last line, then the connection is closed.
+    fn last_words<B: Backend>(&mut self, io: &mut B, slot: usize, now: Instant) {
+        if let Some(conn) = self.open_conn(slot) {
+            io.last_words(slot, conn, now);
+        }
+        self.close(io, slot);
+    }
+
+    /// Returns true when the shard may exit: no connection left and every
+    /// listener closed.
+    fn shutting_down<B: Backend>(&mut self, io: &mut B, now: Instant) -> bool {
         let deadline = match self.shutdown_deadline {
             Some(d) => d,
             None => {
-                for (l, _) in &mut self.listeners {
-                    let _ = self.poll.registry().deregister(l);
-                }
-                self.listeners.clear();
-                let d = now + self.env.shared.shutdown_grace;
+                io.stop_listening();
+                // Accepted but never greeted: closing them is all they get.
+                self.pending.clear();
+                let d = now + self.process.shutdown_grace;
                 self.shutdown_deadline = Some(d);
                 tracing::info!(
-                    shard = self.id,
-                    sessions = self.entries.len(),
+                    shard = self.local.shard,
+                    sessions = self.slots.len(),
                     "shutting down"
                 );
                 d
             }
         };
         if now >= deadline {
-            let slots: Vec<usize> = self.entries.iter().map(|(k, _)| k).collect();
-            for slot in slots {
-                let entry = &mut self.entries[slot];
-                entry
-                    .conn
-                    .abort(crate::protocol::reply::text::SHUTTING_DOWN);
-                let _ = write_out(entry, now);
-                self.close(slot);
+            let open: Vec<usize> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.conn.is_some())
+                .map(|(k, _)| k)
+                .collect();
+            for slot in open {
+                if let Some(conn) = self.open_conn(slot) {
+                    conn.abort(crate::protocol::reply::text::SHUTTING_DOWN);
+                }
+                self.last_words(io, slot, now);
             }
         }
-        self.entries.is_empty()
+        self.slots.is_empty() && io.listeners_closed()
     }
 
     /// Closes the connection, or makes sure the timer heap holds an entry no
     /// later than its next wakeup. Pushing only when the wakeup moved earlier
     /// keeps heap work off the per-command path.
-    fn settle(&mut self, slot: usize, status: Status) {
+    fn settle<B: Backend>(&mut self, io: &mut B, slot: usize, status: Status) {
         if status == Status::Close {
-            self.close(slot);
-            return;
+            return self.close(io, slot);
         }
-        let conn = &mut self.entries[slot].conn;
-        let want = conn.next_wakeup(&self.env.settings);
+        let process = &self.process;
+        let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let want = conn.next_wakeup(process);
         if conn.armed_at.is_none_or(|at| want < at) {
             conn.timer_gen += 1;
             conn.armed_at = Some(want);
@@ -396,115 +431,55 @@ impl Shard {
         }
     }
 
-    fn close(&mut self, slot: usize) {
-        let mut entry = self.entries.remove(slot);
-        let _ = self.poll.registry().deregister(&mut entry.socket);
-        entry.conn.log_end(self.id);
-        self.env.shared.release(entry.conn.peer, entry.counted);
-        // Dropping `entry` closes the socket and releases the mailbox lock.
+    /// Drops the connection (releasing its mailbox lock and guard slot) and
+    /// has the backend close its socket.
+    fn close<B: Backend>(&mut self, io: &mut B, slot: usize) {
+        let Some(entry) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let Some(conn) = entry.conn.take() else {
+            return; // already closed, parked in the backend
+        };
+        conn.log_end(self.local.shard);
+        if entry.counted {
+            self.process.guard.release(conn.peer.ip());
+        }
+        drop(conn);
+        if io.close(slot) == Closed::Now {
+            self.slots.remove(slot);
+        }
     }
 }
 
-/// The readiness pump for one connection: read until the socket is drained
-/// (edge-triggered) or the buffer is full, let the connection work, write
-/// until the socket is full, and repeat while anything moved.
-fn pump(entry: &mut Entry, cx: &Context<'_>) -> Status {
-    // Once a read comes back short (or would block), the socket is drained:
-    // edge-triggered epoll reports any later data as a new event, so this
-    // call does not read again, saving an EAGAIN round trip per turn.
-    let mut drained = false;
+/// One connection's turn: read what can be read, let the connection work,
+/// send what it has, and repeat while anything moved; then close, linger,
+/// or wait for more input.
+fn pump<B: Backend>(io: &mut B, slot: usize, conn: &mut Conn, cx: &Cx<'_>) -> Status {
     loop {
-        let read = match read_in(entry, cx.now, &mut drained) {
-            Ok(n) => n,
+        let turn = io
+            .pull(slot, conn, cx.now)
+            .and_then(|read| conn.process(cx).map(|()| read))
+            .and_then(|read| Ok((read, io.push(slot, conn, cx.now)?)));
+        let (read, written) = match turn {
+            Ok(moved) => moved,
             Err(e) => {
-                entry.conn.fail(&e);
+                conn.fail(&e);
                 return Status::Close;
             }
         };
-        if let Err(e) = entry.conn.process(cx) {
-            entry.conn.fail(&e);
-            return Status::Close;
-        }
-        let written = match write_out(entry, cx.now) {
-            Ok(n) => n,
-            Err(e) => {
-                entry.conn.fail(&e);
-                return Status::Close;
-            }
-        };
-        match entry.conn.status() {
+        match conn.status() {
             Status::Close => return Status::Close,
             Status::Linger => {
-                if entry.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                if io.shutdown_write(slot).is_err() {
                     return Status::Close;
                 }
-                entry.conn.start_linger(cx.now);
+                conn.start_linger(cx.now);
             }
-            Status::Open if read == 0 && written == 0 => return Status::Open,
+            Status::Open if read == 0 && written == 0 => {
+                io.arm(slot, conn);
+                return Status::Open;
+            }
             Status::Open => {}
         }
     }
-}
-
-fn read_in(entry: &mut Entry, now: Instant, drained: &mut bool) -> io::Result<usize> {
-    let mut total = 0;
-    while !*drained && entry.conn.wants_input() {
-        let space = entry.conn.input_space();
-        if space.is_empty() {
-            break;
-        }
-        let offered = space.len();
-        match entry.socket.read(space) {
-            Ok(0) => {
-                entry.conn.on_eof();
-                *drained = true;
-            }
-            Ok(n) => {
-                entry.conn.on_input(n, now);
-                total += n;
-                *drained = n < offered;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *drained = true;
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
-}
-
-fn write_out(entry: &mut Entry, now: Instant) -> io::Result<usize> {
-    let mut total = 0;
-    while let Some(outgoing) = entry.conn.take_output()? {
-        let result = {
-            let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
-            let count = outgoing.slices(&mut iov);
-            loop {
-                match entry.socket.write_vectored(&iov[..count]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
-                }
-            }
-        };
-        let len = outgoing.len();
-        match result {
-            Ok(n) => {
-                entry.conn.output_done(outgoing, n, now);
-                total += n;
-                if n < len {
-                    break;
-                }
-            }
-            Err(e) => {
-                entry.conn.output_done(outgoing, 0, now);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    break;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(total)
 }

@@ -1,8 +1,17 @@
 //! The worker pool: blocking work (password hashing, Maildir scans, unlinks)
-//! runs here, never on a shard thread. Jobs come in on one crossbeam channel
-//! shared by all workers; each result goes back to the shard that asked, on
-//! that shard's channel, and its `Waker` (mio or eventfd) wakes the shard's
-//! event loop.
+//! runs here, never on a shard thread. Jobs come in on one bounded crossbeam
+//! channel shared by all workers; each result goes back to the shard that
+//! asked, on that shard's bounded completion channel, and its waker wakes
+//! the shard's event loop.
+//!
+//! Both queues have a bound and a stated behaviour when full:
+//! - the job queue ([`Jobs`], `limits.worker_queue_max`): a shard never waits
+//!   on it. [`Jobs::submit`] fails at once when it is full and the session is
+//!   answered `-ERR [SYS/TEMP]` (a login) or `-ERR` with nothing deleted (a
+//!   QUIT's commit); the job is not run.
+//! - a shard's completion channel ([`DONE_QUEUE_MAX`]): a worker waits on it
+//!   when it is full (the shard drains it every loop turn), so no completion
+//!   is ever dropped; only the pool slows down, never a shard.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -62,17 +71,69 @@ pub enum Job {
     },
 }
 
+/// Completions a shard's channel holds before a worker waits to send more.
+pub const DONE_QUEUE_MAX: usize = 1024;
+
+/// A shard's return address: its completion channel and its waker.
+pub struct ShardPort {
+    /// The shard's completion channel (bounded: [`DONE_QUEUE_MAX`]).
+    pub done: Sender<Done>,
+    /// Wakes the shard's event loop.
+    pub waker: super::waker::Waker,
+}
+
+impl ShardPort {
+    /// A port for a shard woken by `waker`, and the shard's receiving end.
+    pub fn new(waker: super::waker::Waker) -> (Arc<ShardPort>, Receiver<Done>) {
+        let (done, rx) = crossbeam_channel::bounded(DONE_QUEUE_MAX);
+        (Arc::new(ShardPort { done, waker }), rx)
+    }
+}
+
 /// Where a result goes.
-#[derive(Clone)]
 pub struct Reply {
-    /// The shard's completion channel.
-    pub to: Sender<Done>,
-    /// Wakes the shard's poll.
-    pub waker: Arc<super::waker::Waker>,
+    /// The shard that asked.
+    pub port: Arc<ShardPort>,
     /// The connection.
     pub conn: ConnRef,
     /// For log lines.
     pub peer: SocketAddr,
+}
+
+/// The pool's job queue, as the shards hold it.
+#[derive(Clone)]
+pub struct Jobs {
+    tx: Sender<Job>,
+}
+
+/// The job queue was full (or the pool is gone); the job was not queued.
+pub struct Full(pub Job);
+
+impl std::fmt::Debug for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Full(..)")
+    }
+}
+
+impl Jobs {
+    /// A queue for `bound` jobs and the workers' receiving end.
+    pub fn bounded(bound: usize) -> (Jobs, Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded(bound);
+        (Jobs { tx }, rx)
+    }
+
+    /// Queues `job` without waiting; gives it back when the queue is full.
+    // The job comes back by value to be answered; boxing it would cost an
+    // allocation on every submit.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&self, job: Job) -> Result<(), Full> {
+        self.tx.try_send(job).map_err(|e| Full(e.into_inner()))
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
 }
 
 /// A finished job.
@@ -124,11 +185,14 @@ pub struct LoginContext {
     pub uidl_format: store::UidlFormat,
 }
 
-/// Starts `threads` workers. They stop when every sender of the returned
-/// channel is dropped.
-pub fn start(threads: usize, ctx: Arc<LoginContext>) -> (Sender<Job>, Vec<thread::JoinHandle<()>>) {
-    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-    let handles = (0..threads)
+/// Starts `threads` workers on `rx`. They stop when every [`Jobs`] handle
+/// is dropped.
+pub fn start(
+    threads: usize,
+    rx: Receiver<Job>,
+    ctx: Arc<LoginContext>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..threads)
         .map(|i| {
             let rx: Receiver<Job> = rx.clone();
             let ctx = Arc::clone(&ctx);
@@ -141,8 +205,7 @@ pub fn start(threads: usize, ctx: Arc<LoginContext>) -> (Sender<Job>, Vec<thread
                 })
                 .expect("spawning a worker thread")
         })
-        .collect();
-    (tx, handles)
+        .collect()
 }
 
 fn run(ctx: &LoginContext, job: Job) {
@@ -196,16 +259,18 @@ fn run(ctx: &LoginContext, job: Job) {
             (reply, Outcome::Committed { failed })
         }
     };
-    // The shard may be gone (shutdown); then nobody waits for this.
+    // The shard may be gone (shutdown); then nobody waits for this. A full
+    // channel makes this worker wait for the shard to drain it.
     if reply
-        .to
+        .port
+        .done
         .send(Done {
             conn: reply.conn,
             outcome,
         })
         .is_ok()
     {
-        let _ = reply.waker.wake();
+        let _ = reply.port.waker.wake();
     }
 }
 

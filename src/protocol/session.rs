@@ -194,6 +194,10 @@ enum State {
     Transaction(Transaction),
     /// QUIT was received in TRANSACTION and deletions are being committed.
     Update,
+    /// STLS was answered `+OK`: until the engine reports the TLS layer is
+    /// on ([`Session::tls_started`]), nothing is read as a command, so
+    /// plaintext sent after STLS can never act on the session (RFC 2595 §4).
+    StartingTls,
     /// The session is over; only flushing remains.
     Closed,
 }
@@ -272,10 +276,15 @@ impl Session {
     /// connection allows.
     pub fn tls_started(&mut self, offer: Offer) {
         self.offer = offer;
-        if let State::Authorization(auth) = &mut self.state {
-            *auth = Authorization::default();
+        if let State::Authorization(_) | State::StartingTls = self.state {
+            self.state = State::Authorization(Authorization::default());
         }
         self.discarding = false;
+    }
+
+    /// True from the `+OK` to STLS until [`Session::tls_started`].
+    pub fn is_starting_tls(&self) -> bool {
+        matches!(self.state, State::StartingTls)
     }
 
     /// True while an effect is out and input must wait.
@@ -308,7 +317,7 @@ impl Session {
     /// is needed, the output passes the high-water mark, or input runs out.
     pub fn handle_input(&mut self, input: &[u8], out: &mut Vec<u8>) -> Step {
         let mut consumed = 0;
-        while !self.waiting && !self.is_closed() {
+        while !self.waiting && !self.is_closed() && !self.is_starting_tls() {
             if let State::Transaction(t) = &mut self.state
                 && t.listing.is_some()
             {
@@ -591,8 +600,9 @@ impl Session {
         match &mut self.state {
             State::Authorization(_) => self.authorization(cmd, out),
             State::Transaction(_) => self.transaction(cmd, out),
-            // Input waits while UPDATE runs, and nothing is read once closed.
-            State::Update | State::Closed => None,
+            // Input waits while UPDATE runs or TLS starts, and nothing is
+            // read once closed.
+            State::Update | State::StartingTls | State::Closed => None,
         }
     }
 
@@ -701,6 +711,7 @@ impl Session {
             }
             Command::Stls if self.offer.stls => {
                 reply::ok(out, "Begin TLS negotiation now.");
+                self.state = State::StartingTls;
                 Some(Effect::StartTls)
             }
             Command::Stls => {

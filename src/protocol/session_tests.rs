@@ -677,6 +677,38 @@ fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
 }
 
 #[test]
+fn nothing_is_read_while_tls_starts() {
+    let mut s = Session::new(
+        Limits::default(),
+        Offer {
+            plaintext_auth: true,
+            stls: true,
+        },
+        None,
+    );
+    // STLS and an injected command in one input: only STLS is consumed.
+    let mut out = Vec::new();
+    let step = s.handle_input(b"STLS\r\nUSER evil\r\n", &mut out);
+    assert_eq!(step.consumed, b"STLS\r\n".len());
+    assert!(matches!(step.effect, Some(Effect::StartTls)));
+    assert!(s.is_starting_tls());
+    // Whatever arrives before TLS is on is not a command: no output, no
+    // effect, nothing consumed, however often it is offered.
+    for input in ["USER evil\r\n", "QUIT\r\n", "CAPA\r\n", "garbage"] {
+        let mut out = Vec::new();
+        let step = s.handle_input(input.as_bytes(), &mut out);
+        assert_eq!((step.consumed, out.len()), (0, 0), "{input:?}");
+        assert!(step.effect.is_none());
+    }
+    s.tls_started(Offer {
+        plaintext_auth: true,
+        stls: false,
+    });
+    assert!(!s.is_starting_tls());
+    assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
+}
+
+#[test]
 fn a_user_given_before_stls_is_forgotten() {
     let mut s = Session::new(
         Limits::default(),

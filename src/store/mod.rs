@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub use location::{LocationError, MailLocation};
 pub use lock::{LockError, MailboxLock};
 pub use maildir::{Message, Snapshot};
-pub use uidlist::UidlFormat;
+pub use uidlist::{FormatError, UidlFormat};
 
 /// A mailbox held by one session: its snapshot and its lock.
 #[derive(Debug)]

@@ -300,6 +300,11 @@ impl Server {
         server
     }
 
+    /// The log as it grows, readable after the server is gone.
+    pub fn log_handle(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -462,4 +467,20 @@ impl Client {
         let mut byte = [0u8; 1];
         matches!(self.reader.read(&mut byte), Ok(0))
     }
+}
+
+/// Runs a Python 3 script (a real client such as poplib or ssl) and returns
+/// what it printed; fails the test with its stderr when it fails.
+pub fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -10,6 +10,8 @@
 //! and the final `+OK` belong to `protocol::Session`. SASL PLAIN needs no
 //! state machine and is parsed there.
 
+mod exchange;
 mod scram;
 
+pub use exchange::{ScramExchange, ScramNext};
 pub use scram::{SERVER_NONCE_BYTES_MIN, ScramCredentials, ScramError, ScramServer};

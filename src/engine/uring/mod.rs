@@ -1,9 +1,10 @@
-//! The io_uring backend: one ring per shard, driving the same I/O-free
-//! `Conn` as the epoll shard, with no protocol logic of its own.
+//! The io_uring backend: one ring per shard, moving bytes for the shard
+//! core under the `engine::backend` contract, with no protocol logic or
+//! policy of its own.
 //!
-//! - `shard.rs`: the completion pump (multishot accept, recv, send/sendmsg,
-//!   close, the waker's read; timers on the shard's heap with the ring
-//!   wait's timeout; shutdown(2) called directly, see `inflight::Socket`).
+//! - `backend.rs`: the completion pump (multishot accept, recv, send/sendmsg,
+//!   close, the waker's read; completions become the core's events;
+//!   shutdown(2) called directly, see `inflight::Socket`).
 //! - `ops.rs`: the ring and every SQE the backend pushes, each with the
 //!   `// SAFETY:` that names the owner of what the kernel touches.
 //! - `inflight.rs`: the owners, keyed by `user_data`, until the completion
@@ -21,13 +22,12 @@
 //! only when no operation names it. See docs/architecture.md.
 #![allow(unsafe_code)]
 
+mod backend;
 mod bufring;
 mod inflight;
 mod ops;
 mod probe;
-mod shard;
 mod sys;
 
+pub use backend::Uring;
 pub use probe::{FORCE_FAIL_ENV, Refused, probe};
-pub use shard::Shard;
-pub use sys::EventFd;

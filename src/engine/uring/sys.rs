@@ -56,6 +56,12 @@ impl EventFd {
     }
 }
 
+impl crate::engine::waker::Wake for EventFd {
+    fn wake(&self) -> io::Result<()> {
+        EventFd::wake(self)
+    }
+}
+
 /// Takes ownership of a descriptor that a completion returned (an accepted
 /// connection).
 ///

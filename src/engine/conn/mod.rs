@@ -1,0 +1,278 @@
+//! One client connection, without its socket: buffers, the protocol session,
+//! the mailbox and the body being streamed. `Conn` does no I/O; the shard
+//! core drives it and a backend moves its bytes, through a small contract
+//! that suits a readiness loop and a completion ring alike:
+//!
+//! - input (`io.rs`): [`Conn::input_space`] → the backend writes received
+//!   bytes there → [`Conn::on_input`] (or [`Conn::on_eof`]);
+//! - work: [`Conn::process`] answers what can be answered (`effects.rs`
+//!   dispatches what the session asks for) and fills the body (`stream.rs`);
+//! - output (`io.rs`): [`Conn::take_output`] hands over an [`Outgoing`]
+//!   (owned bytes, plus raw mmap ranges that keep their map alive), the
+//!   backend sends it and gives it back with [`Conn::output_done`].
+//!   Ownership moves with the bytes, so a completion backend can keep them
+//!   while the kernel reads.
+//! - lifecycle (here): [`Conn::status`] says whether to keep going, shut
+//!   down the write side and linger, or drop the connection; timers.
+//!
+//! Memory per connection is bounded: the receive buffer is fixed, and output
+//! (replies plus the body window) stops growing at `output_buffer_bytes`;
+//! a body is transformed from the mmap chunk by chunk only as output drains.
+#![forbid(unsafe_code)]
+
+mod effects;
+mod io;
+mod stream;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::body::BodyStream;
+use super::buffer::InBuf;
+use super::context::{Cx, Process};
+use super::error::ConnError;
+use crate::auth::ScramExchange;
+use crate::protocol::{Completion, Session};
+use crate::store::Mailbox;
+use crate::tls::TlsLayer;
+
+pub use io::Outgoing;
+use io::Tls;
+
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, so the kernel ends it with FIN rather than RST and the
+/// client reads our last line (a lingering close, as web servers do).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// What the shard should do with the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Keep it; move bytes when the socket allows.
+    Open,
+    /// Everything is said: shut down the write side, then call
+    /// [`Conn::start_linger`] and discard input until EOF or the timer.
+    Linger,
+    /// Drop it (which releases the mailbox lock).
+    Close,
+}
+
+/// One client connection.
+pub struct Conn {
+    /// Unique per shard.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    session: Session,
+    recv: InBuf,
+    /// New output (replies, transformed body), after `unsent`.
+    out: Vec<u8>,
+    /// Output handed out earlier and not all sent: goes first.
+    unsent: Option<(Vec<u8>, usize)>,
+    /// A cleared buffer to reuse.
+    spare: Vec<u8>,
+    /// An `Outgoing` is with the backend (a completion backend's send in
+    /// flight).
+    out_with_backend: bool,
+    body: Option<BodyStream>,
+    mailbox: Option<Mailbox>,
+    user: Option<String>,
+    /// A failed login's answer, held back until the failure delay passes.
+    held: Option<(Instant, Completion)>,
+    /// Close once the queued output is written.
+    closing: bool,
+    /// The client closed its sending side.
+    peer_eof: bool,
+    /// TLS, when on or starting (STLS answered): input and output pass
+    /// through it.
+    tls: Option<Box<Tls>>,
+    /// A SCRAM-SHA-256 exchange in progress.
+    scram: Option<Box<ScramExchange>>,
+    /// Our side is shut down; discarding input until EOF or this instant.
+    linger_until: Option<Instant>,
+    last_activity: Instant,
+    /// Bumped whenever a timer entry is pushed, so stale entries are ignored.
+    pub timer_gen: u64,
+    /// When the live timer entry fires; `None` while none is queued.
+    pub armed_at: Option<Instant>,
+    bytes_sent: u64,
+}
+
+impl Conn {
+    /// A new connection; queues the greeting. `tls` is set for implicit TLS
+    /// (the greeting then waits for the handshake).
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        session: Session,
+        process: &Process,
+        now: Instant,
+        tls: Option<TlsLayer>,
+    ) -> Conn {
+        let mut out = Vec::with_capacity(256);
+        session.greet(&mut out);
+        let tls = tls.map(|layer| Box::new(Tls::on(layer, process.recv_buffer_bytes)));
+        Conn {
+            id,
+            peer,
+            session,
+            recv: InBuf::new(process.recv_buffer_bytes),
+            out,
+            unsent: None,
+            spare: Vec::new(),
+            out_with_backend: false,
+            body: None,
+            mailbox: None,
+            user: None,
+            held: None,
+            closing: false,
+            peer_eof: false,
+            tls,
+            scram: None,
+            linger_until: None,
+            last_activity: now,
+            timer_gen: 0,
+            armed_at: None,
+            bytes_sent: 0,
+        }
+    }
+
+    /// Answers buffered commands and fills the body until nothing more can
+    /// happen without I/O. An error ends this session only.
+    pub fn process(&mut self, cx: &Cx<'_>) -> Result<(), ConnError> {
+        if self.linger_until.is_some() {
+            return Ok(());
+        }
+        loop {
+            let decrypted = self.tls_input()?;
+            let answered = self.run_session(cx);
+            let filled = self.fill_body(cx)?;
+            if !decrypted && !answered && !filled {
+                return Ok(());
+            }
+        }
+    }
+
+    /// True while pool work, a held answer or a body is outstanding.
+    fn busy(&self) -> bool {
+        self.session.is_waiting() || self.held.is_some() || self.body.is_some()
+    }
+
+    /// Lets the session answer what is buffered. Returns whether it did anything.
+    fn run_session(&mut self, cx: &Cx<'_>) -> bool {
+        if self.busy() || self.closing || self.queued_bytes() >= cx.process.output_buffer_bytes {
+            return false;
+        }
+        let before = self.out.len();
+        if self.session.has_pending_output() {
+            self.session.continue_output(&mut self.out);
+        }
+        let step = self.session.handle_input(self.recv.filled(), &mut self.out);
+        self.recv.consume(step.consumed);
+        let acted = step.effect.is_some();
+        if let Some(effect) = step.effect {
+            self.apply(effect, cx);
+        }
+        acted || step.consumed > 0 || self.out.len() != before
+    }
+
+    // ---- lifecycle ----
+
+    /// What the shard should do next. Call after input, processing and output.
+    pub fn status(&self) -> Status {
+        if self.linger_until.is_some() {
+            return if self.peer_eof {
+                Status::Close
+            } else {
+                Status::Open
+            };
+        }
+        let flushed = !self.has_output() && !self.out_with_backend;
+        if self.closing && flushed && self.body.is_none() {
+            return if self.peer_eof {
+                Status::Close
+            } else {
+                Status::Linger
+            };
+        }
+        if self.peer_eof && !self.busy() && flushed {
+            // The client is gone and nothing it sent is left to answer.
+            // A dropped session deletes nothing.
+            return Status::Close;
+        }
+        Status::Open
+    }
+
+    /// The write side is shut down: discard input until EOF or `LINGER`.
+    pub fn start_linger(&mut self, now: Instant) {
+        self.linger_until = Some(now + LINGER);
+        // The session is over: free the mailbox now, not when the client
+        // finally closes its side.
+        self.mailbox = None;
+    }
+
+    /// When the connection next needs the timer: its idle deadline, or
+    /// earlier when a held answer is due.
+    pub fn next_wakeup(&self, process: &Process) -> Instant {
+        if let Some(until) = self.linger_until {
+            return until;
+        }
+        let idle = if self.session.is_authorized() {
+            process.autologout
+        } else {
+            process.login_timeout
+        };
+        let deadline = self.last_activity + idle;
+        match &self.held {
+            Some((due, _)) => deadline.min(*due),
+            None => deadline,
+        }
+    }
+
+    /// Called by the timer: delivers a held answer, or ends an idle session
+    /// (returns `Close` after queueing a last line for one write attempt).
+    pub fn on_timer(&mut self, cx: &Cx<'_>) -> Status {
+        if self.linger_until.is_some_and(|until| until <= cx.now) {
+            return Status::Close;
+        }
+        if let Some((due, _)) = &self.held
+            && *due <= cx.now
+        {
+            let (_, completion) = self.held.take().expect("checked above");
+            self.complete(completion, cx);
+            return Status::Open;
+        }
+        if self.linger_until.is_none() && self.next_wakeup(cx.process) <= cx.now {
+            tracing::info!(peer = %self.peer, user = self.user.as_deref().unwrap_or(""), "disconnected for inactivity");
+            self.abort(crate::protocol::reply::text::TIMEOUT);
+            return Status::Close;
+        }
+        Status::Open
+    }
+
+    /// Ends the session with a last line; the shard makes one attempt to
+    /// send it and then drops the connection.
+    pub fn abort(&mut self, why: &str) {
+        self.body = None;
+        self.unsent = None;
+        self.session.abort(&mut self.out, why);
+    }
+
+    /// Logs why a session ends on an error; the shard then drops it.
+    pub fn fail(&self, e: &ConnError) {
+        e.log(self.peer);
+    }
+
+    /// The logout line, logged when the connection is dropped.
+    pub fn log_end(&self, shard: usize) {
+        let Some(user) = &self.user else { return };
+        let s = self.session.summary();
+        tracing::info!(
+            "pop3 logout: user=<{user}>, rip={}, shard={shard}, messages={}, retr={}, bytes={}, deleted={}",
+            self.peer.ip(),
+            s.messages,
+            s.bodies_sent,
+            self.bytes_sent,
+            s.deleted
+        );
+    }
+}

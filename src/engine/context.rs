@@ -1,0 +1,148 @@
+//! The contexts a connection is served in, one per lifetime:
+//! - [`Process`]: what lives as long as the process and every shard reads
+//!   (limits, the per-address guard, the TLS certificates, the worker pool's
+//!   queue, the shutdown flag);
+//! - [`Local`]: a shard's own part (its number, its return address);
+//! - the connection itself (`conn/`), with [`Cx`] bundling the two above
+//!   and the time for one call.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::guard::Guard;
+use super::worker::{Jobs, ShardPort};
+use crate::config::{Config, PlaintextAuth};
+use crate::protocol::{Limits, Offer, Session};
+use crate::tls::TlsReloader;
+
+/// The process-wide context, shared by every shard behind an `Arc`.
+pub struct Process {
+    /// Protocol limits for every session.
+    pub limits: Limits,
+    /// Whether APOP challenges go in the greeting.
+    pub apop: bool,
+    /// Host name for APOP challenges.
+    pub hostname: String,
+    /// Where plaintext logins are allowed.
+    pub plaintext_auth: PlaintextAuth,
+    /// Per-address defences.
+    pub guard: Guard,
+    /// Certificates for STLS and implicit TLS; `None` when none is configured.
+    pub tls: Option<Arc<TlsReloader>>,
+    /// The worker pool's bounded queue.
+    pub jobs: Jobs,
+    /// Idle time before login.
+    pub login_timeout: Duration,
+    /// Idle time after login.
+    pub autologout: Duration,
+    /// Output bound per connection.
+    pub output_buffer_bytes: usize,
+    /// Receive buffer per connection.
+    pub recv_buffer_bytes: usize,
+    /// How long sessions may finish after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// Set by the signal thread.
+    shutdown: AtomicBool,
+}
+
+impl Process {
+    /// The context for `config` (already validated), its guard and pool.
+    pub fn new(
+        config: &Config,
+        guard: Guard,
+        tls: Option<Arc<TlsReloader>>,
+        jobs: Jobs,
+    ) -> Process {
+        Process {
+            limits: Limits {
+                line_bytes_max: config.limits.line_bytes_max,
+                bad_commands_max: config.limits.bad_commands_max,
+                commands_before_login_max: config.limits.commands_before_login_max,
+                output_high_water_bytes: config.limits.output_buffer_bytes,
+            },
+            apop: config.auth.apop,
+            hostname: hostname(),
+            plaintext_auth: config.auth.plaintext_auth,
+            guard,
+            tls,
+            jobs,
+            login_timeout: config.login_timeout(),
+            autologout: config.autologout(),
+            output_buffer_bytes: config.limits.output_buffer_bytes,
+            recv_buffer_bytes: config.limits.recv_buffer_bytes,
+            shutdown_grace: Duration::from_millis(config.limits.shutdown_grace_ms),
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks every shard to shut down (they also need a wake).
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// True once shutdown was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// What a connection from `peer` is offered: plaintext logins where the
+    /// policy allows them, STLS where a certificate exists and TLS is not on.
+    pub fn offer(&self, peer: SocketAddr, tls: bool) -> Offer {
+        Offer {
+            plaintext_auth: self.plaintext_auth.allows(tls, peer.ip()),
+            stls: !tls && self.tls.is_some(),
+        }
+    }
+
+    /// A new session for connection `id` of `shard`.
+    pub fn session(&self, shard: usize, id: u64, peer: SocketAddr, tls: bool) -> Session {
+        let challenge = self.apop.then(|| {
+            format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
+        });
+        Session::new(self.limits, self.offer(peer, tls), challenge)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// What a shard's connections share: its number and its return address for
+/// pool results. Lives as long as the shard.
+pub struct Local {
+    /// The shard's number, for logs and APOP challenges.
+    pub shard: usize,
+    /// Where the pool answers this shard.
+    pub port: Arc<ShardPort>,
+}
+
+/// Everything a connection call needs besides the connection itself: made
+/// per call from the two longer-lived contexts, so a connection can be
+/// borrowed from the shard's slab at the same time.
+pub struct Cx<'a> {
+    /// Process-wide settings, guard, pool.
+    pub process: &'a Process,
+    /// The shard's own part.
+    pub local: &'a Local,
+    /// Now, read once per event batch.
+    pub now: Instant,
+    /// The connection's slot in the shard.
+    pub slot: usize,
+}
+
+impl<'a> Cx<'a> {
+    /// The context for a call on the connection in `slot` at `now`.
+    pub fn new(process: &'a Process, local: &'a Local, now: Instant, slot: usize) -> Cx<'a> {
+        Cx {
+            process,
+            local,
+            now,
+            slot,
+        }
+    }
+}
