@@ -20,10 +20,9 @@ const FILTER: &str = concat!(
 );
 
 fn run(command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| {
+    command.output().unwrap_or_else(|e| {
         panic!("cannot run {command:?}: {e} (.ci/run installs the Debian packages)")
-    });
-    output
+    })
 }
 
 /// Failed logins of three kinds, one success, and a user name that tries to
@@ -271,9 +270,7 @@ fn check_config_names_file_line_and_reason() {
     // A missing passdb is caught as serve would catch it.
     let file = config_file(
         tree.root(),
-        &format!(
-            "[auth]\npasswd_file = \"/nonexistent/users\"\n[mail]\nlocation = \"maildir:~/Maildir\"\n"
-        ),
+        "[auth]\npasswd_file = \"/nonexistent/users\"\n[mail]\nlocation = \"maildir:~/Maildir\"\n",
     );
     let out = check_config(&["-c", &file]);
     assert!(!out.status.success());

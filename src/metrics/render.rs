@@ -104,8 +104,11 @@ pub(super) fn render(m: &Metrics) -> String {
     out
 }
 
+/// A family's name, its help text, and where its per-shard value lives.
+type CounterFamily = (&'static str, &'static str, fn(&ShardCells) -> &Counter);
+
 fn counter_families(out: &mut String, shards: &[&ShardCells]) {
-    let plain: [(&str, &str, fn(&ShardCells) -> &Counter); 4] = [
+    let plain: [CounterFamily; 4] = [
         (
             "shardpop_retr_messages_total",
             "Messages sent by RETR and TOP, per shard.",

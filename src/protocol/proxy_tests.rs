@@ -283,7 +283,8 @@ fn v2_pp2_type_ssl() {
     // PP2_SUBTYPE_SSL_VERSION sub-TLV.
     let mut ssl = vec![0x03, 0, 0, 0, 0];
     ssl.extend(tlv(0x21, b"TLSv1.3"));
-    let cases: &[(Vec<Vec<u8>>, Result<bool, ProxyError>)] = &[
+    type Case = (Vec<Vec<u8>>, Result<bool, ProxyError>);
+    let cases: &[Case] = &[
         (vec![], Ok(false)),
         (vec![tlv(0x20, &ssl)], Ok(true)),
         (vec![tlv(0x01, b"pop3"), tlv(0x20, &ssl)], Ok(true)),
