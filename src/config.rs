@@ -78,6 +78,12 @@ pub struct Server {
     /// proxy makes the connection count as TLS for `auth.plaintext_auth`.
     /// Only for proxies that terminate TLS themselves.
     pub proxy_ssl_counts_as_tls: bool,
+    /// `--takeover` only (never from the file: it is a way to start, not a
+    /// setting): bind beside a process that already listens on the same
+    /// addresses, for a zero-downtime restart. Without it such a start
+    /// fails.
+    #[serde(skip)]
+    pub takeover: bool,
 }
 
 /// `server.engine` / `--engine`: which pump drives the connections.
@@ -119,6 +125,7 @@ impl Default for Server {
             engine: Engine::Auto,
             proxy_from: Vec::new(),
             proxy_ssl_counts_as_tls: false,
+            takeover: false,
         }
     }
 }

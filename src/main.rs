@@ -114,6 +114,11 @@ struct ServeArgs {
     /// metrics.listen.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Start even though another process listens on the same addresses,
+    /// sharing them (SO_REUSEPORT) for a zero-downtime restart: start the
+    /// new process with this flag, then SIGTERM the old one to drain it.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
@@ -204,6 +209,7 @@ fn effective_config(args: ServeArgs) -> std::result::Result<Config, ConfigError>
     if let Some(addr) = args.metrics_listen {
         config.metrics.listen = Some(addr);
     }
+    config.server.takeover = args.takeover;
     if let Err(e) = config.validate() {
         return Err(match &args.config {
             Some(path) => e.located(path),

@@ -276,3 +276,55 @@ fn check_config_names_file_line_and_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/users"));
 }
+
+/// Kills a `serve` that was expected to fail, should it start after all.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn a_second_serve_on_the_same_address_fails(engine: Engine) {
+    let tree = tree();
+    let first = Server::start(&tree, engine);
+    let child = Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        .args(["serve", "--engine", engine.arg(), "--listen"])
+        .arg(first.addr.to_string())
+        .arg("--passwd-file")
+        .arg(tree.passwd())
+        .arg("--mail-location")
+        .arg(tree.location())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = Reap(child);
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second serve on {} kept running",
+            first.addr
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {}", first.addr))
+            && stderr.contains("another process already listens"),
+        "{stderr}"
+    );
+    // The first one never noticed.
+    let mut c = first.connect();
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+}
+engine_test!(a_second_serve_on_the_same_address_fails);
