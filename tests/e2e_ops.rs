@@ -100,6 +100,14 @@ fn fail2ban_matches_json_logs_too(engine: Engine) {
             "not JSON: {line}"
         );
     }
+    // The login and logout lines say the same as in text, as `message`.
+    for text in [
+        "\"message\":\"pop3 login: user=<alice>, rip=127.0.0.1, shard=",
+        "\"message\":\"pop3 logout: user=<alice>, rip=127.0.0.1, shard=",
+        "\"message\":\"pop3 login failed (BadCredentials): user=<alice>, rip=127.0.0.1, shard=",
+    ] {
+        assert!(log.contains(text), "{text}\n{log}");
+    }
     check_fail2ban(&log, failures);
 }
 engine_test!(fail2ban_matches_json_logs_too);

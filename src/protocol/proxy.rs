@@ -81,6 +81,12 @@ impl Header {
     pub fn source(&self) -> Option<SocketAddr> {
         self.addresses.map(|a| a.source)
     }
+
+    /// The address the connection is judged by from now on: the header's
+    /// source, or `peer` (the socket's own) for LOCAL, UNKNOWN and AF_UNSPEC.
+    pub fn client(&self, peer: SocketAddr) -> SocketAddr {
+        self.source().unwrap_or(peer)
+    }
 }
 
 /// The two ends of the connection the proxy accepted.
@@ -177,11 +183,13 @@ pub fn parse(buf: &[u8]) -> Result<Status<(Header, usize)>, ProxyError> {
     Err(ProxyError::Missing)
 }
 
-/// True when `buf` (possibly short) could be the start of a PROXY header:
-/// the engine's test for a header from a peer not in `proxy_from`.
+/// True when `buf` starts with a whole v1 prefix (`PROXY `) or the whole
+/// v2 signature: the engine's test for a header sent by a peer that is not
+/// in `proxy_from` (its first bytes, before they reach the POP3 parser).
+/// Shorter input is never judged a header, so a client whose first line
+/// happens to be empty is not mistaken for a proxy.
 pub fn looks_like_header(buf: &[u8]) -> bool {
-    !buf.is_empty()
-        && (starts_with_prefix(buf, &V2_SIGNATURE) || starts_with_prefix(buf, V1_PREFIX))
+    buf.starts_with(&V2_SIGNATURE) || buf.starts_with(V1_PREFIX)
 }
 
 /// `buf` and `prefix` agree on their common length.

@@ -193,13 +193,25 @@ fn not_a_header_is_refused_at_the_first_wrong_byte() {
 }
 
 #[test]
-fn looks_like_header_spots_both_versions() {
+fn looks_like_header_needs_a_whole_prefix() {
     assert!(looks_like_header(b"PROXY TCP4 "));
-    assert!(looks_like_header(b"PRO"));
-    assert!(looks_like_header(&V2_SIGNATURE[..5]));
+    assert!(looks_like_header(b"PROXY "));
+    assert!(looks_like_header(&V2_SIGNATURE));
+    assert!(!looks_like_header(b"PROXY"));
+    assert!(!looks_like_header(b"PRO"));
+    assert!(!looks_like_header(&V2_SIGNATURE[..11]));
+    assert!(!looks_like_header(b"\r\n")); // an empty POP3 line
     assert!(!looks_like_header(b""));
     assert!(!looks_like_header(b"USER x\r\n"));
-    assert!(looks_like_header(b"\r"));
+}
+
+#[test]
+fn the_client_address_is_the_source_or_the_peer() {
+    let peer = addr("10.0.0.2:40000");
+    let (proxied, _) = complete(b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 110\r\n");
+    assert_eq!(proxied.client(peer), addr("192.0.2.7:5555"));
+    let (unknown, _) = complete(b"PROXY UNKNOWN\r\n");
+    assert_eq!(unknown.client(peer), peer);
 }
 
 #[test]
