@@ -421,6 +421,12 @@ impl Config {
             return invalid("limits.proxy_header_timeout_ms must be between 100 and 60000");
         }
         self.validate_proxy()?;
+        if let Some(metrics) = self.metrics.listen
+            && (self.server.listen.contains(&metrics) || self.tls.listen.contains(&metrics))
+            && metrics.port() != 0
+        {
+            return invalid("metrics.listen (--metrics-listen) must not be a POP3 listen address");
+        }
         if l.bad_commands_max == 0 {
             return invalid("limits.bad_commands_max must be at least 1");
         }
@@ -594,6 +600,21 @@ mod tests {
                 .to_string()
                 .contains("proxy_header_timeout_ms")
         );
+    }
+
+    #[test]
+    fn metrics_never_share_a_pop3_listener() {
+        let mut c = valid();
+        c.server.listen = vec!["127.0.0.1:110".parse().unwrap()];
+        c.metrics.listen = Some("127.0.0.1:110".parse().unwrap());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics.listen")
+        );
+        c.metrics.listen = Some("127.0.0.1:9110".parse().unwrap());
+        c.validate().unwrap();
     }
 
     #[test]
