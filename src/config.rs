@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::MailLocation;
 
 /// The whole configuration.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners, shards and the worker pool.
@@ -26,10 +26,21 @@ pub struct Config {
     pub limits: Limits,
     /// Certificates and implicit-TLS listeners.
     pub tls: Tls,
+    /// The Prometheus endpoint.
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served (Prometheus text format); off when
+    /// unset. Its own thread and socket, never a POP3 listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[tls]`
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM certificate chain. With `key`, STLS is offered on the plain
@@ -42,7 +53,7 @@ pub struct Tls {
 }
 
 /// `[server]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Plain POP3 listeners (port 110 in production).
@@ -57,10 +68,26 @@ pub struct Server {
     pub group: Option<String>,
     /// The I/O backend of every shard.
     pub engine: Engine,
+    /// Front ends (HAProxy, nginx) trusted to send a PROXY protocol header
+    /// (v1 or v2). A connection from one of these networks must start with
+    /// one, and its source address becomes the client's for everything
+    /// (penalties, limits, plaintext-auth policy, logs). Peers outside send
+    /// no header. Empty by default.
+    pub proxy_from: Vec<ipnet::IpNet>,
+    /// A v2 header whose PP2_TYPE_SSL says the client spoke TLS to the
+    /// proxy makes the connection count as TLS for `auth.plaintext_auth`.
+    /// Only for proxies that terminate TLS themselves.
+    pub proxy_ssl_counts_as_tls: bool,
+    /// `--takeover` only (never from the file: it is a way to start, not a
+    /// setting): bind beside a process that already listens on the same
+    /// addresses, for a zero-downtime restart. Without it such a start
+    /// fails.
+    #[serde(skip)]
+    pub takeover: bool,
 }
 
 /// `server.engine` / `--engine`: which pump drives the connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// Readiness: mio over epoll (every Linux).
@@ -96,12 +123,24 @@ impl Default for Server {
             user: None,
             group: None,
             engine: Engine::Auto,
+            proxy_from: Vec::new(),
+            proxy_ssl_counts_as_tls: false,
+            takeover: false,
         }
     }
 }
 
+impl Server {
+    /// Whether a peer must begin with a PROXY header (an IPv4 peer on an
+    /// IPv6 socket counts by its IPv4 address).
+    pub fn is_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_from.iter().any(|net| net.contains(&peer))
+    }
+}
+
 /// `[auth]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// A Dovecot passwd-file (`user:{SCHEME}hash:uid:gid::home::extra`).
@@ -136,7 +175,7 @@ pub struct Auth {
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PlaintextAuth {
     /// Only over TLS.
@@ -177,7 +216,7 @@ impl Default for Auth {
 }
 
 /// `[mail]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mail {
     /// Dovecot's `mail_location` syntax, e.g. `maildir:~/Maildir` or
@@ -199,7 +238,7 @@ impl Default for Mail {
 }
 
 /// `[limits]`
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest command line including CRLF (RFC 2449: 255).
@@ -225,6 +264,9 @@ pub struct Limits {
     /// Jobs (logins, commits) waiting for a worker before new ones are
     /// answered `-ERR [SYS/TEMP]` at once: a shard never waits for the pool.
     pub worker_queue_max: usize,
+    /// How long a peer in `server.proxy_from` may take to send its whole
+    /// PROXY header before the connection is closed.
+    pub proxy_header_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -240,6 +282,7 @@ impl Default for Limits {
             output_buffer_bytes: 64 * 1024,
             recv_buffer_bytes: 4096,
             worker_queue_max: 1024,
+            proxy_header_timeout_ms: 5_000,
         }
     }
 }
@@ -249,9 +292,18 @@ impl Default for Limits {
 pub enum ConfigError {
     /// The file could not be read.
     Read(PathBuf, std::io::Error),
-    /// The file is not valid TOML for this schema.
-    Parse(PathBuf, toml::de::Error),
-    /// A value is out of range or missing.
+    /// The file is not valid TOML for this schema, or a value in it does not
+    /// validate: where (1-based line and column, when known) and why.
+    At {
+        /// The file.
+        path: PathBuf,
+        /// Line and column of the offending key or value.
+        position: Option<(usize, usize)>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range or missing (it may come from a flag or a
+    /// default, so it has no place in a file).
     Invalid(String),
 }
 
@@ -259,7 +311,16 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
-            ConfigError::Parse(p, e) => write!(f, "{}: {e}", p.display()),
+            ConfigError::At {
+                path,
+                position: Some((line, column)),
+                reason,
+            } => write!(f, "{}:{line}:{column}: {reason}", path.display()),
+            ConfigError::At {
+                path,
+                position: None,
+                reason,
+            } => write!(f, "{}: {reason}", path.display()),
             ConfigError::Invalid(s) => f.write_str(s),
         }
     }
@@ -267,11 +328,63 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// Places a validation error in `path`: the first `section.key` the
+    /// reason names that the file sets gives the line. Errors that are
+    /// already placed, and keys the file does not set (a default or a
+    /// flag), are returned as they are.
+    pub fn located(self, path: &Path) -> ConfigError {
+        let ConfigError::Invalid(reason) = self else {
+            return self;
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return ConfigError::Invalid(reason);
+        };
+        let keys = reason
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .filter(|w| w.split('.').count() == 2 && !w.starts_with('.') && !w.ends_with('.'));
+        for key in keys {
+            if let Some(offset) = key_offset(&text, key) {
+                return ConfigError::At {
+                    path: path.into(),
+                    position: Some(line_column(&text, offset)),
+                    reason,
+                };
+            }
+        }
+        ConfigError::Invalid(reason)
+    }
+}
+
+/// The byte offset of `section.key` in a TOML document, if it sets it.
+fn key_offset(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let (_, table) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == section)?;
+    let toml::de::DeValue::Table(table) = table.get_ref() else {
+        return None;
+    };
+    let (name, _) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+    Some(name.span().start)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
 impl Config {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+        toml::from_str(&text).map_err(|e| ConfigError::At {
+            path: path.into(),
+            position: e.span().map(|span| line_column(&text, span.start)),
+            reason: e.message().trim_end().to_string(),
+        })
     }
 
     /// Checks what can be checked before binding anything.
@@ -308,6 +421,16 @@ impl Config {
         if l.output_buffer_bytes < 4096 {
             return invalid("limits.output_buffer_bytes must be at least 4096");
         }
+        if !(100..=60_000).contains(&l.proxy_header_timeout_ms) {
+            return invalid("limits.proxy_header_timeout_ms must be between 100 and 60000");
+        }
+        self.validate_proxy()?;
+        if let Some(metrics) = self.metrics.listen
+            && (self.server.listen.contains(&metrics) || self.tls.listen.contains(&metrics))
+            && metrics.port() != 0
+        {
+            return invalid("metrics.listen (--metrics-listen) must not be a POP3 listen address");
+        }
         if l.bad_commands_max == 0 {
             return invalid("limits.bad_commands_max must be at least 1");
         }
@@ -319,6 +442,31 @@ impl Config {
                 autologout_ms = l.autologout_ms,
                 "limits.autologout_ms is below the 10 minutes RFC 1939 requires"
             );
+        }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.proxy_ssl_counts_as_tls && s.proxy_from.is_empty() {
+            return Err(ConfigError::Invalid(
+                "server.proxy_ssl_counts_as_tls needs server.proxy_from (--proxy-from)".into(),
+            ));
+        }
+        if !s.proxy_from.is_empty()
+            && self.limits.recv_buffer_bytes < crate::protocol::proxy::HEADER_BYTES_MAX
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server.proxy_from needs limits.recv_buffer_bytes of at least {} (the longest PROXY header)",
+                crate::protocol::proxy::HEADER_BYTES_MAX
+            )));
+        }
+        for net in &s.proxy_from {
+            if net.prefix_len() == 0 {
+                // Every address may then claim to be any client: penalties
+                // and the plaintext policy see whatever the peer writes.
+                tracing::warn!(%net, "server.proxy_from trusts every address to send PROXY headers");
+            }
         }
         Ok(())
     }
@@ -408,5 +556,78 @@ mod tests {
         c.validate().unwrap();
         c.limits.recv_buffer_bytes = 100;
         assert!(c.validate().is_err());
+    }
+
+    fn valid() -> Config {
+        let mut c = Config::default();
+        c.auth.passwd_file = Some("/etc/users".into());
+        c.mail.location = Some("maildir:~/Maildir".into());
+        c
+    }
+
+    #[test]
+    fn proxy_from_parses_and_matches_mapped_addresses() {
+        let c: Config = toml::from_str(
+            "[server]\nproxy_from = [\"10.20.0.0/16\", \"2001:db8::/32\"]\nproxy_ssl_counts_as_tls = true\n",
+        )
+        .unwrap();
+        assert!(c.server.proxy_ssl_counts_as_tls);
+        assert!(c.server.is_proxy("10.20.3.4".parse().unwrap()));
+        assert!(c.server.is_proxy("::ffff:10.20.3.4".parse().unwrap()));
+        assert!(c.server.is_proxy("2001:db8::9".parse().unwrap()));
+        assert!(!c.server.is_proxy("10.21.0.1".parse().unwrap()));
+        assert!(
+            !Config::default()
+                .server
+                .is_proxy("127.0.0.1".parse().unwrap())
+        );
+        assert!(toml::from_str::<Config>("[server]\nproxy_from = [\"10.20.0.0/33\"]\n").is_err());
+        assert!(toml::from_str::<Config>("[server]\nproxy_from = [\"haproxy\"]\n").is_err());
+    }
+
+    #[test]
+    fn proxy_options_are_validated() {
+        let mut c = valid();
+        c.server.proxy_ssl_counts_as_tls = true;
+        assert!(c.validate().unwrap_err().to_string().contains("proxy_from"));
+        c.server.proxy_from = vec!["10.0.0.0/8".parse().unwrap()];
+        c.validate().unwrap();
+        c.limits.recv_buffer_bytes = 600;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("recv_buffer_bytes")
+        );
+        c.limits.recv_buffer_bytes = 4096;
+        c.limits.proxy_header_timeout_ms = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("proxy_header_timeout_ms")
+        );
+    }
+
+    #[test]
+    fn metrics_never_share_a_pop3_listener() {
+        let mut c = valid();
+        c.server.listen = vec!["127.0.0.1:110".parse().unwrap()];
+        c.metrics.listen = Some("127.0.0.1:110".parse().unwrap());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("metrics.listen")
+        );
+        c.metrics.listen = Some("127.0.0.1:9110".parse().unwrap());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let c: Config = toml::from_str("[metrics]\nlisten = \"127.0.0.1:9110\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9110".parse().unwrap()));
     }
 }

@@ -29,6 +29,8 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod store;
 pub mod tls;

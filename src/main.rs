@@ -1,4 +1,4 @@
-//! The `shardpop` command line: `serve`, `demo`, `passwd`.
+//! The `shardpop` command line: `serve`, `check-config`, `demo`, `passwd`.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read};
@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use shardpop::auth::{Scheme, hash_password};
-use shardpop::config::{Config, PlaintextAuth};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shardpop::auth::{Passdb, Scheme, hash_password};
+use shardpop::config::{Config, ConfigError, PlaintextAuth};
+use shardpop::notify::Notifier;
 
 #[derive(Parser)]
 #[command(
@@ -22,12 +23,26 @@ struct Cli {
     /// Log filter (tracing env-filter syntax); RUST_LOG wins when set.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log line format on standard error: text, or json (one object per
+    /// line, the event's fields at the top level).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve POP3 with a config file and/or flags (flags override the file).
     Serve(ServeArgs),
+    /// Parse and validate what `serve` would use with the same file and
+    /// flags, print the effective configuration, and exit non-zero with the
+    /// file, line and reason on a mistake.
+    CheckConfig(ServeArgs),
     /// Create a demo mail tree and passwd-file, then serve it on loopback.
     Demo {
         /// Where to create the demo tree (recreated on each run).
@@ -87,19 +102,31 @@ struct ServeArgs {
     /// or auto (io_uring when allowed, else epoll); replaces server.engine.
     #[arg(long, value_parser = ["epoll", "uring", "auto"])]
     engine: Option<String>,
+    /// A network whose connections begin with a PROXY protocol header
+    /// (repeatable, CIDR); replaces server.proxy_from.
+    #[arg(long, value_name = "CIDR")]
+    proxy_from: Vec<ipnet::IpNet>,
+    /// Count PP2_TYPE_SSL (client used TLS to the proxy) as TLS for the
+    /// plaintext-auth policy; sets server.proxy_ssl_counts_as_tls.
+    #[arg(long)]
+    proxy_ssl_counts_as_tls: bool,
+    /// Serve Prometheus metrics at GET /metrics on this address; replaces
+    /// metrics.listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Start even though another process listens on the same addresses,
+    /// sharing them (SO_REUSEPORT) for a zero-downtime restart: start the
+    /// new process with this flag, then SIGTERM the old one to drain it.
+    #[arg(long)]
+    takeover: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => check_config(args),
         Command::Demo {
             dir,
             listen,
@@ -116,9 +143,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Text for people, JSON for log shippers; the same events and fields in
+/// both (JSON puts the fields, `message` included, at the top level).
+fn init_logging(log: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn serve(args: ServeArgs) -> Result<()> {
+/// The file (if any), then the flags over it, validated; a mistake in the
+/// file is reported with its line.
+fn effective_config(args: ServeArgs) -> std::result::Result<Config, ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -151,9 +198,71 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.tls.key = Some(p);
     }
     if let Some(e) = args.engine {
-        config.server.engine = e.parse()?;
+        config.server.engine = e.parse().map_err(ConfigError::Invalid)?;
     }
-    shardpop::engine::serve(&config)?;
+    if !args.proxy_from.is_empty() {
+        config.server.proxy_from = args.proxy_from;
+    }
+    if args.proxy_ssl_counts_as_tls {
+        config.server.proxy_ssl_counts_as_tls = true;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics.listen = Some(addr);
+    }
+    config.server.takeover = args.takeover;
+    if let Err(e) = config.validate() {
+        return Err(match &args.config {
+            Some(path) => e.located(path),
+            None => e,
+        });
+    }
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let config = effective_config(args)?;
+    // systemd (Type=notify): READY=1 once every listener is bound.
+    let notifier = Notifier::from_env();
+    let result = shardpop::engine::serve_with(&config, |bound| {
+        let status = format!("serving POP3 on {} address(es)", bound.len());
+        if let Err(e) = notifier.ready(&status) {
+            tracing::warn!(error = %e, "cannot notify the service manager");
+        }
+    });
+    let _ = notifier.stopping();
+    result?;
+    Ok(())
+}
+
+/// Everything `serve` reads before it binds: the configuration, the passdb,
+/// the SCRAM secret, the TLS certificate and key. Prints the effective
+/// configuration (defaults and flags applied) as TOML.
+fn check_config(args: ServeArgs) -> Result<()> {
+    let config = effective_config(args)?;
+    let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
+    Passdb::open(passwd_file).map_err(|e| format!("{}: {e}", passwd_file.display()))?;
+    if let Some(path) = &config.auth.scram_secret_file {
+        let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if secret.len() < 16 {
+            return Err(
+                format!("{}: a SCRAM secret needs at least 16 bytes", path.display()).into(),
+            );
+        }
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        let files = shardpop::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        shardpop::tls::TlsReloader::new(files)?;
+    }
+    let text = toml::to_string(&config)?;
+    println!(
+        "# effective configuration: {} shard(s), {} worker(s)\n{text}",
+        config.shards(),
+        config.workers()
+    );
+    eprintln!("shardpop: configuration OK");
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod capa;
 pub mod command;
+pub mod proxy;
 pub mod reply;
 pub mod session;
 

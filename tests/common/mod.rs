@@ -388,6 +388,11 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     if !line.contains("listening") {
         return None;
     }
+    // Text (`addr=127.0.0.1:1234`) or `--log-format json` (`"addr":"..."`).
+    if let Some(at) = line.find("\"addr\":\"") {
+        let rest = &line[at + 8..];
+        return rest[..rest.find('"')?].parse().ok();
+    }
     let at = line.find("addr=")? + 5;
     line[at..].split_whitespace().next()?.parse().ok()
 }
