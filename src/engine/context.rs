@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::guard::Guard;
 use super::worker::{Jobs, ShardPort};
 use crate::config::{Config, PlaintextAuth};
+use crate::metrics::{Metrics, ShardCells};
 use crate::protocol::{Limits, Offer, Session};
 use crate::tls::TlsReloader;
 
@@ -44,6 +45,15 @@ pub struct Process {
     pub recv_buffer_bytes: usize,
     /// How long sessions may finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Per-shard counters, summed on scrape.
+    pub metrics: Arc<Metrics>,
+    /// Peers that must begin with a PROXY protocol header.
+    pub proxy_from: Vec<ipnet::IpNet>,
+    /// A client that spoke TLS to the proxy (PP2_TYPE_SSL) counts as TLS
+    /// for the plaintext-auth policy.
+    pub proxy_ssl_counts_as_tls: bool,
+    /// How long a proxy may take to send its whole header.
+    pub proxy_header_timeout: Duration,
     /// Set by the signal thread.
     shutdown: AtomicBool,
 }
@@ -55,6 +65,7 @@ impl Process {
         guard: Guard,
         tls: Option<Arc<TlsReloader>>,
         jobs: Jobs,
+        metrics: Arc<Metrics>,
     ) -> Process {
         Process {
             limits: Limits {
@@ -74,6 +85,10 @@ impl Process {
             output_buffer_bytes: config.limits.output_buffer_bytes,
             recv_buffer_bytes: config.limits.recv_buffer_bytes,
             shutdown_grace: Duration::from_millis(config.limits.shutdown_grace_ms),
+            metrics,
+            proxy_from: config.server.proxy_from.clone(),
+            proxy_ssl_counts_as_tls: config.server.proxy_ssl_counts_as_tls,
+            proxy_header_timeout: Duration::from_millis(config.limits.proxy_header_timeout_ms),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -88,21 +103,31 @@ impl Process {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// Whether a peer must begin with a PROXY header (an IPv4 peer on an
+    /// IPv6 socket counts by its IPv4 address).
+    pub fn is_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_from.iter().any(|net| net.contains(&peer))
+    }
+
     /// What a connection from `peer` is offered: plaintext logins where the
-    /// policy allows them, STLS where a certificate exists and TLS is not on.
-    pub fn offer(&self, peer: SocketAddr, tls: bool) -> Offer {
+    /// policy allows them (`tls`: TLS to us; `proxy_tls`: TLS to the proxy,
+    /// when the operator counts it), STLS where a certificate exists and TLS
+    /// is not on.
+    pub fn offer(&self, peer: SocketAddr, tls: bool, proxy_tls: bool) -> Offer {
+        let secured = tls || (proxy_tls && self.proxy_ssl_counts_as_tls);
         Offer {
-            plaintext_auth: self.plaintext_auth.allows(tls, peer.ip()),
+            plaintext_auth: self.plaintext_auth.allows(secured, peer.ip()),
             stls: !tls && self.tls.is_some(),
         }
     }
 
     /// A new session for connection `id` of `shard`.
-    pub fn session(&self, shard: usize, id: u64, peer: SocketAddr, tls: bool) -> Session {
+    pub fn session(&self, shard: usize, id: u64, offer: Offer) -> Session {
         let challenge = self.apop.then(|| {
             format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
         });
-        Session::new(self.limits, self.offer(peer, tls), challenge)
+        Session::new(self.limits, offer, challenge)
     }
 }
 
@@ -135,7 +160,19 @@ pub struct Cx<'a> {
     pub slot: usize,
 }
 
+impl Local {
+    /// This shard's metric cells.
+    pub fn cells<'a>(&self, process: &'a Process) -> &'a ShardCells {
+        process.metrics.shard(self.shard)
+    }
+}
+
 impl<'a> Cx<'a> {
+    /// This shard's metric cells.
+    pub fn cells(&self) -> &'a ShardCells {
+        self.process.metrics.shard(self.local.shard)
+    }
+
     /// The context for a call on the connection in `slot` at `now`.
     pub fn new(process: &'a Process, local: &'a Local, now: Instant, slot: usize) -> Cx<'a> {
         Cx {

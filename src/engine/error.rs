@@ -24,6 +24,10 @@ pub enum ConnError {
     Tls(TlsError),
     /// Any other socket error (warning).
     Io(io::Error),
+    /// A peer in `server.proxy_from` sent a missing, malformed or oversized
+    /// PROXY header: the connection is closed without a greeting (warning:
+    /// a front end is misconfigured, or someone is probing).
+    Proxy(crate::protocol::proxy::ProxyError),
 }
 
 impl From<io::Error> for ConnError {
@@ -63,6 +67,7 @@ impl fmt::Display for ConnError {
             ConnError::Truncated => f.write_str("message file truncated while it was sent"),
             ConnError::Tls(e) => write!(f, "TLS: {e}"),
             ConnError::Io(e) => write!(f, "{e}"),
+            ConnError::Proxy(e) => write!(f, "PROXY header refused: {e}"),
         }
     }
 }
@@ -72,6 +77,7 @@ impl std::error::Error for ConnError {
         match self {
             ConnError::PeerGone(e) | ConnError::Io(e) => Some(e),
             ConnError::Tls(e) => Some(e),
+            ConnError::Proxy(e) => Some(e),
             ConnError::Truncated => None,
         }
     }
@@ -92,12 +98,20 @@ impl ConnError {
         match self {
             ConnError::PeerGone(_) => Level::Debug,
             ConnError::Tls(e) if e.is_peer_fault() => Level::Debug,
-            ConnError::Truncated | ConnError::Tls(_) | ConnError::Io(_) => Level::Warn,
+            ConnError::Truncated | ConnError::Tls(_) | ConnError::Io(_) | ConnError::Proxy(_) => {
+                Level::Warn
+            }
         }
     }
 
     /// Logs why the session with `peer` ends.
     pub fn log(&self, peer: SocketAddr) {
+        if let ConnError::Proxy(e) = self {
+            // One line that says why and from where, in the shape of the
+            // other pop3 lines.
+            tracing::warn!("pop3 PROXY header refused ({e}): rip={}", peer.ip());
+            return;
+        }
         match self.level() {
             Level::Debug => tracing::debug!(%peer, error = %self, "connection ended"),
             Level::Warn => tracing::warn!(%peer, error = %self, "closing the session"),

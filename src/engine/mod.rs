@@ -200,12 +200,32 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
         uidl_format,
     });
     let (jobs, job_rx) = worker::Jobs::bounded(config.limits.worker_queue_max);
-    let workers = worker::start(config.workers(), job_rx, ctx);
+    let workers = worker::start(config.workers(), job_rx.clone(), ctx);
     let guard = guard::Guard::new(guard::GuardConfig::new(
         &config.auth,
         config.limits.connections_per_address_max,
     ));
-    let process = Arc::new(Process::new(config, guard, tls.clone(), jobs));
+    let metrics = crate::metrics::Metrics::new(
+        shards,
+        match backend {
+            Kind::Epoll => "epoll",
+            Kind::Uring => "uring",
+        },
+    );
+    // The receiving end: a sender here would keep the workers from ever
+    // seeing the queue close at shutdown.
+    let queue = job_rx.clone();
+    metrics.watch_worker_queue(move || queue.len());
+    let _metrics_server = match config.metrics.listen {
+        Some(addr) => {
+            let server = crate::metrics::http::serve(addr, Arc::clone(&metrics))
+                .map_err(|e| StartError::Bind(addr, e))?;
+            tracing::info!(addr = %server.local_addr(), "metrics listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let process = Arc::new(Process::new(config, guard, tls.clone(), jobs, metrics));
 
     let (wakers, threads) = start_shards(backend, listeners, &process)?;
     ready(&bound);

@@ -33,6 +33,9 @@ use super::error::ConnError;
 use super::guard::Admission;
 use super::timer::Timers;
 use super::worker::{ConnRef, Done};
+use crate::protocol::Session;
+use crate::protocol::proxy::Header;
+use crate::tls::TlsLayer;
 
 /// New connections admitted per loop turn at most.
 pub const ACCEPTS_PER_TURN: usize = 64;
@@ -48,14 +51,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 struct Slot {
     conn: Option<Conn>,
     counted: bool,
-}
-
-/// What admission decided for a new client.
-enum Admitted {
-    /// Serve it; `counted`: it holds a guard slot until it closes.
-    Serve { conn: Box<Conn>, counted: bool },
-    /// Send this line (if the socket takes it at once) and close.
-    Refuse(&'static [u8]),
+    /// Accepted on an implicit-TLS listener (for a client admitted after
+    /// its proxy's header).
+    implicit_tls: bool,
 }
 
 /// One shard's connections and the rules they live by.
@@ -249,40 +247,68 @@ impl ShardCore {
         else {
             return; // the client is already gone
         };
+        let cells = self.local.cells(&self.process);
+        cells.connection_accepted();
         let implicit_tls = self.listener_tls.get(listener).copied().unwrap_or(false);
         self.next_id += 1;
-        match self.admission(self.next_id, peer, implicit_tls, now) {
-            Admitted::Refuse(line) => {
-                // A fresh socket's buffer takes one short line at once.
-                let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-                let _ = socket2::SockRef::from(&fd).send_with_flags(line, flags);
-            }
-            Admitted::Serve { conn, counted } => {
-                let slot = self.slots.vacant_key();
-                if let Err(e) = io.open(slot, fd) {
-                    tracing::warn!(shard = self.local.shard, error = %e, "cannot take a connection");
-                    if counted {
-                        self.process.guard.release(peer.ip());
-                    }
+        let id = self.next_id;
+        let (conn, counted) = if self.process.is_proxy(peer.ip()) {
+            // The client is known only once the header is in: admission
+            // waits for it (`admit_proxied`).
+            let offer = self.process.offer(peer, false, false);
+            let session = self.process.session(self.local.shard, id, offer);
+            let deadline = now + self.process.proxy_header_timeout;
+            let conn = Conn::awaiting_proxy(id, peer, session, &self.process, now, deadline);
+            (conn, false)
+        } else {
+            match self.admission(id, peer, implicit_tls, false, now) {
+                Ok((session, tls, counted)) => (
+                    Conn::new(id, peer, session, &self.process, now, tls),
+                    counted,
+                ),
+                Err(line) => {
+                    // A fresh socket's buffer takes one short line at once.
+                    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                    let _ = socket2::SockRef::from(&fd).send_with_flags(line, flags);
+                    cells.connection_closed();
                     return;
                 }
-                self.slots.insert(Slot {
-                    conn: Some(*conn),
-                    counted,
-                });
-                self.drive(io, slot, now);
             }
+        };
+        let slot = self.slots.vacant_key();
+        if let Err(e) = io.open(slot, fd) {
+            tracing::warn!(shard = self.local.shard, error = %e, "cannot take a connection");
+            if counted {
+                self.process.guard.release(peer.ip());
+            }
+            cells.connection_closed();
+            return;
         }
+        self.slots.insert(Slot {
+            conn: Some(conn),
+            counted,
+            implicit_tls,
+        });
+        self.drive(io, slot, now);
     }
 
-    /// The per-address guard, TLS and a session for a new client.
-    fn admission(&self, id: u64, peer: SocketAddr, implicit_tls: bool, now: Instant) -> Admitted {
+    /// The per-address guard, TLS and a session for a client at `peer`
+    /// (`proxy_tls`: it spoke TLS to the proxy in front of us). `Err` is the
+    /// line to refuse it with.
+    fn admission(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        proxy_tls: bool,
+        now: Instant,
+    ) -> Result<(Session, Option<TlsLayer>, bool), &'static [u8]> {
         let guard = &self.process.guard;
         let counted = match guard.admit(peer.ip(), now) {
             Admission::Admit { counted } => counted,
             refused => {
                 tracing::info!("pop3 connection refused ({refused:?}): rip={}", peer.ip());
-                return Admitted::Refuse(match refused {
+                return Err(match refused {
                     Admission::TooManyConnections => {
                         b"-ERR [SYS/TEMP] Too many connections from your address.\r\n"
                     }
@@ -291,37 +317,71 @@ impl ShardCore {
             }
         };
         let tls = match (implicit_tls, &self.process.tls) {
-            (true, Some(reloader)) => match crate::tls::TlsLayer::new(reloader.current()) {
+            (true, Some(reloader)) => match TlsLayer::new(reloader.current()) {
                 Ok(layer) => Some(layer),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start TLS for a new connection");
                     if counted {
                         guard.release(peer.ip());
                     }
-                    return Admitted::Refuse(b"");
+                    return Err(b"");
                 }
             },
             _ => None,
         };
-        let session = self
-            .process
-            .session(self.local.shard, id, peer, tls.is_some());
-        let conn = Conn::new(id, peer, session, &self.process, now, tls);
-        Admitted::Serve {
-            conn: Box::new(conn),
-            counted,
+        let offer = self.process.offer(peer, tls.is_some(), proxy_tls);
+        let session = self.process.session(self.local.shard, id, offer);
+        Ok((session, tls, counted))
+    }
+
+    /// A trusted proxy's header named the client: admit it as if it had
+    /// connected itself. Returns false when it was refused.
+    fn admit_proxied(&mut self, slot: usize, header: Header, now: Instant) -> bool {
+        let Some(entry) = self.slots.get(slot) else {
+            return false;
+        };
+        let Some(conn) = &entry.conn else {
+            return false;
+        };
+        let (id, client) = (conn.id, header.client(conn.peer));
+        let admitted = self.admission(id, client, entry.implicit_tls, header.client_tls, now);
+        let entry = &mut self.slots[slot];
+        let conn = entry.conn.as_mut().expect("checked above");
+        match admitted {
+            Ok((session, tls, counted)) => {
+                entry.counted = counted;
+                conn.admit(client, Some(session), tls);
+                true
+            }
+            Err(line) => {
+                conn.refuse(line);
+                false
+            }
         }
     }
 
     /// Moves bytes for one connection until nothing more can move, then
     /// closes it or re-arms its timer.
     fn drive<B: Backend>(&mut self, io: &mut B, slot: usize, now: Instant) {
-        let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
-            return;
-        };
-        let cx = Cx::new(&self.process, &self.local, now, slot);
-        let status = pump(io, slot, conn, &cx);
-        self.settle(io, slot, status);
+        loop {
+            let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            let cx = Cx::new(&self.process, &self.local, now, slot);
+            let status = pump(io, slot, conn, &cx);
+            let header = match status {
+                Status::Close => None,
+                _ => conn.take_proxy_header(),
+            };
+            match header {
+                // Admitted or refused, the connection now has its first
+                // words to say: go round again.
+                Some(header) => {
+                    self.admit_proxied(slot, header, now);
+                }
+                None => return self.settle(io, slot, status),
+            }
+        }
     }
 
     fn completions<B: Backend>(&mut self, io: &mut B, now: Instant) {
@@ -441,6 +501,7 @@ impl ShardCore {
             return; // already closed, parked in the backend
         };
         conn.log_end(self.local.shard);
+        self.local.cells(&self.process).connection_closed();
         if entry.counted {
             self.process.guard.release(conn.peer.ip());
         }

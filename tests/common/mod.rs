@@ -405,13 +405,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Client { reader, stream };
+        let mut c = Client::connect_silent(addr);
         let greeting = c.line();
         assert!(greeting.starts_with("+OK"), "{greeting}");
         c
+    }
+
+    /// Connects without reading the greeting (a proxy's header goes first).
+    pub fn connect_silent(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { reader, stream }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {

@@ -9,6 +9,7 @@ use super::Conn;
 use crate::auth::ScramNext;
 use crate::engine::context::Cx;
 use crate::engine::worker::{ConnRef, Done, Full, Job, Outcome, Reply};
+use crate::metrics::LoginResult;
 use crate::protocol::{Completion, Effect, LoginFailure};
 use crate::tls::TlsLayer;
 
@@ -50,6 +51,20 @@ impl Conn {
 
     /// Gives the session a completion and carries out what it asks next.
     pub(super) fn complete(&mut self, completion: Completion, cx: &Cx<'_>) {
+        let login = match &completion {
+            Completion::LoggedIn(_) => Some(LoginResult::Ok),
+            Completion::LoginFailed(LoginFailure::BadCredentials) => Some(LoginResult::Failed),
+            Completion::LoginFailed(LoginFailure::InUse) => Some(LoginResult::InUse),
+            Completion::LoginFailed(LoginFailure::Temporary) => Some(LoginResult::TempFail),
+            Completion::Committed(_) | Completion::SaslChallenge(_) => None,
+        };
+        if let Some(result) = login {
+            // From PASS (or SASL's last step) to this reply, any penalty
+            // delay included.
+            let started = self.login_started.take().unwrap_or(cx.now);
+            cx.cells()
+                .login(result, cx.now.saturating_duration_since(started));
+        }
         if let Some(effect) = self.session.complete(completion, &mut self.out) {
             self.apply(effect, cx);
         }
@@ -58,6 +73,7 @@ impl Conn {
     pub(super) fn apply(&mut self, effect: Effect, cx: &Cx<'_>) {
         match effect {
             Effect::Login { user, credential } => {
+                self.login_started = Some(cx.now);
                 let reply = self.reply_to(cx);
                 self.submit(
                     Job::Login {
@@ -68,13 +84,18 @@ impl Conn {
                     cx,
                 );
             }
-            Effect::SendBody { index, top_lines } => self.open_body(index, top_lines),
+            Effect::SendBody { index, top_lines } => {
+                let before = self.bytes_sent + self.queued_bytes() as u64;
+                self.retr_started = Some((cx.now, before));
+                self.open_body(index, top_lines);
+            }
             Effect::Commit(deleted) => {
                 let Some(mailbox) = &self.mailbox else {
                     debug_assert!(false, "commit without a mailbox");
                     return self.complete(Completion::Committed(false), cx);
                 };
                 let snapshot = Arc::clone(&mailbox.snapshot);
+                self.commit_marked = deleted.len();
                 let reply = self.reply_to(cx);
                 self.submit(
                     Job::Commit {
@@ -104,7 +125,7 @@ impl Conn {
                     return;
                 };
                 match TlsLayer::new(reloader.current()) {
-                    Ok(layer) => self.start_tls(layer, cx.process.offer(self.peer, true)),
+                    Ok(layer) => self.start_tls(layer, cx.process.offer(self.peer, true, false)),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start TLS");
                         self.closing = true;
@@ -133,10 +154,12 @@ impl Conn {
             }
             ScramNext::Proven(entry) => {
                 self.scram = None;
+                self.login_started = Some(cx.now);
                 let reply = self.reply_to(cx);
                 self.submit(Job::Open { reply, entry }, cx);
             }
             ScramNext::Failed { user } => {
+                self.login_started.get_or_insert(cx.now);
                 self.login_failed(LoginFailure::BadCredentials, &user, cx)
             }
         }
@@ -169,7 +192,11 @@ impl Conn {
                 };
                 return self.scram_next(next, cx);
             }
-            Outcome::Committed { failed } => Completion::Committed(failed == 0),
+            Outcome::Committed { failed } => {
+                let removed = self.commit_marked.saturating_sub(failed);
+                cx.cells().deleted(removed as u64);
+                Completion::Committed(failed == 0)
+            }
         };
         self.complete(completion, cx);
     }
@@ -190,6 +217,7 @@ impl Conn {
             // The delay grows with the address's recent failures.
             let delay = cx.process.guard.login_failed(self.peer.ip(), cx.now);
             if !delay.is_zero() {
+                cx.cells().auth_penalty();
                 self.held = Some((cx.now + delay, Completion::LoginFailed(why)));
                 return;
             }

@@ -18,6 +18,7 @@ use super::Conn;
 use crate::engine::body::{BodyStream, RawPlan};
 use crate::engine::buffer::InBuf;
 use crate::engine::error::ConnError;
+use crate::metrics::{ShardCells, TlsResult};
 use crate::protocol::Offer;
 use crate::tls::TlsLayer;
 
@@ -31,6 +32,8 @@ pub(super) struct Tls {
     /// `Some` while TLS is starting after STLS: the offer the session gets
     /// once the plaintext `+OK` has left and TLS is on.
     starting: Option<Offer>,
+    /// The handshake's end (or failure) has been counted.
+    handshake_counted: bool,
 }
 
 impl Tls {
@@ -40,7 +43,18 @@ impl Tls {
             layer,
             cipher_in: InBuf::new(bytes),
             starting: None,
+            handshake_counted: false,
         }
+    }
+
+    /// Takes bytes that arrived before TLS was set up (after a PROXY
+    /// header on an implicit-TLS listener: the start of the handshake).
+    pub(super) fn take_early(&mut self, plaintext_buffer: &mut InBuf) {
+        let early = plaintext_buffer.filled();
+        let n = early.len().min(self.cipher_in.space().len());
+        self.cipher_in.space()[..n].copy_from_slice(&early[..n]);
+        self.cipher_in.commit(n);
+        plaintext_buffer.consume(n);
     }
 
     /// TLS that starts once the queued plaintext has been sent (STLS).
@@ -142,16 +156,29 @@ impl Conn {
     /// Feeds buffered ciphertext to TLS and moves the plaintext it yields
     /// into the receive buffer, as far as that has room. Returns whether
     /// bytes moved. Does nothing while TLS is starting.
-    pub(super) fn tls_input(&mut self) -> Result<bool, ConnError> {
+    pub(super) fn tls_input(&mut self, cells: &ShardCells) -> Result<bool, ConnError> {
         let Some(tls) = self.tls.as_deref_mut().filter(|t| t.is_on()) else {
             return Ok(false);
         };
         let mut moved = false;
         loop {
             if !tls.cipher_in.is_empty() {
-                let taken = tls.layer.receive(tls.cipher_in.filled())?;
+                let taken = match tls.layer.receive(tls.cipher_in.filled()) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        if !tls.handshake_counted {
+                            tls.handshake_counted = true;
+                            cells.tls_handshake(TlsResult::Failed);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 tls.cipher_in.consume(taken);
                 moved |= taken > 0;
+                if !tls.handshake_counted && !tls.layer.is_handshaking() {
+                    tls.handshake_counted = true;
+                    cells.tls_handshake(TlsResult::Ok);
+                }
             }
             let got = tls.layer.read_plaintext(self.recv.space());
             self.recv.commit(got);

@@ -95,6 +95,22 @@ pub struct Conn {
     /// When the live timer entry fires; `None` while none is queued.
     pub armed_at: Option<Instant>,
     bytes_sent: u64,
+    /// A trusted proxy's connection before its PROXY header: nothing is
+    /// said and nothing is a command until the header is whole, by this
+    /// deadline.
+    proxy_deadline: Option<Instant>,
+    /// The header, parsed, until the shard admits the client it names.
+    proxy_header: Option<crate::protocol::proxy::Header>,
+    /// The first input of a client not behind a proxy has been looked at
+    /// (a PROXY header there is refused).
+    first_input_seen: bool,
+    /// When the login being answered started (PASS, or SASL's last step).
+    login_started: Option<Instant>,
+    /// The RETR/TOP being sent: when it was asked for, and the bytes sent
+    /// or queued before its reply.
+    retr_started: Option<(Instant, u64)>,
+    /// Messages the QUIT being committed removes.
+    commit_marked: usize,
 }
 
 impl Conn {
@@ -108,15 +124,28 @@ impl Conn {
         now: Instant,
         tls: Option<TlsLayer>,
     ) -> Conn {
-        let mut out = Vec::with_capacity(256);
-        session.greet(&mut out);
-        let tls = tls.map(|layer| Box::new(Tls::on(layer, process.recv_buffer_bytes)));
+        let mut conn = Conn::awaiting_proxy(id, peer, session, process, now, now);
+        conn.admit(peer, None, tls);
+        conn
+    }
+
+    /// A connection from a trusted proxy: it says nothing until the PROXY
+    /// header has arrived (by `deadline`) and the shard has admitted the
+    /// client it names ([`Conn::admit`]).
+    pub fn awaiting_proxy(
+        id: u64,
+        peer: SocketAddr,
+        session: Session,
+        process: &Process,
+        now: Instant,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
             id,
             peer,
             session,
             recv: InBuf::new(process.recv_buffer_bytes),
-            out,
+            out: Vec::with_capacity(256),
             unsent: None,
             spare: Vec::new(),
             out_with_backend: false,
@@ -126,14 +155,50 @@ impl Conn {
             held: None,
             closing: false,
             peer_eof: false,
-            tls,
+            tls: None,
             scram: None,
             linger_until: None,
             last_activity: now,
             timer_gen: 0,
             armed_at: None,
             bytes_sent: 0,
+            proxy_deadline: Some(deadline),
+            proxy_header: None,
+            first_input_seen: false,
+            login_started: None,
+            retr_started: None,
+            commit_marked: 0,
         }
+    }
+
+    /// Admits the client: its address (from a PROXY header, or the socket's),
+    /// its session when it changed, TLS for an implicit-TLS listener, and
+    /// the greeting. Bytes that followed a PROXY header stay: on an
+    /// implicit-TLS listener they are the start of the handshake.
+    pub fn admit(&mut self, peer: SocketAddr, session: Option<Session>, tls: Option<TlsLayer>) {
+        self.peer = peer;
+        self.proxy_deadline = None;
+        if let Some(session) = session {
+            self.session = session;
+        }
+        self.session.greet(&mut self.out);
+        if let Some(layer) = tls {
+            let mut tls = Box::new(Tls::on(layer, self.recv.capacity()));
+            tls.take_early(&mut self.recv);
+            self.tls = Some(tls);
+        }
+    }
+
+    /// Refuses the client with one last line (admission said no).
+    pub fn refuse(&mut self, line: &[u8]) {
+        self.proxy_deadline = None;
+        self.out.extend_from_slice(line);
+        self.closing = true;
+    }
+
+    /// The parsed PROXY header, once, for the shard to admit its client.
+    pub fn take_proxy_header(&mut self) -> Option<crate::protocol::proxy::Header> {
+        self.proxy_header.take()
     }
 
     /// Answers buffered commands and fills the body until nothing more can
@@ -142,13 +207,35 @@ impl Conn {
         if self.linger_until.is_some() {
             return Ok(());
         }
+        if self.proxy_deadline.is_some() {
+            return self.read_proxy_header();
+        }
         loop {
-            let decrypted = self.tls_input()?;
+            let decrypted = self.tls_input(cx.cells())?;
             let answered = self.run_session(cx);
             let filled = self.fill_body(cx)?;
             if !decrypted && !answered && !filled {
                 return Ok(());
             }
+        }
+    }
+
+    /// Parses the PROXY header from what has arrived; a whole one waits in
+    /// `proxy_header` for the shard, a bad one ends the connection.
+    fn read_proxy_header(&mut self) -> Result<(), ConnError> {
+        use crate::protocol::proxy::{self, ProxyError, Status as Parsed};
+        if self.proxy_header.is_some() {
+            return Ok(());
+        }
+        match proxy::parse(self.recv.filled()) {
+            Ok(Parsed::Complete((header, used))) => {
+                self.recv.consume(used);
+                self.proxy_header = Some(header);
+                Ok(())
+            }
+            Ok(Parsed::Partial) if self.peer_eof => Err(ConnError::Proxy(ProxyError::Missing)),
+            Ok(Parsed::Partial) => Ok(()),
+            Err(e) => Err(ConnError::Proxy(e)),
         }
     }
 
@@ -161,6 +248,18 @@ impl Conn {
     fn run_session(&mut self, cx: &Cx<'_>) -> bool {
         if self.busy() || self.closing || self.queued_bytes() >= cx.process.output_buffer_bytes {
             return false;
+        }
+        if !self.first_input_seen && !self.recv.is_empty() {
+            self.first_input_seen = true;
+            if crate::protocol::proxy::looks_like_header(self.recv.filled()) {
+                tracing::warn!(
+                    "pop3 PROXY header from a peer not in server.proxy_from; closing: rip={}",
+                    self.peer.ip()
+                );
+                self.recv.clear();
+                self.closing = true;
+                return true;
+            }
         }
         let before = self.out.len();
         if self.session.has_pending_output() {
@@ -213,7 +312,7 @@ impl Conn {
     /// When the connection next needs the timer: its idle deadline, or
     /// earlier when a held answer is due.
     pub fn next_wakeup(&self, process: &Process) -> Instant {
-        if let Some(until) = self.linger_until {
+        if let Some(until) = self.linger_until.or(self.proxy_deadline) {
             return until;
         }
         let idle = if self.session.is_authorized() {
@@ -232,6 +331,11 @@ impl Conn {
     /// (returns `Close` after queueing a last line for one write attempt).
     pub fn on_timer(&mut self, cx: &Cx<'_>) -> Status {
         if self.linger_until.is_some_and(|until| until <= cx.now) {
+            return Status::Close;
+        }
+        if self.proxy_deadline.is_some_and(|until| until <= cx.now) {
+            // A proxy that never finishes its header gets no greeting.
+            tracing::warn!("pop3 PROXY header timeout; closing: rip={}", self.peer.ip());
             return Status::Close;
         }
         if let Some((due, _)) = &self.held

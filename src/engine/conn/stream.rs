@@ -73,6 +73,12 @@ impl Conn {
         if body.is_done() {
             self.body = None;
             self.session.body_sent();
+            if let Some((started, before)) = self.retr_started.take() {
+                // The whole reply: status line, body and terminator.
+                let octets = self.bytes_sent + self.queued_bytes() as u64 - before;
+                cx.cells()
+                    .retr(octets, cx.now.saturating_duration_since(started));
+            }
             return Ok(true);
         }
         Ok(progress)
