@@ -13,7 +13,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::backend::{Backend, Closed, Event};
 use super::body::IOVECS_MAX;
-use super::conn::Conn;
+use super::conn::{Conn, Outgoing};
 use super::error::ConnError;
 use super::waker::{Wake, Waker};
 
@@ -87,7 +87,7 @@ impl Epoll {
     }
 
     /// Accepts from ready listeners, at most `room` connections.
-    fn accept(&mut self, mut room: usize, events: &mut Vec<Event<()>>) {
+    fn accept(&mut self, mut room: usize, events: &mut Vec<Event<(), ()>>) {
         for (index, l) in self.listeners.iter_mut().enumerate() {
             while l.ready && room > 0 {
                 match l.socket.accept() {
@@ -119,12 +119,13 @@ impl Epoll {
 
 impl Backend for Epoll {
     type Buf = ();
+    type Sent = ();
 
     fn wait(
         &mut self,
         timeout: Option<Duration>,
         accept_room: usize,
-        events: &mut Vec<Event<()>>,
+        events: &mut Vec<Event<(), ()>>,
     ) -> io::Result<()> {
         let backlogged =
             self.accepting && accept_room > 0 && self.listeners.iter().any(|l| l.ready);
@@ -172,6 +173,10 @@ impl Backend for Epoll {
             drained: false,
         });
         Ok(())
+    }
+
+    fn outgoing(&mut self, _: ()) -> Outgoing {
+        unreachable!("epoll writes in push and never reports sends");
     }
 
     fn copy_received(&mut self, _: (), _: usize, _: &mut [u8]) {

@@ -134,7 +134,7 @@ impl ShardCore {
         )
     }
 
-    fn event<B: Backend>(&mut self, io: &mut B, event: Event<B::Buf>, now: Instant) {
+    fn event<B: Backend>(&mut self, io: &mut B, event: Event<B::Buf, B::Sent>, now: Instant) {
         match event {
             Event::Accepted { listener, fd } => {
                 if self.shutdown_deadline.is_some() {
@@ -152,11 +152,8 @@ impl ShardCore {
             }
             Event::Ready(slot) => self.drive(io, slot, now),
             Event::Received { slot, result } => self.received(io, slot, result, now),
-            Event::Sent {
-                slot,
-                outgoing,
-                result,
-            } => {
+            Event::Sent { slot, sent, result } => {
+                let outgoing = io.outgoing(sent);
                 let Some(conn) = self.open_conn(slot) else {
                     return;
                 };

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::inflight::{Kind, Op, Socket, UserData};
-use super::ops::{Cqe, Io};
+use super::ops::{Cqe, Io, SendBuf};
 use super::sys::{EventFd, adopt_fd};
 use crate::engine::backend::{Backend, Closed, Event, Received};
-use crate::engine::conn::Conn;
+use crate::engine::conn::{Conn, Outgoing};
 use crate::engine::error::ConnError;
 use crate::engine::waker::Waker;
 
@@ -103,7 +103,7 @@ impl Uring {
     }
 
     /// Dispatches one completion.
-    fn complete(&mut self, cqe: Cqe, events: &mut Vec<Event<u16>>) {
+    fn complete(&mut self, cqe: Cqe, events: &mut Vec<Event<u16, Box<SendBuf>>>) {
         if let Some(Op::Accept { listener }) = self.io.table.get(cqe.user_data) {
             let listener = *listener;
             return self.accepted(listener, &cqe, events);
@@ -113,11 +113,10 @@ impl Uring {
             Op::Send { slot, buf } => {
                 // The kernel is done reading: the bytes (and any mmap they
                 // point into) may be dropped or reused from here on.
-                let outgoing = self.io.send_done(buf);
                 let socket = self.socket(slot);
                 socket.finished(Kind::Send);
                 if socket.is_closing() {
-                    drop(outgoing);
+                    drop(self.io.send_done(buf));
                     return self.try_release(slot, events);
                 }
                 let result = match cqe.error() {
@@ -129,7 +128,7 @@ impl Uring {
                 };
                 events.push(Event::Sent {
                     slot,
-                    outgoing,
+                    sent: buf,
                     result,
                 });
             }
@@ -140,7 +139,7 @@ impl Uring {
         }
     }
 
-    fn accepted(&mut self, listener: usize, cqe: &Cqe, events: &mut Vec<Event<u16>>) {
+    fn accepted(&mut self, listener: usize, cqe: &Cqe, events: &mut Vec<Event<u16, Box<SendBuf>>>) {
         let more = cqe.more();
         if !more {
             self.io.table.remove(cqe.user_data);
@@ -180,7 +179,7 @@ impl Uring {
         }
     }
 
-    fn received(&mut self, slot: usize, cqe: &Cqe, events: &mut Vec<Event<u16>>) {
+    fn received(&mut self, slot: usize, cqe: &Cqe, events: &mut Vec<Event<u16, Box<SendBuf>>>) {
         let socket = self.socket(slot);
         socket.finished(Kind::Recv);
         if socket.is_closing() {
@@ -218,7 +217,7 @@ impl Uring {
 
     /// Frees a closing socket whose last operation completed: its
     /// descriptor is closed through the ring and the core's slot freed.
-    fn try_release(&mut self, slot: usize, events: &mut Vec<Event<u16>>) {
+    fn try_release(&mut self, slot: usize, events: &mut Vec<Event<u16, Box<SendBuf>>>) {
         if let Some(fd) = self.socket(slot).release() {
             self.io.close(fd);
             self.sockets[slot] = None;
@@ -229,6 +228,7 @@ impl Uring {
 
 impl Backend for Uring {
     type Buf = u16;
+    type Sent = Box<SendBuf>;
 
     /// `accept_room` is not enforced here: a multishot accept reports what
     /// the kernel accepted; the core stops accepting through
@@ -237,7 +237,7 @@ impl Backend for Uring {
         &mut self,
         timeout: Option<Duration>,
         _accept_room: usize,
-        events: &mut Vec<Event<u16>>,
+        events: &mut Vec<Event<u16, Box<SendBuf>>>,
     ) -> std::io::Result<()> {
         self.io.wait(timeout)?;
         let mut cqes = std::mem::take(&mut self.cqes);
@@ -256,6 +256,10 @@ impl Backend for Uring {
         debug_assert!(self.sockets[slot].is_none(), "slot {slot} still parked");
         self.sockets[slot] = Some(Socket::new(fd));
         Ok(())
+    }
+
+    fn outgoing(&mut self, sent: Box<SendBuf>) -> Outgoing {
+        self.io.send_done(sent)
     }
 
     fn copy_received(&mut self, bid: u16, len: usize, into: &mut [u8]) {
