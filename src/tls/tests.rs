@@ -886,3 +886,34 @@ fn ticket_keys_rotate_on_reload() {
         .unwrap();
     assert!(matches!(error, TlsError::Read { ref path, .. } if *path == missing));
 }
+
+#[test]
+fn from_config_reads_the_tls_section() {
+    let fx = Fixture::new();
+    assert!(
+        TlsReloader::from_config(&crate::config::Tls::default())
+            .unwrap()
+            .is_none()
+    );
+    let keys = fx.path("tickets.key");
+    write_ticket_keys(&keys, &[5]);
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    let section = crate::config::Tls {
+        cert: Some(vec![fx.leaf.cert.clone(), rsa.cert.clone()]),
+        key: Some(vec![fx.leaf.key.clone(), rsa.key.clone()]),
+        ticket_key_file: Some(keys.clone()),
+        ..crate::config::Tls::default()
+    };
+    let a = TlsReloader::from_config(&section).unwrap().unwrap();
+    let b = TlsReloader::from_config(&section).unwrap().unwrap();
+    assert_eq!(a.ticket_key_file(), Some(keys.as_path()));
+    assert_eq!(a.files().cert.len(), 2);
+    let old = client_offering(&fx, &version::TLS13, is_rsa);
+    assert_eq!(served_leaf(a.current(), old), rsa.der);
+    let client = fx.client_config(&version::TLS13);
+    assert_eq!(
+        handshake_kind(a.current(), client.clone()),
+        HandshakeKind::Full
+    );
+    assert_eq!(handshake_kind(b.current(), client), HandshakeKind::Resumed);
+}

@@ -90,8 +90,9 @@ pub fn read_ticket_keys(path: &Path) -> Result<Vec<Arc<TicketKey>>, TlsError> {
 }
 
 /// The keys of a key file's text; on error the 1-based line (0: the file as
-/// a whole) and why.
-fn parse_ticket_keys(text: &[u8]) -> Result<Vec<Arc<TicketKey>>, (usize, &'static str)> {
+/// a whole) and why. Public for the fuzz target; the server reads files
+/// with [`read_ticket_keys`].
+pub fn parse_ticket_keys(text: &[u8]) -> Result<Vec<Arc<TicketKey>>, (usize, &'static str)> {
     let mut keys = Vec::new();
     for (index, line) in text.split(|&b| b == b'\n').enumerate() {
         let line = line.split(|&b| b == b'#').next().unwrap_or_default();
