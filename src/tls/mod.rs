@@ -47,7 +47,8 @@ pub use layer::{PLAINTEXT_BUFFERED_BYTES_MAX, TlsLayer};
 pub use reload::TlsReloader;
 pub use resolve::ByKeyType;
 pub use ticket::{
-    FileTicketer, TICKET_KEY_BYTES, TICKET_KEYS_MAX, TICKET_LIFETIME_S, TicketKey, read_ticket_keys,
+    FileTicketer, TICKET_KEY_BYTES, TICKET_KEYS_MAX, TICKET_LIFETIME_S, TicketKey,
+    parse_ticket_keys, read_ticket_keys,
 };
 
 /// Why TLS could not be set up, or why a session failed.
