@@ -43,13 +43,38 @@ pub struct Metrics {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
-    /// PEM certificate chain. With `key`, STLS is offered on the plain
-    /// listeners. Reloaded on SIGHUP.
-    pub cert: Option<PathBuf>,
-    /// PEM private key.
-    pub key: Option<PathBuf>,
+    /// PEM certificate chains: one path (`cert = "a.pem"`) or a list, one
+    /// per key type (`cert = ["rsa.pem", "ecdsa.pem"]`); each client gets
+    /// the first its signature algorithms allow, ECDSA before RSA. With
+    /// `key`, STLS is offered on the plain listeners. Reloaded on SIGHUP.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cert: Option<Vec<PathBuf>>,
+    /// PEM private keys, in the same order as `cert`: a path or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub key: Option<Vec<PathBuf>>,
     /// Implicit-TLS listeners (RFC 8314; port 995 in production).
     pub listen: Vec<SocketAddr>,
+    /// Session ticket keys shared by a cluster (hex lines, see
+    /// `docs/operations.md`), so a client resumes on any node. Unset: each
+    /// process makes its own. Reloaded on SIGHUP.
+    pub ticket_key_file: Option<PathBuf>,
+}
+
+/// A TOML value that is one path or a list of paths.
+fn one_or_many<'de, D>(deserializer: D) -> Result<Option<Vec<PathBuf>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(Some(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    }))
 }
 
 /// `[server]`
@@ -394,11 +419,23 @@ impl Config {
             return invalid("no listen address: set server.listen or --listen");
         }
         match (&self.tls.cert, &self.tls.key) {
-            (Some(_), Some(_)) | (None, None) => {}
+            (Some(certs), Some(keys))
+                if certs.len() == keys.len()
+                    && (1..=crate::tls::CERTIFICATES_MAX).contains(&certs.len()) => {}
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "tls.cert and tls.key need one key per certificate, in the same order \
+                     (--tls-cert and --tls-key as often), at least 1 and at most 8",
+                );
+            }
+            (None, None) => {}
             _ => return invalid("tls.cert and tls.key go together (--tls-cert, --tls-key)"),
         }
         if !self.tls.listen.is_empty() && self.tls.cert.is_none() {
             return invalid("tls.listen (--tls-listen) needs tls.cert and tls.key");
+        }
+        if self.tls.ticket_key_file.is_some() && self.tls.cert.is_none() {
+            return invalid("tls.ticket_key_file needs tls.cert and tls.key");
         }
         if self.auth.passwd_file.is_none() {
             return invalid("no passdb: set auth.passwd_file or --passwd-file");
@@ -526,6 +563,59 @@ mod tests {
                 .parse::<Engine>()
                 .unwrap_err()
                 .contains("epoll, uring or auto")
+        );
+    }
+
+    #[test]
+    fn tls_cert_and_key_are_a_path_or_a_list() {
+        let one: Config = toml::from_str("[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n").unwrap();
+        assert_eq!(one.tls.cert, Some(vec![PathBuf::from("a.pem")]));
+        assert_eq!(one.tls.key, Some(vec![PathBuf::from("a.key")]));
+        assert_eq!(one.tls.ticket_key_file, None);
+        let two: Config = toml::from_str(
+            "[tls]\ncert = [\"rsa.pem\", \"ec.pem\"]\nkey = [\"rsa.key\", \"ec.key\"]\n\
+             ticket_key_file = \"/etc/shardpop/tickets.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            two.tls.cert,
+            Some(vec![PathBuf::from("rsa.pem"), PathBuf::from("ec.pem")])
+        );
+        assert_eq!(
+            two.tls.ticket_key_file.as_deref(),
+            Some(Path::new("/etc/shardpop/tickets.key"))
+        );
+        assert_eq!(Config::default().tls.cert, None);
+        assert!(toml::from_str::<Config>("[tls]\ncert = 3\n").is_err());
+    }
+
+    #[test]
+    fn tls_validation() {
+        let mut c = Config::default();
+        c.auth.passwd_file = Some("/etc/users".into());
+        c.mail.location = Some("maildir:~/Maildir".into());
+        c.server.listen = vec!["127.0.0.1:110".parse().unwrap()];
+        c.tls.cert = Some(vec!["a.pem".into(), "b.pem".into()]);
+        c.tls.key = Some(vec!["a.key".into()]);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("one key per")
+        );
+        c.tls.key = Some(vec!["a.key".into(), "b.key".into()]);
+        c.validate().unwrap();
+        c.tls.cert = Some(Vec::new());
+        c.tls.key = Some(Vec::new());
+        assert!(c.validate().is_err());
+        c.tls.cert = None;
+        c.tls.key = None;
+        c.tls.ticket_key_file = Some("t.key".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("ticket_key_file")
         );
     }
 

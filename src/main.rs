@@ -93,11 +93,15 @@ struct ServeArgs {
     #[arg(long)]
     tls_listen: Vec<SocketAddr>,
     /// PEM certificate chain (STLS is offered on plain listeners when set).
+    /// Repeatable, one per key type (RSA and ECDSA); replaces tls.cert.
     #[arg(long)]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key.
+    tls_cert: Vec<PathBuf>,
+    /// PEM private key; repeatable, in the same order as --tls-cert.
     #[arg(long)]
-    tls_key: Option<PathBuf>,
+    tls_key: Vec<PathBuf>,
+    /// Session ticket key file shared by a cluster; replaces tls.ticket_key_file.
+    #[arg(long)]
+    tls_ticket_key_file: Option<PathBuf>,
     /// I/O engine: epoll, uring (io_uring; fails if the kernel refuses it)
     /// or auto (io_uring when allowed, else epoll); replaces server.engine.
     #[arg(long, value_parser = ["epoll", "uring", "auto"])]
@@ -191,11 +195,14 @@ fn effective_config(args: ServeArgs) -> std::result::Result<Config, ConfigError>
     if !args.tls_listen.is_empty() {
         config.tls.listen = args.tls_listen;
     }
-    if let Some(p) = args.tls_cert {
-        config.tls.cert = Some(p);
+    if !args.tls_cert.is_empty() {
+        config.tls.cert = Some(args.tls_cert);
     }
-    if let Some(p) = args.tls_key {
-        config.tls.key = Some(p);
+    if !args.tls_key.is_empty() {
+        config.tls.key = Some(args.tls_key);
+    }
+    if let Some(p) = args.tls_ticket_key_file {
+        config.tls.ticket_key_file = Some(p);
     }
     if let Some(e) = args.engine {
         config.server.engine = e.parse().map_err(ConfigError::Invalid)?;

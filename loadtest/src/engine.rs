@@ -10,13 +10,18 @@
 //! - Every run ends by itself: at the deadline nothing new starts, running
 //!   sessions get `--drain` seconds to finish, the rest are cut and counted.
 //!
+//! With TLS (`--tls`, `--stls`) a connection's bytes pass through a rustls
+//! client (see `tls`); each thread has its own client config and so its own
+//! session cache for `--tls-resume`.
+//!
 //! Users are split across threads (user i goes to thread i mod T) and a user has
 //! at most one session at a time, because POP3 servers lock the mailbox. A user
 //! is handed out again only after the server closed the previous connection.
 
 use crate::corpus::{Corpus, User};
 use crate::session::{Ctx, Plan, Rng, Scenario, Session, SessionError};
-use crate::stats::{ErrorKind, Live, Stats};
+use crate::stats::{ErrorKind, Live, Stats, Timer};
+use crate::tls::{Handshake, TlsConn, TlsMode, TlsSettings};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -63,6 +68,8 @@ pub struct RunConfig {
     /// Idle: end the run this long after every connection is idling
     /// (`duration` stays the upper bound).
     pub hold: Option<Duration>,
+    /// TLS (`--tls`, `--stls`); `None` for plaintext POP3.
+    pub tls: Option<TlsSettings>,
 }
 
 /// What a run produced.
@@ -96,6 +103,8 @@ enum ConnState {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS client once TLS started (at connect, or after `STLS`).
+    tls: Option<TlsConn>,
     session: Session,
     /// Bytes of an incomplete reply line, offered again with the next read.
     carry: Vec<u8>,
@@ -258,6 +267,8 @@ struct Worker<'a> {
     rng: Rng,
     scratch: Vec<u8>,
     error_details: u32,
+    /// This thread's TLS client config (its own session cache).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<'a> Worker<'a> {
@@ -300,6 +311,11 @@ impl<'a> Worker<'a> {
             rng: Rng::new(cfg.seed ^ (id as u64 + 1).wrapping_mul(0x5851_F42D_4C95_7F2D)),
             scratch: vec![0; READ_BYTES],
             error_details: 0,
+            tls: cfg
+                .tls
+                .as_ref()
+                .map(TlsSettings::client_config)
+                .transpose()?,
         })
     }
 
@@ -336,7 +352,7 @@ impl<'a> Worker<'a> {
         self.stats
     }
 
-    fn ctx(&mut self, now: Instant) -> (Ctx<'_>, &mut Slab<Conn>, &mut Vec<u8>) {
+    fn ctx(&mut self, now: Instant) -> (Ctx<'_>, &mut Slab<Conn>, Transport<'_>) {
         let measuring = now >= self.clock.measure_from && now < self.clock.deadline;
         let ctx = Ctx {
             now,
@@ -350,7 +366,11 @@ impl<'a> Worker<'a> {
             seen: &mut self.seen,
             rng: &mut self.rng,
         };
-        (ctx, &mut self.conns, &mut self.scratch)
+        let transport = Transport {
+            scratch: &mut self.scratch,
+            tls: self.cfg.tls.as_ref().zip(self.tls.as_ref()),
+        };
+        (ctx, &mut self.conns, transport)
     }
 
     fn next_wake(&self, now: Instant, next_tick: Instant) -> Duration {
@@ -424,6 +444,7 @@ impl<'a> Worker<'a> {
         }
         entry.insert(Conn {
             stream,
+            tls: None,
             session: Session::new(user, intended),
             carry: Vec::new(),
             written: 0,
@@ -466,7 +487,7 @@ impl<'a> Worker<'a> {
     fn on_event(&mut self, key: usize) {
         let now = Instant::now();
         let timeout = self.cfg.timeout;
-        let (mut ctx, conns, scratch) = self.ctx(now);
+        let (mut ctx, conns, mut transport) = self.ctx(now);
         let Some(conn) = conns.get_mut(key) else {
             return;
         };
@@ -476,15 +497,23 @@ impl<'a> Worker<'a> {
                 Ok(true) => {
                     conn.state = ConnState::Open;
                     let _ = conn.stream.set_nodelay(true);
-                    pump(conn, scratch, &mut ctx, timeout)
+                    match transport.tls {
+                        Some((settings, config)) if settings.mode == TlsMode::Implicit => {
+                            start_tls(conn, settings, config, now)
+                        }
+                        _ => Ok(()),
+                    }
+                    .map_or_else(Step::Fail, |()| {
+                        pump(conn, &mut transport, &mut ctx, timeout)
+                    })
                 }
                 Err(e) => Step::Fail(SessionError {
                     kind: ErrorKind::Connect,
                     detail: format!("connect: {e}"),
                 }),
             },
-            ConnState::Open => pump(conn, scratch, &mut ctx, timeout),
-            ConnState::Closing => drain_to_eof(conn, scratch),
+            ConnState::Open => pump(conn, &mut transport, &mut ctx, timeout),
+            ConnState::Closing => drain_to_eof(conn, transport.scratch),
         };
         self.after_step(key, step, now);
     }
@@ -616,20 +645,45 @@ fn io_error(e: io::Error) -> SessionError {
     }
 }
 
+/// What moves a thread's bytes: its read buffer and, with TLS, the run's
+/// settings and the thread's client config.
+struct Transport<'a> {
+    scratch: &'a mut Vec<u8>,
+    tls: Option<(&'a TlsSettings, &'a Arc<rustls::ClientConfig>)>,
+}
+
+fn tls_error(detail: impl std::fmt::Display) -> SessionError {
+    SessionError {
+        kind: ErrorKind::Tls,
+        detail: format!("TLS: {detail}"),
+    }
+}
+
+/// Starts the TLS client (the ClientHello goes out with the next flush).
+fn start_tls(
+    conn: &mut Conn,
+    settings: &TlsSettings,
+    config: &Arc<rustls::ClientConfig>,
+    now: Instant,
+) -> Result<(), SessionError> {
+    let tls = TlsConn::new(config.clone(), settings.server_name.clone(), now).map_err(tls_error)?;
+    conn.tls = Some(tls);
+    Ok(())
+}
+
 /// Reads everything available (edge-triggered: until `WouldBlock`), feeds the
 /// session, and writes what it answered.
-fn pump(conn: &mut Conn, scratch: &mut [u8], ctx: &mut Ctx<'_>, timeout: Duration) -> Step {
+fn pump(conn: &mut Conn, t: &mut Transport<'_>, ctx: &mut Ctx<'_>, timeout: Duration) -> Step {
     loop {
-        let n = match conn.stream.read(scratch) {
-            Ok(0) => return Step::Fail(io_error(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Step::Fail(io_error(e)),
+        let read = if conn.tls.is_some() {
+            read_tls(conn, t.scratch, ctx)
+        } else {
+            read_plain(conn, t, ctx)
         };
-        ctx.now = Instant::now();
-        if let Err(e) = feed(conn, &scratch[..n], ctx) {
-            return Step::Fail(e);
+        match read {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Step::Fail(e),
         }
         if !conn.idle {
             conn.deadline = ctx.now + timeout;
@@ -642,6 +696,78 @@ fn pump(conn: &mut Conn, scratch: &mut [u8], ctx: &mut Ctx<'_>, timeout: Duratio
         Ok(()) => Step::Keep,
         Err(e) => Step::Fail(io_error(e)),
     }
+}
+
+/// One `read()` of plaintext POP3 into the session; `Ok(false)` when the
+/// socket has nothing more now. After `+OK` to `STLS` it starts TLS.
+fn read_plain(
+    conn: &mut Conn,
+    t: &mut Transport<'_>,
+    ctx: &mut Ctx<'_>,
+) -> Result<bool, SessionError> {
+    let n = match conn.stream.read(t.scratch) {
+        Ok(0) => return Err(io_error(io::ErrorKind::UnexpectedEof.into())),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+        Err(e) => return Err(io_error(e)),
+    };
+    ctx.now = Instant::now();
+    feed(conn, &t.scratch[..n], ctx)?;
+    if conn.session.wants_tls() {
+        if !conn.carry.is_empty() {
+            return Err(SessionError {
+                kind: ErrorKind::Protocol,
+                detail: "bytes after +OK to STLS, before the TLS handshake".into(),
+            });
+        }
+        let (settings, config) = t.tls.ok_or_else(|| tls_error("STLS without settings"))?;
+        start_tls(conn, settings, config, ctx.now)?;
+        flush(conn).map_err(io_error)?;
+    }
+    Ok(true)
+}
+
+/// One read of ciphertext: decrypts it, notes a finished handshake, and
+/// feeds the plaintext to the session; `Ok(false)` when the socket has
+/// nothing more now.
+fn read_tls(conn: &mut Conn, scratch: &mut [u8], ctx: &mut Ctx<'_>) -> Result<bool, SessionError> {
+    let tls = conn.tls.as_mut().expect("caller checked");
+    match tls.conn.read_tls(&mut conn.stream) {
+        Ok(0) => return Err(io_error(io::ErrorKind::UnexpectedEof.into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+        Err(e) => return Err(io_error(e)),
+    }
+    ctx.now = Instant::now();
+    tls.conn.process_new_packets().map_err(tls_error)?;
+    if let Some((kind, micros)) = tls.finished(ctx.now) {
+        if ctx.measuring {
+            ctx.stats.record(Timer::Handshake, micros);
+            match kind {
+                Handshake::Full => ctx.stats.handshakes_full += 1,
+                Handshake::Resumed => ctx.stats.handshakes_resumed += 1,
+            }
+        }
+        if conn.session.wants_tls() {
+            conn.session.tls_established(ctx);
+        }
+    }
+    loop {
+        let tls = conn.tls.as_mut().expect("caller checked");
+        let n = match tls.conn.reader().read(scratch) {
+            // close_notify: fine after QUIT's reply, an early close before.
+            Ok(0) if conn.session.is_done() => break,
+            Ok(0) => return Err(io_error(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(io_error(e)),
+        };
+        feed(conn, &scratch[..n], ctx)?;
+    }
+    flush(conn).map_err(io_error)?;
+    Ok(true)
 }
 
 /// Offers new bytes (after any carried partial line) to the session.
@@ -657,8 +783,26 @@ fn feed(conn: &mut Conn, input: &[u8], ctx: &mut Ctx<'_>) -> Result<(), SessionE
     flush(conn).map_err(io_error)
 }
 
-/// Writes pending commands until done or `WouldBlock`.
+/// Writes pending commands (through TLS if on) until done or `WouldBlock`.
 fn flush(conn: &mut Conn) -> io::Result<()> {
+    if let Some(tls) = &mut conn.tls {
+        if !conn.session.out.is_empty() {
+            // rustls keeps what it is given (encrypting it once the
+            // handshake allows); the socket takes it below.
+            tls.conn.writer().write_all(&conn.session.out)?;
+            conn.session.out.clear();
+        }
+        while tls.conn.wants_write() {
+            match tls.conn.write_tls(&mut conn.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    }
     while conn.written < conn.session.out.len() {
         match conn.stream.write(&conn.session.out[conn.written..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -5,6 +5,7 @@
 //!  cli (main.rs) ─► engine::run ─► T threads, each a mio loop
 //!                                   │  Conn = TcpStream + carry buffer
 //!                                   ▼
+//!                                   │  (+ tls::TlsConn: rustls client, --tls / --stls)
 //!                            session::Session (sans-IO script per scenario)
 //!                             │ status lines: reply      │ bodies: unstuff ─► verify::BodyCheck
 //!                             │                          │   expected bytes: corpus (UIDL → file)
@@ -24,5 +25,6 @@ pub mod reply;
 pub mod session;
 pub mod stats;
 pub mod template;
+pub mod tls;
 pub mod unstuff;
 pub mod verify;

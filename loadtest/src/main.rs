@@ -98,6 +98,8 @@ struct Args {
     /// Most MiB of expected message bodies cached in memory for verification.
     #[arg(long, default_value_t = 4096)]
     verify_cache_mib: usize,
+    #[command(flatten)]
+    tls: loadtest::tls::TlsArgs,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +192,7 @@ fn build_config(args: &Args) -> Result<RunConfig, String> {
         plan: Plan {
             scenario,
             new_share: args.new_share,
+            stls: args.tls.stls && !args.tls.tls,
         },
         addr,
         users,
@@ -207,6 +210,7 @@ fn build_config(args: &Args) -> Result<RunConfig, String> {
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         ready_file: args.ready_file.clone(),
         hold: args.hold.map(seconds).transpose()?,
+        tls: args.tls.settings(addr)?,
     })
 }
 
@@ -220,6 +224,7 @@ fn run_load(args: &Args) -> Result<(), String> {
         cfg.threads,
     );
     let verify = cfg.corpus.is_some();
+    let tls = cfg.tls.as_ref().map(|t| (t.mode.name(), t.resume));
     let outcome = engine::run(cfg)?;
     let report = Report::new(
         ReportInput {
@@ -233,6 +238,8 @@ fn run_load(args: &Args) -> Result<(), String> {
             idle_peak: outcome.idle_peak,
             client_cpu_s: outcome.client_cpu_s,
             sessions_total: outcome.sessions_total,
+            tls: tls.map(|(mode, _)| mode),
+            tls_resume: tls.is_some_and(|(_, resume)| resume),
         },
         &outcome.stats,
     );

@@ -8,6 +8,11 @@
 //! - `sync`:     … STAT, UIDL, RETR the messages not seen before, QUIT
 //! - `delete`:   … STAT, UIDL, (RETR, DELE) every message, QUIT; then re-seed
 //! - `idle`:     … STAT, then nothing until the run stops, then QUIT
+//!
+//! With `--stls` every script starts: greeting, STLS, (the engine runs the
+//! TLS handshake and calls [`Session::tls_established`]), USER, … With
+//! `--tls` the engine runs the handshake before the greeting and the
+//! session does not know.
 
 use crate::corpus::{Corpus, Stash, User};
 use crate::reply::{self, ReplyError, Status, StatusLine};
@@ -47,6 +52,8 @@ pub struct Plan {
     pub scenario: Scenario,
     /// `sync`: the share of a mailbox that is new at each session (0..=1).
     pub new_share: f64,
+    /// Send `STLS` after the greeting and log in over TLS.
+    pub stls: bool,
 }
 
 /// A small deterministic PRNG (xorshift64*), one per load thread.
@@ -111,6 +118,10 @@ impl From<ReplyError> for SessionError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Greeting,
+    /// `STLS` sent.
+    Stls,
+    /// `+OK` to `STLS` received: the engine runs the handshake.
+    Handshake,
     User,
     Pass,
     Stat,
@@ -191,6 +202,26 @@ impl Session {
         self.phase == Phase::Done
     }
 
+    /// `STLS` was accepted: the engine must start the TLS handshake (no
+    /// server byte may come before it) and call
+    /// [`tls_established`](Self::tls_established) when it is done.
+    pub fn wants_tls(&self) -> bool {
+        self.phase == Phase::Handshake
+    }
+
+    /// The STLS handshake finished: log in.
+    pub fn tls_established(&mut self, ctx: &mut Ctx<'_>) {
+        assert!(self.wants_tls(), "tls_established only after STLS");
+        self.login(ctx);
+    }
+
+    fn login(&mut self, ctx: &mut Ctx<'_>) {
+        let user = ctx.users[self.user].name.as_bytes();
+        self.send(ctx.now, &[b"USER ", user]);
+        self.login_at = ctx.now;
+        self.phase = Phase::User;
+    }
+
     /// Logged in and holding the connection (idle scenario).
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Idle
@@ -204,6 +235,14 @@ impl Session {
             if matches!(self.phase, Phase::Done | Phase::Idle) {
                 // Nothing is outstanding: unsolicited bytes are ignored.
                 return Ok(input.len());
+            }
+            if self.phase == Phase::Handshake {
+                // Plaintext after `+OK` to STLS would be read as if it came
+                // over TLS (the STARTTLS injection of RFC 2595 section 4).
+                return Err(SessionError::new(
+                    ErrorKind::Protocol,
+                    "bytes after +OK to STLS, before the TLS handshake",
+                ));
             }
             if let Some((unstuffer, sink)) = &mut self.multiline {
                 let progress = unstuffer.feed(&input[at..], |chunk| match sink {
@@ -245,6 +284,7 @@ impl Session {
         if !line.ok {
             let kind = match self.phase {
                 Phase::Greeting => ErrorKind::Greeting,
+                Phase::Stls => ErrorKind::Tls,
                 Phase::User | Phase::Pass if line.text.starts_with(b"[IN-USE]") => ErrorKind::InUse,
                 Phase::User | Phase::Pass => ErrorKind::Auth,
                 _ => ErrorKind::Command,
@@ -261,11 +301,14 @@ impl Session {
                 if ctx.measuring {
                     ctx.stats.record(Timer::Connect, micros(self.started, now));
                 }
-                let user = ctx.users[self.user].name.as_bytes();
-                self.send(now, &[b"USER ", user]);
-                self.login_at = now;
-                self.phase = Phase::User;
+                if ctx.plan.stls {
+                    self.send(now, &[b"STLS"]);
+                    self.phase = Phase::Stls;
+                } else {
+                    self.login(ctx);
+                }
             }
+            Phase::Stls => self.phase = Phase::Handshake,
             Phase::User => {
                 let pass = ctx.users[self.user].pass.as_bytes();
                 self.send(now, &[b"PASS ", pass]);
@@ -285,7 +328,7 @@ impl Session {
             Phase::Retr => self.on_retr_status(line.text, ctx),
             Phase::Dele => self.next_message(now),
             Phase::Quit => self.on_quit(ctx),
-            Phase::Idle | Phase::Done => {}
+            Phase::Handshake | Phase::Idle | Phase::Done => {}
         }
         Ok(())
     }
@@ -612,6 +655,7 @@ mod tests {
                 plan: Plan {
                     scenario,
                     new_share: 0.5,
+                    stls: false,
                 },
                 seen: HashMap::new(),
                 rng: Rng::new(7),
@@ -664,6 +708,48 @@ mod tests {
         assert_eq!(h.stats.sessions, 1);
         assert_eq!(h.stats.histogram(Timer::Login).len(), 1);
         assert_eq!(h.stats.histogram(Timer::Connect).len(), 1);
+    }
+
+    #[test]
+    fn stls_comes_before_login_and_waits_for_the_handshake() {
+        let mut h = Harness::new(Scenario::Login);
+        h.plan.stls = true;
+        let mut s = Session::new(0, Instant::now());
+        assert_eq!(h.step(&mut s, b"+OK ready\r\n"), "STLS\r\n");
+        assert!(!s.wants_tls());
+        assert_eq!(h.step(&mut s, b"+OK begin TLS\r\n"), "");
+        assert!(s.wants_tls());
+        s.tls_established(&mut h.ctx());
+        assert!(!s.wants_tls());
+        assert_eq!(
+            String::from_utf8(std::mem::take(&mut s.out)).unwrap(),
+            "USER ann\r\n"
+        );
+        assert_eq!(h.step(&mut s, b"+OK\r\n"), "PASS pw\r\n");
+        assert_eq!(h.step(&mut s, b"+OK\r\n"), "STAT\r\n");
+        assert_eq!(h.step(&mut s, b"+OK 0 0\r\n"), "QUIT\r\n");
+        assert_eq!(h.step(&mut s, b"+OK\r\n"), "");
+        assert!(s.is_done());
+        assert_eq!(h.stats.histogram(Timer::Login).len(), 1);
+    }
+
+    #[test]
+    fn stls_refused_or_followed_by_plaintext_is_an_error() {
+        let mut h = Harness::new(Scenario::Login);
+        h.plan.stls = true;
+        let mut s = Session::new(0, Instant::now());
+        h.step(&mut s, b"+OK ready\r\n");
+        let e = s
+            .on_bytes(b"-ERR no TLS here\r\n", &mut h.ctx())
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Tls);
+
+        let mut s = Session::new(0, Instant::now());
+        h.step(&mut s, b"+OK ready\r\n");
+        let e = s
+            .on_bytes(b"+OK begin\r\n+OK injected\r\n", &mut h.ctx())
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Protocol);
     }
 
     #[test]

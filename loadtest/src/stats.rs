@@ -31,13 +31,16 @@ pub enum ErrorKind {
     Protocol,
     /// Reset or closed mid-session.
     Io,
+    /// `STLS` refused, or the TLS handshake or a TLS record failed
+    /// (certificate not trusted, no shared version or cipher, bad record).
+    Tls,
     /// No progress for `--timeout` seconds.
     Timeout,
 }
 
 impl ErrorKind {
     /// All kinds, for reports.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connect,
         ErrorKind::Greeting,
         ErrorKind::Auth,
@@ -46,6 +49,7 @@ impl ErrorKind {
         ErrorKind::Protocol,
         ErrorKind::Io,
         ErrorKind::Timeout,
+        ErrorKind::Tls,
     ];
 
     /// The name used in the JSON line.
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Io => "io",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Tls => "tls",
         }
     }
 }
@@ -74,6 +79,9 @@ pub enum Timer {
     Retr,
     /// From the (intended) session start to `+OK` for `QUIT`.
     Session,
+    /// TLS: from the ClientHello (TCP connected, or `+OK` to `STLS`) to the
+    /// end of the client's side of the handshake.
+    Handshake,
 }
 
 /// One thread's measurements.
@@ -90,7 +98,11 @@ pub struct Stats {
     pub size_mismatches: u64,
     pub aborted: u64,
     pub reseed_failures: u64,
-    hist: [Histogram<u64>; 4],
+    /// TLS handshakes that were full (no session reused).
+    pub handshakes_full: u64,
+    /// TLS handshakes that resumed a session (`--tls-resume`).
+    pub handshakes_resumed: u64,
+    hist: [Histogram<u64>; 5],
 }
 
 impl Default for Stats {
@@ -109,7 +121,9 @@ impl Default for Stats {
             size_mismatches: 0,
             aborted: 0,
             reseed_failures: 0,
-            hist: [hist(), hist(), hist(), hist()],
+            handshakes_full: 0,
+            handshakes_resumed: 0,
+            hist: [hist(), hist(), hist(), hist(), hist()],
         }
     }
 }
@@ -140,6 +154,8 @@ impl Stats {
         self.size_mismatches += other.size_mismatches;
         self.aborted += other.aborted;
         self.reseed_failures += other.reseed_failures;
+        self.handshakes_full += other.handshakes_full;
+        self.handshakes_resumed += other.handshakes_resumed;
         for (a, b) in self.hist.iter_mut().zip(&other.hist) {
             a.add(b).expect("histograms share bounds");
         }
@@ -257,7 +273,20 @@ pub struct Report {
     pub idle_peak: u64,
     /// CPU seconds (user + system) the load generator itself used.
     pub client_cpu_s: f64,
+    /// TLS: `"implicit"` (`--tls`), `"stls"`, or `null` for plaintext.
+    pub tls: Option<&'static str>,
+    /// Whether sessions were reused across a thread's connections.
+    pub tls_resume: bool,
+    /// TLS handshakes finished in the measured window, by kind.
+    pub handshakes: Handshakes,
     pub latency_us: BTreeMap<&'static str, Percentiles>,
+}
+
+/// TLS handshake counts of the JSON line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Handshakes {
+    pub full: u64,
+    pub resumed: u64,
 }
 
 /// The inputs of a report besides the merged stats.
@@ -272,6 +301,9 @@ pub struct ReportInput<'a> {
     pub idle_peak: u64,
     pub client_cpu_s: f64,
     pub sessions_total: u64,
+    /// The TLS mode's name (`"implicit"`, `"stls"`), `None` for plaintext.
+    pub tls: Option<&'static str>,
+    pub tls_resume: bool,
 }
 
 impl Report {
@@ -294,6 +326,7 @@ impl Report {
             ("login", Timer::Login),
             ("retr", Timer::Retr),
             ("session", Timer::Session),
+            ("handshake", Timer::Handshake),
         ]
         .into_iter()
         .map(|(name, t)| (name, Percentiles::of(stats.histogram(t))))
@@ -324,6 +357,12 @@ impl Report {
             reseed_failures: stats.reseed_failures,
             idle_peak: input.idle_peak,
             client_cpu_s: round(input.client_cpu_s),
+            tls: input.tls,
+            tls_resume: input.tls_resume,
+            handshakes: Handshakes {
+                full: stats.handshakes_full,
+                resumed: stats.handshakes_resumed,
+            },
             latency_us,
         }
     }
@@ -349,6 +388,20 @@ impl Report {
             self.mismatches,
             self.verified,
         );
+        if let Some(mode) = self.tls {
+            let h = self.handshakes;
+            s += &format!(
+                "  TLS {mode}{}: {} handshakes ({} full, {} resumed)\n",
+                if self.tls_resume {
+                    " with resumption"
+                } else {
+                    ""
+                },
+                h.full + h.resumed,
+                h.full,
+                h.resumed
+            );
+        }
         for (name, p) in &self.latency_us {
             if p.count > 0 {
                 s += &format!(
@@ -396,6 +449,8 @@ mod tests {
             idle_peak: 0,
             client_cpu_s: 0.5,
             sessions_total: 60,
+            tls: None,
+            tls_resume: false,
         }
     }
 
@@ -462,6 +517,49 @@ mod tests {
         assert_eq!(connect["count"], 1);
         assert_eq!(connect["p99_9"], 250);
         assert_eq!(v["latency_us"]["retr"]["count"], 0);
+    }
+
+    #[test]
+    fn json_line_and_summary_carry_tls_handshakes() {
+        let mut s = Stats {
+            handshakes_full: 3,
+            handshakes_resumed: 7,
+            ..Stats::default()
+        };
+        for us in [400, 500, 9_000] {
+            s.record(Timer::Handshake, us);
+        }
+        let mut other = Stats {
+            handshakes_resumed: 1,
+            ..Stats::default()
+        };
+        other.record(Timer::Handshake, 300);
+        s.merge(&other);
+        let mut tls_input = input(1.0);
+        tls_input.tls = Some("implicit");
+        tls_input.tls_resume = true;
+        let report = Report::new(tls_input, &s);
+        let v: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(v["tls"], "implicit");
+        assert_eq!(v["tls_resume"], true);
+        assert_eq!(v["handshakes"]["full"], 3);
+        assert_eq!(v["handshakes"]["resumed"], 8);
+        let handshake = &v["latency_us"]["handshake"];
+        assert_eq!(handshake["count"], 4);
+        assert_eq!(handshake["p50"], 400);
+        assert!((8_990..=9_010).contains(&handshake["max"].as_u64().unwrap()));
+        let summary = report.summary();
+        assert!(
+            summary.contains("TLS implicit with resumption: 11 handshakes (3 full, 8 resumed)"),
+            "{summary}"
+        );
+        assert!(summary.contains("handshake n=4"), "{summary}");
+
+        let plain: serde_json::Value =
+            serde_json::from_str(&Report::new(input(1.0), &Stats::default()).json_line()).unwrap();
+        assert!(plain["tls"].is_null());
+        assert_eq!(plain["handshakes"]["full"], 0);
+        assert_eq!(plain["errors_by_kind"]["tls"], 0);
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn config(
         plan: Plan {
             scenario,
             new_share: 0.5,
+            stls: false,
         },
         addr,
         users,
@@ -218,6 +219,7 @@ fn config(
         progress: false,
         ready_file: None,
         hold: None,
+        tls: None,
     }
 }
 

@@ -47,6 +47,57 @@ def cpu_per_1k(run):
     return run["server_cpu_s"] / sessions * 1000
 
 
+def run_share(run):
+    """Whole-run totals over measured-window ones: CPU is read around the run."""
+    r = run["result"]
+    return (r.get("sessions_total") or r["sessions"]) / r["sessions"] if r["sessions"] else None
+
+
+def cpu_ms_per_mb(key):
+    def get(run):
+        share, mb = run_share(run), run["result"]["bytes"] / 1e6
+        if share is None or not mb:
+            return None
+        cpu = run["server_cpu_s"] if key == "server" else run["result"]["client_cpu_s"]
+        return cpu * 1000 / (mb * share)
+    return get
+
+
+def client_cpu_per_1k(run):
+    sessions = run["result"].get("sessions_total") or run["result"]["sessions"]
+    return run["result"]["client_cpu_s"] / sessions * 1000 if sessions else None
+
+
+def resumed_pct(run):
+    h = run["result"].get("handshakes") or {}
+    total = h.get("full", 0) + h.get("resumed", 0)
+    return h.get("resumed", 0) / total * 100 if total else None
+
+
+TLS_LOGIN = [
+    ("sessions/s", lambda r: r["result"]["sessions_per_s"], 0),
+    ("server CPU ms / session", cpu_per_1k, 3),
+    ("loadtest CPU ms / session", client_cpu_per_1k, 3),
+    ("resumed handshakes %", resumed_pct, 1),
+    ("p99 handshake µs", lambda r: r["result"]["latency_us"]["handshake"]["p99"], 0),
+    ("p99 login µs", lambda r: r["result"]["latency_us"]["login"]["p99"], 0),
+]
+TLS_DOWNLOAD = [
+    ("MB/s", lambda r: r["result"]["mb_per_s"], 1),
+    ("server CPU ms / MB", cpu_ms_per_mb("server"), 3),
+    ("loadtest CPU ms / MB", cpu_ms_per_mb("client"), 3),
+    ("resumed handshakes %", resumed_pct, 1),
+    ("p99 RETR µs", lambda r: r["result"]["latency_us"]["retr"]["p99"], 0),
+]
+
+
+def metrics_for(label):
+    """TLS runs are labelled "tls SCENARIO CERT full|resumed"."""
+    if label.startswith("tls "):
+        return TLS_DOWNLOAD if label.split()[1] == "download" else TLS_LOGIN
+    return METRICS.get(label, [])
+
+
 # (label, extractor, digits) per scenario
 METRICS = {
     "login": [
@@ -89,10 +140,14 @@ def one_line(record):
                 f"{per:.1f} KiB PSS per connection, errors {d['errors']}")
     d, r = record, record["result"]
     lat = r["latency_us"]
+    tls = ""
+    if r.get("tls"):
+        h = r["handshakes"]
+        tls = f"  handshakes {h['full']} full {h['resumed']} resumed"
     return (f"  {d['server']:<8} {d['scenario']:<8} c={d['concurrency']:<4} round {d['round']}: "
             f"{r['sessions_per_s']:>8.1f} sessions/s {r['mb_per_s']:>8.1f} MB/s  "
             f"p99 login {lat['login']['p99']} us  p99 RETR {lat['retr']['p99']} us  "
-            f"errors {r['errors']} mismatches {r['mismatches']}  server CPU {d['server_cpu_s']:.2f} s")
+            f"errors {r['errors']} mismatches {r['mismatches']}  server CPU {d['server_cpu_s']:.2f} s{tls}")
 
 
 def targets(runs, idle, limit):
@@ -101,7 +156,7 @@ def targets(runs, idle, limit):
         return median([get(r) for r in runs.get((scenario, conc, srv), [])])
     if not any(k[2] == "shardpop" for k in runs):
         return []
-    lines = ["", "Targets (issue 4), from the medians above:", ""]
+    lines = ["", "Targets (issues 4 and 14), from the medians above:", ""]
     def check(ok, text):
         lines.append(f"- {'met' if ok else 'MISSED'}: {text}")
     sps = lambda r: r["result"]["sessions_per_s"]
@@ -124,6 +179,19 @@ def targets(runs, idle, limit):
             if a is not None and b is not None and a >= b:
                 worse.append(f"{scenario} c={conc}")
         check(not worse, f"p99 {timer} below Dovecot's at every concurrency" + (f" (not at {', '.join(worse)})" if worse else ""))
+    # Issue 14's TLS targets (server CPU; same run, same certificate as Dovecot).
+    for (scenario, conc) in sorted({(s, c) for (s, c, _) in runs if s.startswith("tls ")}):
+        _, kind, cert, handshake = scenario.split()
+        if kind == "login" and handshake == "full" and cert in ("ecdsa", "rsa"):
+            limit = 0.30 if cert == "ecdsa" else 1.0
+            a = med(scenario, conc, "shardpop", cpu_per_1k)
+            if a is not None:
+                check(a <= limit, f"TLS login, {cert}, full handshake, c={conc}: "
+                                  f"≤ {limit:.2f} ms server CPU per session: {a:.3f} ms")
+        if kind == "download":
+            a = med(scenario, conc, "shardpop", cpu_ms_per_mb("server"))
+            if a is not None:
+                check(a <= 1.0, f"TLS RETR ({cert}) c={conc}: ≤ 1.0 ms server CPU per MB: {a:.3f} ms")
     for conns in sorted({n for (n, _) in idle}):
         rs = [r for r in idle.get((conns, "shardpop"), []) if r["idle_peak"] >= conns]
         per = median([(r["pss_after_kib"] - r["pss_before_kib"]) / conns for r in rs])
@@ -169,9 +237,10 @@ def main():
     out.append("| scenario | c | metric | shardpop | Dovecot | shardpop/Dovecot |")
     out.append("|---|---:|---|---:|---:|---:|")
     order = ["login", "download", "sync", "delete"]
-    keys = sorted({(s, c) for (s, c, _) in runs}, key=lambda k: (order.index(k[0]) if k[0] in order else 9, k[1]))
+    keys = sorted({(s, c) for (s, c, _) in runs},
+                  key=lambda k: (order.index(k[0]) if k[0] in order else 9, k[0], k[1]))
     for scenario, conc in keys:
-        for label, get, digits in METRICS.get(scenario, []):
+        for label, get, digits in metrics_for(scenario):
             vals = {srv: median([get(r) for r in runs.get((scenario, conc, srv), [])]) for srv in SERVERS}
             out.append(f"| {scenario} | {conc} | {label} | {fmt(vals['shardpop'], digits)} | "
                        f"{fmt(vals['dovecot'], digits)} | {ratio(vals['shardpop'], vals['dovecot'])} |")
@@ -194,7 +263,7 @@ def main():
     out.append("Every round of the headline metric (the table shows the median), to show the spread:")
     out.append("")
     for scenario, conc in keys:
-        label, get, digits = METRICS[scenario][0]
+        label, get, digits = metrics_for(scenario)[0]
         for srv in SERVERS:
             rs = sorted(runs.get((scenario, conc, srv), []), key=lambda r: r["round"])
             if rs:

@@ -161,18 +161,9 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
 
     let backend = choose(config.server.engine)?;
     let shards = config.shards();
-    let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => {
-            let files = crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            };
-            Some(Arc::new(
-                crate::tls::TlsReloader::new(files).map_err(StartError::Tls)?,
-            ))
-        }
-        _ => None,
-    };
+    let tls = crate::tls::TlsReloader::from_config(&config.tls)
+        .map_err(StartError::Tls)?
+        .map(Arc::new);
     let addrs: Vec<listen::Bound> = config
         .server
         .listen

@@ -1,5 +1,6 @@
-//! PEM files to a rustls `ServerConfig`. Blocking file reads: startup and
-//! reload only.
+//! PEM files to a rustls `ServerConfig`: one or more certificates (one per
+//! key type, picked per client by [`super::resolve::ByKeyType`]) and the
+//! resumption state. Blocking file reads: startup and reload only.
 
 use std::fs::File;
 use std::io::Read;
@@ -7,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -30,32 +33,85 @@ pub const SESSION_CACHE_ENTRIES_MAX: usize = 16 * 1024;
 /// a time, and each ticket costs an encryption and ~200 bytes on the wire.
 pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 
-/// Where the certificate chain and its key live: PEM files. They may be the
-/// same file (chain and key in one PEM).
+/// Most certificates configured at once. One per key type is the intended
+/// use (RSA and ECDSA, perhaps Ed25519); the bound keeps the per-handshake
+/// search trivially short.
+pub const CERTIFICATES_MAX: usize = 8;
+
+/// Where the certificates and their keys live: PEM files, paired by
+/// position (`cert[i]` goes with `key[i]`). A pair may be one file (chain
+/// and key in one PEM). With several pairs, each client gets the first
+/// certificate its signature algorithms allow, ECDSA and EdDSA before RSA
+/// (see [`super::resolve::ByKeyType`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// The end-entity certificate first, then any intermediates.
-    pub cert: PathBuf,
-    /// The private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`)
+    /// Certificate chains: the end-entity certificate first, then any
+    /// intermediates.
+    pub cert: Vec<PathBuf>,
+    /// The private keys: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`)
     /// or SEC1 (`EC PRIVATE KEY`).
-    pub key: PathBuf,
+    pub key: Vec<PathBuf>,
 }
 
-/// Resumption state: the ticket key (rotated by rustls every 6 hours,
-/// tickets live 12) and the session-id cache. [`super::TlsReloader`] keeps
-/// one across reloads so that a certificate renewal does not turn every
-/// client's next connection into a full handshake.
+impl TlsFiles {
+    /// One certificate chain and its key.
+    pub fn single(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsFiles {
+        TlsFiles {
+            cert: vec![cert.into()],
+            key: vec![key.into()],
+        }
+    }
+
+    /// The (certificate, key) pairs; an error unless there are as many keys
+    /// as certificates, at least one and at most [`CERTIFICATES_MAX`].
+    pub fn pairs(&self) -> Result<impl Iterator<Item = (&Path, &Path)>, TlsError> {
+        let (certs, keys) = (self.cert.len(), self.key.len());
+        if certs != keys || certs == 0 || certs > CERTIFICATES_MAX {
+            return Err(TlsError::Unpaired { certs, keys });
+        }
+        Ok(self
+            .cert
+            .iter()
+            .zip(&self.key)
+            .map(|(c, k)| (c.as_path(), k.as_path())))
+    }
+}
+
+/// Resumption state: the ticket keys and the session-id cache.
+/// [`super::TlsReloader`] keeps one across reloads so that a certificate
+/// renewal does not turn every client's next connection into a full
+/// handshake, and shares it between all shards: a ticket from one shard
+/// resumes on any other.
+///
+/// The ticket keys are either the process's own (rustls' ring ticketer:
+/// random at startup, rotated every 6 hours, tickets live 12) or a key file
+/// shared by a cluster ([`super::ticket::FileTicketer`]).
 pub(super) struct Resumption {
-    ticketer: Arc<dyn ProducesTickets>,
+    pub(super) ticketer: Arc<dyn ProducesTickets>,
     cache: Arc<ServerSessionMemoryCache>,
 }
 
 impl Resumption {
+    /// Random ticket keys of this process, and a fresh cache.
     pub(super) fn new() -> Result<Resumption, TlsError> {
-        Ok(Resumption {
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rustls)?,
+        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Rustls)?;
+        Ok(Resumption::with_ticketer(ticketer))
+    }
+
+    /// `ticketer` and a fresh cache.
+    pub(super) fn with_ticketer(ticketer: Arc<dyn ProducesTickets>) -> Resumption {
+        Resumption {
+            ticketer,
             cache: ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES_MAX),
-        })
+        }
+    }
+
+    /// The same cache with other ticket keys (a reload of the key file).
+    pub(super) fn rekeyed(&self, ticketer: Arc<dyn ProducesTickets>) -> Resumption {
+        Resumption {
+            ticketer,
+            cache: self.cache.clone(),
+        }
     }
 }
 
@@ -71,23 +127,35 @@ pub(super) fn build(
     files: &TlsFiles,
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = read_certificates(&files.cert)?;
-    let key = read_key(&files.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut certified = Vec::with_capacity(files.cert.len());
+    for (cert, key) in files.pairs()? {
+        certified.push(certified_key(cert, key, &provider)?);
+    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Rejected {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            source,
-        })?;
+        .with_cert_resolver(Arc::new(super::resolve::ByKeyType::new(certified)));
     config.session_storage = resumption.cache.clone();
     config.ticketer = resumption.ticketer.clone();
     config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
     Ok(Arc::new(config))
+}
+
+/// One chain and its key, checked to belong together.
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certificates(cert)?;
+    let private_key = read_key(key)?;
+    CertifiedKey::from_der(chain, private_key, provider).map_err(|source| TlsError::Rejected {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })
 }
 
 /// Every `CERTIFICATE` section of the file, in order; other sections (a key
@@ -127,7 +195,7 @@ fn pem_error(path: &Path, source: pem::Error) -> TlsError {
 /// The whole file, refusing one over [`PEM_FILE_BYTES_MAX`] without reading
 /// past the limit (the length is checked while reading, not by `stat`, so a
 /// FIFO or device cannot get around it).
-fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(super) fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     let read_error = |source| TlsError::Read {
         path: path.to_path_buf(),
         source,

@@ -1,12 +1,16 @@
 //! tls: rustls (ring provider) for STLS (RFC 2595) and implicit TLS (RFC 8314).
 //!
-//! Owns three things and nothing else:
-//! - [`load_server_config`]: certificate chain and key from PEM files to a
+//! Owns these things and nothing else:
+//! - [`load_server_config`]: certificate chains and keys from PEM files to a
 //!   rustls `ServerConfig` (TLS 1.2 and 1.3, no client auth, no ALPN, session
 //!   resumption by tickets with a bounded stateful cache for TLS 1.2 clients
-//!   that do not take tickets).
-//! - [`TlsReloader`]: the config every shard shares; `reload()` (SIGHUP)
-//!   swaps it for new connections only.
+//!   that do not take tickets). Several certificates (one per key type) are
+//!   served per client by [`ByKeyType`]: ECDSA to clients that take it, RSA
+//!   to the others.
+//! - [`TlsReloader`]: the config every shard shares, with one set of ticket
+//!   keys per process (or from a key file a cluster shares,
+//!   [`FileTicketer`]); `reload()` (SIGHUP) swaps the certificates and the
+//!   ticket keys for new connections only.
 //! - [`TlsLayer`]: one connection's TLS state, sans-IO. Ciphertext goes in and
 //!   out as byte slices, plaintext likewise; no sockets, no clock, no threads.
 //!
@@ -25,6 +29,8 @@
 mod config;
 mod layer;
 mod reload;
+mod resolve;
+mod ticket;
 
 #[cfg(test)]
 mod tests;
@@ -34,11 +40,16 @@ use std::io;
 use std::path::PathBuf;
 
 pub use config::{
-    PEM_FILE_BYTES_MAX, SESSION_CACHE_ENTRIES_MAX, TLS13_TICKETS_PER_HANDSHAKE, TlsFiles,
-    load_server_config,
+    CERTIFICATES_MAX, PEM_FILE_BYTES_MAX, SESSION_CACHE_ENTRIES_MAX, TLS13_TICKETS_PER_HANDSHAKE,
+    TlsFiles, load_server_config,
 };
 pub use layer::{PLAINTEXT_BUFFERED_BYTES_MAX, TlsLayer};
 pub use reload::TlsReloader;
+pub use resolve::ByKeyType;
+pub use ticket::{
+    FileTicketer, TICKET_KEY_BYTES, TICKET_KEYS_MAX, TICKET_LIFETIME_S, TicketKey,
+    parse_ticket_keys, read_ticket_keys,
+};
 
 /// Why TLS could not be set up, or why a session failed.
 #[derive(Debug)]
@@ -80,6 +91,24 @@ pub enum TlsError {
         key: PathBuf,
         /// What rustls said.
         source: rustls::Error,
+    },
+    /// Certificates and keys are paired by position: there must be as many
+    /// keys as certificates, at least one and at most [`CERTIFICATES_MAX`].
+    /// Config fault.
+    Unpaired {
+        /// How many certificate files were given.
+        certs: usize,
+        /// How many key files were given.
+        keys: usize,
+    },
+    /// The ticket key file is malformed. Config fault.
+    TicketKeys {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line at fault; 0 for the file as a whole.
+        line: usize,
+        /// What is wrong (never key material).
+        reason: &'static str,
     },
     /// rustls refused to build a config or a connection for a reason that
     /// is neither the files nor the peer (e.g. no random bytes for the
@@ -128,6 +157,20 @@ impl fmt::Display for TlsError {
                 cert.display(),
                 key.display()
             ),
+            TlsError::Unpaired { certs, keys } => write!(
+                f,
+                "TLS: {certs} certificate(s) and {keys} key(s): give one key per certificate \
+                 (--tls-cert and --tls-key in the same order), at least 1 and at most \
+                 {CERTIFICATES_MAX}"
+            ),
+            TlsError::TicketKeys { path, line, reason } if *line == 0 => {
+                write!(f, "TLS ticket key file {}: {reason}", path.display())
+            }
+            TlsError::TicketKeys { path, line, reason } => write!(
+                f,
+                "TLS ticket key file {} line {line}: {reason}",
+                path.display()
+            ),
             TlsError::Rustls(source) => write!(f, "TLS setup: {source}"),
             TlsError::Peer(source) => write!(f, "TLS session: {source}"),
             TlsError::Refused(source) => write!(f, "TLS session: ciphertext refused: {source}"),
@@ -145,6 +188,8 @@ impl std::error::Error for TlsError {
             | TlsError::Rustls(source)
             | TlsError::Peer(source) => Some(source),
             TlsError::TooLarge { .. }
+            | TlsError::Unpaired { .. }
+            | TlsError::TicketKeys { .. }
             | TlsError::NoCertificate(_)
             | TlsError::NoKey(_)
             | TlsError::Closed => None,

@@ -8,6 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig};
 use rustls::{SupportedProtocolVersion, version};
@@ -31,10 +32,7 @@ impl Fixture {
     }
 
     fn files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.leaf.cert.clone(),
-            key: self.leaf.key.clone(),
-        }
+        TlsFiles::single(&self.leaf.cert, &self.leaf.key)
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
@@ -551,10 +549,7 @@ fn certificate_and_key_in_one_file_load() {
     let cert = std::fs::read_to_string(&fx.leaf.cert).unwrap();
     let key = std::fs::read_to_string(&fx.leaf.key).unwrap();
     std::fs::write(&both, format!("{key}{cert}")).unwrap();
-    let files = TlsFiles {
-        cert: both.clone(),
-        key: both,
-    };
+    let files = TlsFiles::single(&both, &both);
     let mut pair = Pair::new(
         load_server_config(&files).unwrap(),
         fx.client_config(&version::TLS13),
@@ -585,14 +580,8 @@ fn load_error(files: &TlsFiles, named: &[&Path]) -> TlsError {
 fn load_errors_name_the_file() {
     let fx = Fixture::new();
     let good = fx.files();
-    let with_cert = |cert: &Path| TlsFiles {
-        cert: cert.to_path_buf(),
-        key: good.key.clone(),
-    };
-    let with_key = |key: &Path| TlsFiles {
-        cert: good.cert.clone(),
-        key: key.to_path_buf(),
-    };
+    let with_cert = |cert: &Path| TlsFiles::single(cert, &good.key[0]);
+    let with_key = |key: &Path| TlsFiles::single(&good.cert[0], key);
 
     let missing = fx.path("missing.pem");
     let error = load_error(&with_cert(&missing), &[&missing]);
@@ -601,10 +590,10 @@ fn load_errors_name_the_file() {
     assert!(matches!(error, TlsError::Read { ref path, .. } if *path == missing));
 
     // A key where the certificate should be, and the other way round.
-    let error = load_error(&with_cert(&good.key), &[&good.key]);
-    assert!(matches!(error, TlsError::NoCertificate(ref path) if *path == good.key));
-    let error = load_error(&with_key(&good.cert), &[&good.cert]);
-    assert!(matches!(error, TlsError::NoKey(ref path) if *path == good.cert));
+    let error = load_error(&with_cert(&good.key[0]), &[&good.key[0]]);
+    assert!(matches!(error, TlsError::NoCertificate(ref path) if *path == good.key[0]));
+    let error = load_error(&with_key(&good.cert[0]), &[&good.cert[0]]);
+    assert!(matches!(error, TlsError::NoKey(ref path) if *path == good.cert[0]));
 
     let text = fx.path("text.pem");
     std::fs::write(&text, "this is not PEM at all\n").unwrap();
@@ -612,7 +601,7 @@ fn load_errors_name_the_file() {
     assert!(matches!(error, TlsError::NoCertificate(_)));
 
     let cut = fx.path("cut.pem");
-    let cert_text = std::fs::read_to_string(&good.cert).unwrap();
+    let cert_text = std::fs::read_to_string(&good.cert[0]).unwrap();
     std::fs::write(&cut, &cert_text[..cert_text.len() / 3]).unwrap();
     let error = load_error(&with_cert(&cut), &[&cut]);
     assert!(matches!(error, TlsError::Pem { ref path, .. } if *path == cut));
@@ -625,6 +614,306 @@ fn load_errors_name_the_file() {
 
     // A key that belongs to another certificate: rustls refuses the pair.
     let other = fx.ca.issue(fx.dir.path(), "other");
-    let error = load_error(&with_key(&other.key), &[&good.cert, &other.key]);
+    let error = load_error(&with_key(&other.key), &[&good.cert[0], &other.key]);
     assert!(matches!(error, TlsError::Rejected { .. }), "{error:?}");
+}
+
+/// A client config trusting `fx`'s CA that offers only the signature
+/// schemes `keep` allows (as an old client offering only RSA does).
+fn client_offering(
+    fx: &Fixture,
+    version: &'static SupportedProtocolVersion,
+    keep: fn(rustls::SignatureScheme) -> bool,
+) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let mapping: Vec<_> = algorithms
+        .mapping
+        .iter()
+        .filter(|(scheme, _)| keep(*scheme))
+        .copied()
+        .collect();
+    // Tests only: the provider wants 'static tables.
+    provider.signature_verification_algorithms = rustls::crypto::WebPkiSupportedAlgorithms {
+        all: algorithms.all,
+        mapping: Vec::leak(mapping),
+    };
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(fx.ca.der())).unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn is_rsa(scheme: rustls::SignatureScheme) -> bool {
+    use rustls::SignatureScheme as S;
+    matches!(
+        scheme,
+        S::RSA_PKCS1_SHA256
+            | S::RSA_PKCS1_SHA384
+            | S::RSA_PKCS1_SHA512
+            | S::RSA_PSS_SHA256
+            | S::RSA_PSS_SHA384
+            | S::RSA_PSS_SHA512
+    )
+}
+
+/// The leaf certificate a client with `client` config is served.
+fn served_leaf(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Vec<u8> {
+    let mut pair = Pair::new(server, client, 1 << 20);
+    pair.handshake();
+    pair.client.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
+fn each_client_gets_the_certificate_its_signature_schemes_allow() {
+    let fx = Fixture::new();
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    // RSA listed first: a modern client still gets ECDSA.
+    let files = TlsFiles {
+        cert: vec![rsa.cert.clone(), fx.leaf.cert.clone()],
+        key: vec![rsa.key.clone(), fx.leaf.key.clone()],
+    };
+    let server = load_server_config(&files).unwrap();
+    for (version, _) in VERSIONS {
+        let modern = fx.client_config(version);
+        assert_eq!(
+            served_leaf(server.clone(), modern),
+            fx.leaf.der,
+            "{version:?}"
+        );
+        let old = client_offering(&fx, version, is_rsa);
+        assert_eq!(served_leaf(server.clone(), old), rsa.der, "{version:?}");
+        let ecdsa_only = client_offering(&fx, version, |s| !is_rsa(s));
+        assert_eq!(served_leaf(server.clone(), ecdsa_only), fx.leaf.der);
+    }
+
+    // One RSA certificate alone serves everyone who offers RSA, and a client
+    // that offers none of its schemes fails the handshake (an alert, no
+    // panic), as with any server.
+    let rsa_only = load_server_config(&TlsFiles::single(&rsa.cert, &rsa.key)).unwrap();
+    let modern = fx.client_config(&version::TLS13);
+    assert_eq!(served_leaf(rsa_only.clone(), modern), rsa.der);
+    let ecdsa_client = client_offering(&fx, &version::TLS13, |s| !is_rsa(s));
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(ecdsa_client, name).unwrap();
+    let mut layer = TlsLayer::new(rsa_only).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    assert!(matches!(layer.receive(&hello), Err(TlsError::Peer(_))));
+    let mut alert = Vec::new();
+    assert!(layer.write_ciphertext(&mut alert) > 0);
+}
+
+#[test]
+fn resolver_prefers_ecdsa_then_configuration_order() {
+    let fx = Fixture::new();
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    let provider = rustls::crypto::ring::default_provider();
+    let load = |leaf: &tls_fixture::Leaf| {
+        let chain = CertificateDer::pem_file_iter(&leaf.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        rustls::sign::CertifiedKey::from_der(chain, key, &provider).unwrap()
+    };
+    let resolver = ByKeyType::new(vec![load(&rsa), load(&fx.leaf)]);
+    assert_eq!(
+        resolver.algorithms(),
+        [
+            rustls::SignatureAlgorithm::ECDSA,
+            rustls::SignatureAlgorithm::RSA
+        ]
+    );
+}
+
+#[test]
+fn certificates_and_keys_must_pair_up() {
+    let fx = Fixture::new();
+    let unpaired = TlsFiles {
+        cert: vec![fx.leaf.cert.clone(), fx.leaf.cert.clone()],
+        key: vec![fx.leaf.key.clone()],
+    };
+    let error = load_error(&unpaired, &[]);
+    assert!(matches!(error, TlsError::Unpaired { certs: 2, keys: 1 }));
+    let none = TlsFiles {
+        cert: Vec::new(),
+        key: Vec::new(),
+    };
+    assert!(matches!(
+        load_error(&none, &[]),
+        TlsError::Unpaired { certs: 0, keys: 0 }
+    ));
+    // A bad second pair names its own files.
+    let other = fx.ca.issue(fx.dir.path(), "other");
+    let mismatched = TlsFiles {
+        cert: vec![fx.leaf.cert.clone(), other.cert.clone()],
+        key: vec![fx.leaf.key.clone(), fx.leaf.key.clone()],
+    };
+    let error = load_error(&mismatched, &[&other.cert]);
+    assert!(matches!(error, TlsError::Rejected { ref cert, .. } if *cert == other.cert));
+}
+
+#[test]
+fn reload_keeps_serving_both_key_types() {
+    let fx = Fixture::new();
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    let files = TlsFiles {
+        cert: vec![fx.leaf.cert.clone(), rsa.cert.clone()],
+        key: vec![fx.leaf.key.clone(), rsa.key.clone()],
+    };
+    let reloader = TlsReloader::new(files).unwrap();
+    let renewed = fx.ca.issue_over(&fx.leaf.cert, &fx.leaf.key);
+    reloader.reload().unwrap();
+    let modern = fx.client_config(&version::TLS13);
+    assert_eq!(served_leaf(reloader.current(), modern), renewed.der);
+    let old = client_offering(&fx, &version::TLS12, is_rsa);
+    assert_eq!(served_leaf(reloader.current(), old), rsa.der);
+}
+
+/// Writes a ticket key file of `lines` (each one key, 64 bytes of `fill`).
+fn write_ticket_keys(path: &Path, fills: &[u8]) {
+    let text: String = fills
+        .iter()
+        .map(|fill| format!("{}\n", format!("{fill:02x}").repeat(TICKET_KEY_BYTES)))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// How `client`'s next handshake with `server` went.
+fn handshake_kind(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> HandshakeKind {
+    let mut pair = Pair::new(server, client, 1 << 20);
+    pair.handshake();
+    // TLS 1.3 tickets come after the handshake: let them arrive.
+    pair.client.writer().write_all(b"NOOP\r\n").unwrap();
+    pair.run();
+    pair.client.handshake_kind().unwrap()
+}
+
+#[test]
+fn two_processes_with_one_ticket_key_file_resume_each_others_sessions() {
+    let fx = Fixture::new();
+    let keys = fx.path("tickets.key");
+    write_ticket_keys(&keys, &[1]);
+    for (version, _) in VERSIONS {
+        // Two reloaders are two processes: nothing is shared but the files.
+        let node_a = TlsReloader::with_ticket_key_file(fx.files(), Some(keys.clone())).unwrap();
+        let node_b = TlsReloader::with_ticket_key_file(fx.files(), Some(keys.clone())).unwrap();
+        let client = fx.client_config(version);
+        assert_eq!(
+            handshake_kind(node_a.current(), client.clone()),
+            HandshakeKind::Full
+        );
+        assert_eq!(
+            handshake_kind(node_b.current(), client),
+            HandshakeKind::Resumed,
+            "{version:?}"
+        );
+    }
+}
+
+#[test]
+fn without_a_key_file_each_process_has_its_own_ticket_keys() {
+    let fx = Fixture::new();
+    let node_a = TlsReloader::new(fx.files()).unwrap();
+    let node_b = TlsReloader::new(fx.files()).unwrap();
+    let client = fx.client_config(&version::TLS13);
+    assert_eq!(
+        handshake_kind(node_a.current(), client.clone()),
+        HandshakeKind::Full
+    );
+    assert_eq!(
+        handshake_kind(node_b.current(), client.clone()),
+        HandshakeKind::Full
+    );
+    // Within one process every config (every shard) shares them.
+    assert_eq!(
+        handshake_kind(node_b.current(), client),
+        HandshakeKind::Resumed
+    );
+}
+
+#[test]
+fn ticket_keys_rotate_on_reload() {
+    let fx = Fixture::new();
+    let keys = fx.path("tickets.key");
+    write_ticket_keys(&keys, &[1]);
+    let node = TlsReloader::with_ticket_key_file(fx.files(), Some(keys.clone())).unwrap();
+    assert_eq!(node.ticket_key_file(), Some(keys.as_path()));
+    let early = fx.client_config(&version::TLS13);
+    assert_eq!(
+        handshake_kind(node.current(), early.clone()),
+        HandshakeKind::Full
+    );
+
+    write_ticket_keys(&keys, &[2]);
+    node.reload().unwrap();
+    // A ticket from before the rotation still resumes here…
+    assert_eq!(
+        handshake_kind(node.current(), early),
+        HandshakeKind::Resumed
+    );
+    // …and a ticket made now resumes on a node that loaded only the new key.
+    let late = fx.client_config(&version::TLS13);
+    assert_eq!(
+        handshake_kind(node.current(), late.clone()),
+        HandshakeKind::Full
+    );
+    let fresh_node = TlsReloader::with_ticket_key_file(fx.files(), Some(keys.clone())).unwrap();
+    assert_eq!(
+        handshake_kind(fresh_node.current(), late),
+        HandshakeKind::Resumed
+    );
+
+    // A broken key file fails the reload and changes nothing.
+    std::fs::write(&keys, "not hex\n").unwrap();
+    let before = node.current();
+    let error = node.reload().unwrap_err();
+    assert!(
+        matches!(error, TlsError::TicketKeys { line: 1, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&keys.display().to_string()));
+    assert!(Arc::ptr_eq(&before, &node.current()));
+    // And a missing one stops startup, naming it.
+    let missing = fx.path("missing.key");
+    let error = TlsReloader::with_ticket_key_file(fx.files(), Some(missing.clone()))
+        .err()
+        .unwrap();
+    assert!(matches!(error, TlsError::Read { ref path, .. } if *path == missing));
+}
+
+#[test]
+fn from_config_reads_the_tls_section() {
+    let fx = Fixture::new();
+    assert!(
+        TlsReloader::from_config(&crate::config::Tls::default())
+            .unwrap()
+            .is_none()
+    );
+    let keys = fx.path("tickets.key");
+    write_ticket_keys(&keys, &[5]);
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    let section = crate::config::Tls {
+        cert: Some(vec![fx.leaf.cert.clone(), rsa.cert.clone()]),
+        key: Some(vec![fx.leaf.key.clone(), rsa.key.clone()]),
+        ticket_key_file: Some(keys.clone()),
+        ..crate::config::Tls::default()
+    };
+    let a = TlsReloader::from_config(&section).unwrap().unwrap();
+    let b = TlsReloader::from_config(&section).unwrap().unwrap();
+    assert_eq!(a.ticket_key_file(), Some(keys.as_path()));
+    assert_eq!(a.files().cert.len(), 2);
+    let old = client_offering(&fx, &version::TLS13, is_rsa);
+    assert_eq!(served_leaf(a.current(), old), rsa.der);
+    let client = fx.client_config(&version::TLS13);
+    assert_eq!(
+        handshake_kind(a.current(), client.clone()),
+        HandshakeKind::Full
+    );
+    assert_eq!(handshake_kind(b.current(), client), HandshakeKind::Resumed);
 }

@@ -9,6 +9,10 @@
 //! with [`TestCa::issue_over`] to test a SIGHUP reload: clients that trust
 //! the CA accept both, and the leaf's DER tells which one was served.
 //!
+//! [`TestCa::issue_rsa`] makes an RSA-2048 leaf: ring cannot generate RSA
+//! keys, so that one key comes from `openssl genpkey` (the e2e tests already
+//! need the openssl CLI; `.ci/run` installs it).
+//!
 //! Used by end-to-end tests (`#[path = "common/tls_fixture.rs"] mod
 //! tls_fixture;`) and by the unit tests in `src/tls/`.
 #![allow(dead_code)]
@@ -68,13 +72,42 @@ impl TestCa {
 
     /// Issues a new leaf (new key) and writes it over `cert` and `key`.
     pub fn issue_over(&self, cert: &Path, key: &Path) -> Leaf {
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        self.issue_with(cert, key, leaf_key)
+    }
+
+    /// Issues a leaf with a new RSA-2048 key (from `openssl genpkey`);
+    /// writes `dir/NAME.crt.pem` and `dir/NAME.key.pem`.
+    pub fn issue_rsa(&self, dir: &Path, name: &str) -> Leaf {
+        let cert = dir.join(format!("{name}.crt.pem"));
+        let key = dir.join(format!("{name}.key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .arg("-out")
+            .arg(&key)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl genpkey (is the openssl CLI installed?)");
+        assert!(status.success(), "openssl genpkey failed");
+        let pem = fs::read_to_string(&key).expect("read RSA key");
+        let leaf_key =
+            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).expect("RSA key");
+        self.issue_with(&cert, &key, leaf_key)
+    }
+
+    fn issue_with(&self, cert: &Path, key: &Path, leaf_key: KeyPair) -> Leaf {
         let names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
         let params = CertificateParams::new(names).expect("leaf params");
-        let leaf_key = KeyPair::generate().expect("leaf key");
         let leaf = params
             .signed_by(&leaf_key, &self.issuer)
             .expect("leaf certificate");

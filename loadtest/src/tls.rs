@@ -1,0 +1,341 @@
+//! TLS for the load generator: rustls with the ring provider (as shardpop
+//! uses), implicit TLS (`--tls`, port 995 style) or STLS (`--stls`).
+//!
+//! One client config per load thread, so with `--tls-resume` the sessions a
+//! thread's connections leave behind are reused by its next connections
+//! (a `ClientSessionStore` per thread, like a mail client that keeps its
+//! session cache), and threads never contend on one cache.
+//!
+//! The server's certificate is checked against `--tls-ca` (a PEM bundle).
+//! `--tls-insecure` skips the chain check for benchmarks against a server
+//! whose CA is not at hand; it still verifies the handshake signature, so
+//! both sides do the same cryptographic work as with a trusted chain.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore};
+use rustls::{HandshakeKind, SignatureScheme};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// TLS sessions kept per thread with `--tls-resume` (per server name, rustls
+/// keeps up to 8 TLS 1.3 tickets).
+const SESSIONS_PER_THREAD: usize = 256;
+
+/// The command-line flags of TLS (flattened into the CLI).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Implicit TLS (port 995 style): TLS from the first byte.
+    #[arg(long, conflicts_with = "stls")]
+    pub tls: bool,
+    /// STLS (RFC 2595): plaintext greeting, then STLS and TLS before USER.
+    #[arg(long)]
+    pub stls: bool,
+    /// Reuse TLS sessions (tickets, session ids) across each load thread's
+    /// connections; the JSON line counts full and resumed handshakes.
+    #[arg(long)]
+    pub tls_resume: bool,
+    /// PEM file with the CA certificate(s) the server's chain must lead to.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept ANY server certificate (benchmarks on loopback only: this gives
+    /// no protection against an impostor). Handshake signatures are still
+    /// verified, so the cryptographic work is the same.
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub tls_insecure: bool,
+    /// The name the server's certificate must carry (default: the --addr IP).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The run's TLS settings; `None` for plaintext. `addr` names the
+    /// server when `--tls-server-name` is not given.
+    pub fn settings(&self, addr: std::net::SocketAddr) -> Result<Option<TlsSettings>, String> {
+        let mode = match (self.tls, self.stls) {
+            (true, _) => TlsMode::Implicit,
+            (false, true) => TlsMode::Stls,
+            (false, false) => {
+                let any_tls_flag = self.tls_resume
+                    || self.tls_ca.is_some()
+                    || self.tls_insecure
+                    || self.tls_server_name.is_some();
+                if any_tls_flag {
+                    return Err("--tls-resume, --tls-ca, --tls-insecure and \
+                                --tls-server-name need --tls or --stls"
+                        .into());
+                }
+                return Ok(None);
+            }
+        };
+        let trust = match (&self.tls_ca, self.tls_insecure) {
+            (Some(path), false) => Trust::Ca(path.clone()),
+            (None, true) => Trust::Insecure,
+            _ => return Err("TLS needs --tls-ca PEM (or --tls-insecure for benchmarks)".into()),
+        };
+        let server_name = match &self.tls_server_name {
+            Some(name) => ServerName::try_from(name.clone())
+                .map_err(|e| format!("--tls-server-name {name}: {e}"))?,
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        let settings = TlsSettings {
+            mode,
+            trust,
+            resume: self.tls_resume,
+            server_name,
+        };
+        // Fail on a bad CA file now, not in every load thread.
+        settings.client_config()?;
+        Ok(Some(settings))
+    }
+}
+
+/// How a connection gets to TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS from the first byte (`--tls`, RFC 8314).
+    Implicit,
+    /// Plaintext greeting, then `STLS` (RFC 2595) and the handshake.
+    Stls,
+}
+
+impl TlsMode {
+    /// The name used in the JSON line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Implicit => "implicit",
+            TlsMode::Stls => "stls",
+        }
+    }
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Chains must lead to a certificate in this PEM file.
+    Ca(PathBuf),
+    /// Any chain is accepted (benchmarks only); handshake signatures are
+    /// still verified.
+    Insecure,
+}
+
+/// The TLS settings of a run, validated by the CLI.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    pub trust: Trust,
+    /// Reuse sessions across a thread's connections.
+    pub resume: bool,
+    /// The name the certificate must carry (default: the address's IP).
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsSettings {
+    /// A client config for one load thread (its own session cache).
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut config = match &self.trust {
+            Trust::Ca(path) => {
+                let mut roots = RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("--tls-ca {}: {e}", path.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("--tls-ca {}: no certificate in it", path.display()));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyChain(
+                    provider.signature_verification_algorithms,
+                )))
+                .with_no_client_auth(),
+        };
+        config.resumption = if self.resume {
+            Resumption::store(Arc::new(ClientSessionMemoryCache::new(SESSIONS_PER_THREAD)))
+        } else {
+            Resumption::disabled()
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// `--tls-insecure`: accepts any certificate chain, verifies the handshake
+/// signature with the provider's algorithms.
+#[derive(Debug)]
+struct AnyChain(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyChain {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// What a finished handshake was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Full,
+    Resumed,
+}
+
+/// One connection's client TLS state and when its handshake began.
+pub struct TlsConn {
+    pub conn: ClientConnection,
+    started: Instant,
+    /// The handshake's end was reported.
+    reported: bool,
+}
+
+impl TlsConn {
+    /// A client session starting its handshake now.
+    pub fn new(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        now: Instant,
+    ) -> Result<TlsConn, String> {
+        let conn = ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))?;
+        Ok(TlsConn {
+            conn,
+            started: now,
+            reported: false,
+        })
+    }
+
+    /// Once, when the handshake has just finished: its kind and how long it
+    /// took in microseconds.
+    pub fn finished(&mut self, now: Instant) -> Option<(Handshake, u64)> {
+        if self.reported || self.conn.is_handshaking() {
+            return None;
+        }
+        self.reported = true;
+        let kind = match self.conn.handshake_kind() {
+            Some(HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        };
+        let micros = now.saturating_duration_since(self.started).as_micros();
+        Some((kind, u64::try_from(micros).unwrap_or(u64::MAX)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(trust: Trust, resume: bool) -> TlsSettings {
+        TlsSettings {
+            mode: TlsMode::Implicit,
+            trust,
+            resume,
+            server_name: ServerName::try_from("127.0.0.1").unwrap().to_owned(),
+        }
+    }
+
+    #[test]
+    fn flags_to_settings() {
+        let addr: std::net::SocketAddr = "127.0.0.1:995".parse().unwrap();
+        assert!(TlsArgs::default().settings(addr).unwrap().is_none());
+        let lonely = TlsArgs {
+            tls_resume: true,
+            ..TlsArgs::default()
+        };
+        assert!(lonely.settings(addr).unwrap_err().contains("need --tls"));
+        let untrusting = TlsArgs {
+            tls: true,
+            ..TlsArgs::default()
+        };
+        assert!(untrusting.settings(addr).unwrap_err().contains("--tls-ca"));
+        let insecure = TlsArgs {
+            stls: true,
+            tls_insecure: true,
+            tls_resume: true,
+            ..TlsArgs::default()
+        };
+        let s = insecure.settings(addr).unwrap().unwrap();
+        assert_eq!(s.mode, TlsMode::Stls);
+        assert!(s.resume);
+        assert_eq!(s.server_name, ServerName::try_from("127.0.0.1").unwrap());
+        let named = TlsArgs {
+            tls: true,
+            tls_insecure: true,
+            tls_server_name: Some("pop.example.net".into()),
+            ..TlsArgs::default()
+        };
+        let s = named.settings(addr).unwrap().unwrap();
+        assert_eq!(s.mode, TlsMode::Implicit);
+        assert_eq!(
+            s.server_name,
+            ServerName::try_from("pop.example.net").unwrap()
+        );
+        let bad_name = TlsArgs {
+            tls_server_name: Some("not a name!".into()),
+            ..named
+        };
+        assert!(bad_name.settings(addr).is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = std::env::temp_dir().join(format!("loadtest-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        let error = settings(Trust::Ca(empty.clone()), false)
+            .client_config()
+            .unwrap_err();
+        assert!(error.contains("no certificate"), "{error}");
+        let missing = dir.join("missing.pem");
+        let error = settings(Trust::Ca(missing), false)
+            .client_config()
+            .unwrap_err();
+        assert!(error.contains("missing.pem"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mode_names() {
+        assert_eq!(TlsMode::Implicit.name(), "implicit");
+        assert_eq!(TlsMode::Stls.name(), "stls");
+    }
+}
