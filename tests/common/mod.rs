@@ -413,7 +413,11 @@ impl Client {
 
     /// Connects without reading the greeting (a proxy's header goes first).
     pub fn connect_silent(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a stream connected elsewhere; the greeting is not read.
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Client { reader, stream }
