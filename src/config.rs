@@ -28,6 +28,18 @@ pub struct Config {
     pub tls: Tls,
     /// The Prometheus endpoint.
     pub metrics: Metrics,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// What is logged, in tracing's env-filter syntax ("info", "warn",
+    /// "shardpop=debug"); `--log` overrides it, and RUST_LOG applies only
+    /// when neither is set. SIGHUP applies a changed value.
+    pub level: Option<String>,
 }
 
 /// `[metrics]`
@@ -473,6 +485,13 @@ impl Config {
         }
         if l.worker_queue_max == 0 {
             return invalid("limits.worker_queue_max must be at least 1");
+        }
+        if let Some(level) = &self.log.level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log.level {level:?} is not a log filter: {e}"
+            )));
         }
         if l.autologout_ms < 600_000 {
             tracing::warn!(

@@ -9,7 +9,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use super::guard::Guard;
@@ -19,22 +21,16 @@ use crate::metrics::{Metrics, ShardCells};
 use crate::protocol::{Limits, Offer, Session};
 use crate::tls::TlsReloader;
 
-/// The process-wide context, shared by every shard behind an `Arc`.
-pub struct Process {
+/// What SIGHUP may change for new connections and sessions (a running
+/// session keeps the limits it started with).
+#[derive(Clone, Debug)]
+pub struct Settings {
     /// Protocol limits for every session.
     pub limits: Limits,
     /// Whether APOP challenges go in the greeting.
     pub apop: bool,
-    /// Host name for APOP challenges.
-    pub hostname: String,
     /// Where plaintext logins are allowed.
     pub plaintext_auth: PlaintextAuth,
-    /// Per-address defences.
-    pub guard: Guard,
-    /// Certificates for STLS and implicit TLS; `None` when none is configured.
-    pub tls: Option<Arc<TlsReloader>>,
-    /// The worker pool's bounded queue.
-    pub jobs: Jobs,
     /// Idle time before login.
     pub login_timeout: Duration,
     /// Idle time after login.
@@ -45,8 +41,6 @@ pub struct Process {
     pub recv_buffer_bytes: usize,
     /// How long sessions may finish after shutdown starts.
     pub shutdown_grace: Duration,
-    /// Per-shard counters, summed on scrape.
-    pub metrics: Arc<Metrics>,
     /// Peers that must begin with a PROXY protocol header.
     pub proxy_from: Vec<ipnet::IpNet>,
     /// A client that spoke TLS to the proxy (PP2_TYPE_SSL) counts as TLS
@@ -54,6 +48,68 @@ pub struct Process {
     pub proxy_ssl_counts_as_tls: bool,
     /// How long a proxy may take to send its whole header.
     pub proxy_header_timeout: Duration,
+}
+
+impl Settings {
+    /// The settings of `config` (already validated).
+    pub fn new(config: &Config) -> Settings {
+        Settings {
+            limits: Limits {
+                line_bytes_max: config.limits.line_bytes_max,
+                bad_commands_max: config.limits.bad_commands_max,
+                commands_before_login_max: config.limits.commands_before_login_max,
+                output_high_water_bytes: config.limits.output_buffer_bytes,
+            },
+            apop: config.auth.apop,
+            plaintext_auth: config.auth.plaintext_auth,
+            login_timeout: config.login_timeout(),
+            autologout: config.autologout(),
+            output_buffer_bytes: config.limits.output_buffer_bytes,
+            recv_buffer_bytes: config.limits.recv_buffer_bytes,
+            shutdown_grace: Duration::from_millis(config.limits.shutdown_grace_ms),
+            proxy_from: config.server.proxy_from.clone(),
+            proxy_ssl_counts_as_tls: config.server.proxy_ssl_counts_as_tls,
+            proxy_header_timeout: Duration::from_millis(config.limits.proxy_header_timeout_ms),
+        }
+    }
+
+    /// Whether a peer must begin with a PROXY header (an IPv4 peer on an
+    /// IPv6 socket counts by its IPv4 address).
+    pub fn is_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_from.iter().any(|net| net.contains(&peer))
+    }
+
+    /// What a connection from `peer` is offered: plaintext logins where the
+    /// policy allows them (`tls`: TLS to us; `proxy_tls`: TLS to the proxy,
+    /// when the operator counts it), STLS where a certificate exists
+    /// (`certificate`) and TLS is not on.
+    pub fn offer(&self, peer: SocketAddr, tls: bool, proxy_tls: bool, certificate: bool) -> Offer {
+        let secured = tls || (proxy_tls && self.proxy_ssl_counts_as_tls);
+        Offer {
+            plaintext_auth: self.plaintext_auth.allows(secured, peer.ip()),
+            stls: !tls && certificate,
+        }
+    }
+}
+
+/// The process-wide context, shared by every shard behind an `Arc`.
+pub struct Process {
+    /// Host name for APOP challenges.
+    pub hostname: String,
+    /// Per-address defences.
+    pub guard: Guard,
+    /// Certificates for STLS and implicit TLS; `None` when none is configured.
+    pub tls: Option<Arc<TlsReloader>>,
+    /// The worker pool's bounded queue.
+    pub jobs: Jobs,
+    /// Per-shard counters, summed on scrape.
+    pub metrics: Arc<Metrics>,
+    /// The reloadable settings and their generation (bumped by SIGHUP);
+    /// each shard keeps its own `Arc` and looks at the generation once per
+    /// loop turn, so no lock is taken per connection.
+    settings: RwLock<Arc<Settings>>,
+    generation: AtomicU64,
     /// Set by the signal thread.
     shutdown: AtomicBool,
 }
@@ -68,29 +124,36 @@ impl Process {
         metrics: Arc<Metrics>,
     ) -> Process {
         Process {
-            limits: Limits {
-                line_bytes_max: config.limits.line_bytes_max,
-                bad_commands_max: config.limits.bad_commands_max,
-                commands_before_login_max: config.limits.commands_before_login_max,
-                output_high_water_bytes: config.limits.output_buffer_bytes,
-            },
-            apop: config.auth.apop,
             hostname: hostname(),
-            plaintext_auth: config.auth.plaintext_auth,
             guard,
             tls,
             jobs,
-            login_timeout: config.login_timeout(),
-            autologout: config.autologout(),
-            output_buffer_bytes: config.limits.output_buffer_bytes,
-            recv_buffer_bytes: config.limits.recv_buffer_bytes,
-            shutdown_grace: Duration::from_millis(config.limits.shutdown_grace_ms),
             metrics,
-            proxy_from: config.server.proxy_from.clone(),
-            proxy_ssl_counts_as_tls: config.server.proxy_ssl_counts_as_tls,
-            proxy_header_timeout: Duration::from_millis(config.limits.proxy_header_timeout_ms),
+            settings: RwLock::new(Arc::new(Settings::new(config))),
+            generation: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
         }
+    }
+
+    /// The current settings and their generation.
+    pub fn settings(&self) -> (Arc<Settings>, u64) {
+        let settings = self.settings.read();
+        (
+            Arc::clone(&settings),
+            self.generation.load(Ordering::Acquire),
+        )
+    }
+
+    /// The generation of the current settings (one relaxed-cost load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// New settings for new connections (SIGHUP).
+    pub fn replace_settings(&self, settings: Settings) {
+        let mut current = self.settings.write();
+        *current = Arc::new(settings);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Asks every shard to shut down (they also need a wake).
@@ -103,31 +166,12 @@ impl Process {
         self.shutdown.load(Ordering::Relaxed)
     }
 
-    /// Whether a peer must begin with a PROXY header (an IPv4 peer on an
-    /// IPv6 socket counts by its IPv4 address).
-    pub fn is_proxy(&self, peer: std::net::IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.proxy_from.iter().any(|net| net.contains(&peer))
-    }
-
-    /// What a connection from `peer` is offered: plaintext logins where the
-    /// policy allows them (`tls`: TLS to us; `proxy_tls`: TLS to the proxy,
-    /// when the operator counts it), STLS where a certificate exists and TLS
-    /// is not on.
-    pub fn offer(&self, peer: SocketAddr, tls: bool, proxy_tls: bool) -> Offer {
-        let secured = tls || (proxy_tls && self.proxy_ssl_counts_as_tls);
-        Offer {
-            plaintext_auth: self.plaintext_auth.allows(secured, peer.ip()),
-            stls: !tls && self.tls.is_some(),
-        }
-    }
-
     /// A new session for connection `id` of `shard`.
-    pub fn session(&self, shard: usize, id: u64, offer: Offer) -> Session {
-        let challenge = self.apop.then(|| {
+    pub fn session(&self, settings: &Settings, shard: usize, id: u64, offer: Offer) -> Session {
+        let challenge = settings.apop.then(|| {
             format!("<{}.{shard}.{id}@{}>", std::process::id(), self.hostname).into_boxed_str()
         });
-        Session::new(self.limits, offer, challenge)
+        Session::new(settings.limits, offer, challenge)
     }
 }
 
@@ -150,8 +194,10 @@ pub struct Local {
 /// per call from the two longer-lived contexts, so a connection can be
 /// borrowed from the shard's slab at the same time.
 pub struct Cx<'a> {
-    /// Process-wide settings, guard, pool.
+    /// Process-wide guard, pool, TLS, metrics.
     pub process: &'a Process,
+    /// The settings this shard runs with now.
+    pub settings: &'a Settings,
     /// The shard's own part.
     pub local: &'a Local,
     /// Now, read once per event batch.
@@ -174,9 +220,16 @@ impl<'a> Cx<'a> {
     }
 
     /// The context for a call on the connection in `slot` at `now`.
-    pub fn new(process: &'a Process, local: &'a Local, now: Instant, slot: usize) -> Cx<'a> {
+    pub fn new(
+        process: &'a Process,
+        settings: &'a Settings,
+        local: &'a Local,
+        now: Instant,
+        slot: usize,
+    ) -> Cx<'a> {
         Cx {
             process,
+            settings,
             local,
             now,
             slot,

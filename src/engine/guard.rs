@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -116,7 +117,8 @@ pub enum Admission {
 
 /// The per-address table.
 pub struct Guard {
-    config: GuardConfig,
+    /// Read per accept and per failed login; written by SIGHUP.
+    config: parking_lot::RwLock<Arc<GuardConfig>>,
     parts: Vec<Mutex<HashMap<IpAddr, Address>>>,
     hasher: RandomState,
     /// Addresses currently refused; when 0, accepts skip the table.
@@ -127,11 +129,21 @@ impl Guard {
     /// An empty table.
     pub fn new(config: GuardConfig) -> Guard {
         Guard {
-            config,
+            config: parking_lot::RwLock::new(Arc::new(config)),
             parts: (0..PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             blocked: AtomicUsize::new(0),
         }
+    }
+
+    /// New limits for what happens next (SIGHUP); the addresses' counts
+    /// and blocks so far stay.
+    pub fn reconfigure(&self, config: GuardConfig) {
+        *self.config.write() = Arc::new(config);
+    }
+
+    fn config(&self) -> Arc<GuardConfig> {
+        Arc::clone(&self.config.read())
     }
 
     fn part(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, Address>> {
@@ -141,26 +153,31 @@ impl Guard {
     /// Whether `ip` is in a trusted network.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.config.trusted.iter().any(|net| net.contains(&ip))
+        self.config
+            .read()
+            .trusted
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     /// Called at accept.
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Admission {
         let ip = ip.to_canonical();
-        let capped = self.config.connections_max > 0;
+        let config = self.config();
+        let capped = config.connections_max > 0;
         if (!capped && self.blocked.load(Ordering::Relaxed) == 0) || self.is_trusted(ip) {
             return Admission::Admit { counted: false };
         }
         let mut part = self.part(&ip).lock();
         let entry = part.entry(ip).or_default();
-        if entry.forget_old(now, self.config.window) {
+        if entry.forget_old(now, config.window) {
             self.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         if entry.blocked_until.is_some() {
             return Admission::Blocked;
         }
         if capped {
-            if entry.connections >= self.config.connections_max {
+            if entry.connections >= config.connections_max {
                 return Admission::TooManyConnections;
             }
             entry.connections += 1;
@@ -188,12 +205,13 @@ impl Guard {
     /// the address on the refused list (logged).
     pub fn login_failed(&self, ip: IpAddr, now: Instant) -> Duration {
         let ip = ip.to_canonical();
+        let config = self.config();
         if self.is_trusted(ip) {
-            return self.config.delay_base;
+            return config.delay_base;
         }
         let mut part = self.part(&ip).lock();
         if part.len() > PART_ENTRIES_SWEEP {
-            let window = self.config.window;
+            let window = config.window;
             part.retain(|_, a| {
                 if a.forget_old(now, window) {
                     self.blocked.fetch_sub(1, Ordering::Relaxed);
@@ -202,23 +220,21 @@ impl Guard {
             });
         }
         let entry = part.entry(ip).or_default();
-        if entry.forget_old(now, self.config.window) {
+        if entry.forget_old(now, config.window) {
             self.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         entry.failures += 1;
         entry.last_failure = Some(now);
         let doublings = (entry.failures - 1).min(16);
-        let delay = self
-            .config
+        let delay = config
             .delay_base
             .saturating_mul(1 << doublings)
-            .min(self.config.delay_max);
-        if entry.failures >= self.config.failures_before_block && entry.blocked_until.is_none() {
-            let block = self
-                .config
+            .min(config.delay_max);
+        if entry.failures >= config.failures_before_block && entry.blocked_until.is_none() {
+            let block = config
                 .block
                 .saturating_mul(1 << entry.blocks.min(16))
-                .min(self.config.block_max);
+                .min(config.block_max);
             entry.blocked_until = Some(now + block);
             entry.blocks += 1;
             entry.failures = 0;

@@ -32,6 +32,7 @@ pub mod error;
 pub mod guard;
 pub mod listen;
 pub mod privilege;
+mod reload;
 pub mod shard;
 pub mod timer;
 pub mod uring;
@@ -149,15 +150,51 @@ fn load_passdb(config: &Config) -> Result<Passdb, StartError> {
     Ok(passdb)
 }
 
+/// What a caller of [`serve_hooked`] plugs in.
+pub struct Hooks<'a> {
+    /// Every listener is bound (port 0 resolved).
+    pub ready: Box<dyn FnOnce(&[listen::Bound]) + 'a>,
+    /// SIGHUP: the configuration as it reads now (the file, flags over it),
+    /// validated; `None`: SIGHUP reloads the TLS files only.
+    pub reload: Option<Box<dyn Fn() -> Result<Config, String> + Send>>,
+    /// Applies a changed `log.level` (SIGHUP).
+    pub log_level: Option<Box<dyn Fn(&str) -> Result<(), String> + Send>>,
+    /// Shutdown has started (SIGTERM/SIGINT): e.g. systemd's STOPPING=1.
+    pub stopping: Option<Box<dyn FnOnce() + Send>>,
+}
+
 /// [`serve`], calling `ready` with the bound addresses (port 0 resolved)
 /// once every listener is up.
 pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Result<(), StartError> {
-    config.validate().map_err(StartError::Config)?;
+    serve_hooked(
+        config,
+        Hooks {
+            ready: Box::new(ready),
+            reload: None,
+            log_level: None,
+            stopping: None,
+        },
+    )
+}
+
+/// What the workers need: the passdb, the mail location, the UIDL format.
+fn login_context(config: &Config) -> Result<worker::LoginContext, StartError> {
     let passdb = load_passdb(config)?;
     let location = MailLocation::parse(config.mail.location.as_deref().expect("validated"))
         .map_err(StartError::Location)?;
     let uidl_format = crate::store::UidlFormat::parse(&config.mail.pop3_uidl_format)
         .map_err(StartError::UidlFormat)?;
+    Ok(worker::LoginContext {
+        passdb,
+        location,
+        uidl_format,
+    })
+}
+
+/// [`serve`] with every hook.
+pub fn serve_hooked(config: &Config, hooks: Hooks<'_>) -> Result<(), StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let logins = worker::Logins::new(login_context(config)?);
 
     let backend = choose(config.server.engine)?;
     let shards = config.shards();
@@ -185,13 +222,8 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
         Err(e) => return Err(StartError::Privilege(e)),
     }
 
-    let ctx = Arc::new(worker::LoginContext {
-        passdb,
-        location,
-        uidl_format,
-    });
     let (jobs, job_rx) = worker::Jobs::bounded(config.limits.worker_queue_max);
-    let workers = worker::start(config.workers(), job_rx.clone(), ctx);
+    let workers = worker::start(config.workers(), job_rx.clone(), Arc::clone(&logins));
     let guard = guard::Guard::new(guard::GuardConfig::new(
         &config.auth,
         config.limits.connections_per_address_max,
@@ -219,22 +251,41 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     let process = Arc::new(Process::new(config, guard, tls.clone(), jobs, metrics));
 
     let (wakers, threads) = start_shards(backend, listeners, &process)?;
-    ready(&bound);
+    (hooks.ready)(&bound);
 
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Os)?;
     let signal_handle = signals.handle();
     let signal_process = Arc::clone(&process);
+    let mut running = config.clone();
+    let (reload, log_level, stopping) = (hooks.reload, hooks.log_level, hooks.stopping);
     let watcher = thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    reload_tls(tls.as_deref());
+                    match &reload {
+                        Some(read) => {
+                            let reloaded = reload::apply(
+                                read,
+                                log_level.as_deref(),
+                                &running,
+                                &signal_process,
+                                &logins,
+                            );
+                            if let Some(config) = reloaded {
+                                running = config;
+                            }
+                        }
+                        None => reload::tls(signal_process.tls.as_deref()),
+                    }
                     continue;
                 }
                 tracing::info!(signal, "shutdown requested");
+                if let Some(stopping) = stopping {
+                    stopping();
+                }
                 signal_process.request_shutdown();
                 for w in &wakers {
                     let _ = w.wake();
@@ -257,19 +308,6 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     let _ = watcher.join();
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGHUP: new certificates for new connections; sessions keep theirs.
-fn reload_tls(tls: Option<&crate::tls::TlsReloader>) {
-    match tls {
-        Some(reloader) => match reloader.reload() {
-            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
-            }
-        },
-        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
-    }
 }
 
 /// A running shard's thread.

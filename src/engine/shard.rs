@@ -28,7 +28,7 @@ use slab::Slab;
 
 use super::backend::{Backend, Closed, Event, Received};
 use super::conn::{Conn, Status};
-use super::context::{Cx, Local, Process};
+use super::context::{Cx, Local, Process, Settings};
 use super::error::ConnError;
 use super::guard::Admission;
 use super::timer::Timers;
@@ -60,6 +60,10 @@ struct Slot {
 pub struct ShardCore {
     local: Local,
     process: Arc<Process>,
+    /// The settings new connections get, and their generation: refreshed
+    /// from the process once per loop turn when SIGHUP changed them.
+    settings: Arc<Settings>,
+    settings_generation: u64,
     done_rx: Receiver<Done>,
     /// Per listener index: implicit TLS (RFC 8314).
     listener_tls: Vec<bool>,
@@ -82,9 +86,12 @@ impl ShardCore {
         done_rx: Receiver<Done>,
         listener_tls: Vec<bool>,
     ) -> ShardCore {
+        let (settings, settings_generation) = process.settings();
         ShardCore {
             local,
             process,
+            settings,
+            settings_generation,
             done_rx,
             listener_tls,
             slots: Slab::new(),
@@ -107,6 +114,9 @@ impl ShardCore {
                 break;
             }
             let now = Instant::now();
+            if self.process.generation() != self.settings_generation {
+                (self.settings, self.settings_generation) = self.process.settings();
+            }
             for event in events.drain(..) {
                 self.event(&mut io, event, now);
             }
@@ -249,18 +259,20 @@ impl ShardCore {
         let implicit_tls = self.listener_tls.get(listener).copied().unwrap_or(false);
         self.next_id += 1;
         let id = self.next_id;
-        let (conn, counted) = if self.process.is_proxy(peer.ip()) {
+        let (conn, counted) = if self.settings.is_proxy(peer.ip()) {
             // The client is known only once the header is in: admission
             // waits for it (`admit_proxied`).
-            let offer = self.process.offer(peer, false, false);
-            let session = self.process.session(self.local.shard, id, offer);
-            let deadline = now + self.process.proxy_header_timeout;
-            let conn = Conn::awaiting_proxy(id, peer, session, &self.process, now, deadline);
+            let offer = self.settings.offer(peer, false, false, false);
+            let session = self
+                .process
+                .session(&self.settings, self.local.shard, id, offer);
+            let deadline = now + self.settings.proxy_header_timeout;
+            let conn = Conn::awaiting_proxy(id, peer, session, &self.settings, now, deadline);
             (conn, false)
         } else {
             match self.admission(id, peer, implicit_tls, false, now) {
                 Ok((session, tls, counted)) => (
-                    Conn::new(id, peer, session, &self.process, now, tls),
+                    Conn::new(id, peer, session, &self.settings, now, tls),
                     counted,
                 ),
                 Err(line) => {
@@ -326,8 +338,13 @@ impl ShardCore {
             },
             _ => None,
         };
-        let offer = self.process.offer(peer, tls.is_some(), proxy_tls);
-        let session = self.process.session(self.local.shard, id, offer);
+        let certificate = self.process.tls.is_some();
+        let offer = self
+            .settings
+            .offer(peer, tls.is_some(), proxy_tls, certificate);
+        let session = self
+            .process
+            .session(&self.settings, self.local.shard, id, offer);
         Ok((session, tls, counted))
     }
 
@@ -364,7 +381,7 @@ impl ShardCore {
             let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
                 return;
             };
-            let cx = Cx::new(&self.process, &self.local, now, slot);
+            let cx = Cx::new(&self.process, &self.settings, &self.local, now, slot);
             let status = pump(io, slot, conn, &cx);
             let header = match status {
                 Status::Close => None,
@@ -394,7 +411,7 @@ impl ShardCore {
             else {
                 continue;
             };
-            let cx = Cx::new(&self.process, &self.local, now, slot);
+            let cx = Cx::new(&self.process, &self.settings, &self.local, now, slot);
             conn.on_done(done, &cx);
             self.drive(io, slot, now);
         }
@@ -411,7 +428,7 @@ impl ShardCore {
                 continue;
             };
             conn.armed_at = None;
-            let cx = Cx::new(&self.process, &self.local, now, slot);
+            let cx = Cx::new(&self.process, &self.settings, &self.local, now, slot);
             match conn.on_timer(&cx) {
                 Status::Close => self.last_words(io, slot, now),
                 _ => self.drive(io, slot, now),
@@ -442,7 +459,7 @@ impl ShardCore {
                 io.stop_listening();
                 // Accepted but never greeted: closing them is all they get.
                 self.pending.clear();
-                let d = now + self.process.shutdown_grace;
+                let d = now + self.settings.shutdown_grace;
                 self.shutdown_deadline = Some(d);
                 tracing::info!(
                     shard = self.local.shard,
@@ -476,11 +493,11 @@ impl ShardCore {
         if status == Status::Close {
             return self.close(io, slot);
         }
-        let process = &self.process;
+        let settings = &self.settings;
         let Some(conn) = self.slots.get_mut(slot).and_then(|s| s.conn.as_mut()) else {
             return;
         };
-        let want = conn.next_wakeup(process);
+        let want = conn.next_wakeup(settings);
         if conn.armed_at.is_none_or(|at| want < at) {
             conn.timer_gen += 1;
             conn.armed_at = Some(want);

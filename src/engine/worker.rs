@@ -185,13 +185,35 @@ pub struct LoginContext {
     pub uidl_format: store::UidlFormat,
 }
 
+/// The login context the workers use, replaced whole by SIGHUP (a new
+/// passdb, mail location or UIDL format); a job in progress finishes with
+/// the one it started with.
+pub struct Logins {
+    current: parking_lot::RwLock<Arc<LoginContext>>,
+}
+
+impl Logins {
+    /// Workers start with `ctx`.
+    pub fn new(ctx: LoginContext) -> Arc<Logins> {
+        Arc::new(Logins {
+            current: parking_lot::RwLock::new(Arc::new(ctx)),
+        })
+    }
+
+    /// The context for the next job.
+    pub fn current(&self) -> Arc<LoginContext> {
+        Arc::clone(&self.current.read())
+    }
+
+    /// Jobs from now on use `ctx`.
+    pub fn replace(&self, ctx: LoginContext) {
+        *self.current.write() = Arc::new(ctx);
+    }
+}
+
 /// Starts `threads` workers on `rx`. They stop when every [`Jobs`] handle
 /// is dropped.
-pub fn start(
-    threads: usize,
-    rx: Receiver<Job>,
-    ctx: Arc<LoginContext>,
-) -> Vec<thread::JoinHandle<()>> {
+pub fn start(threads: usize, rx: Receiver<Job>, ctx: Arc<Logins>) -> Vec<thread::JoinHandle<()>> {
     (0..threads)
         .map(|i| {
             let rx: Receiver<Job> = rx.clone();
@@ -200,7 +222,7 @@ pub fn start(
                 .name(format!("worker-{i}"))
                 .spawn(move || {
                     for job in rx {
-                        run(&ctx, job);
+                        run(&ctx.current(), job);
                     }
                 })
                 .expect("spawning a worker thread")

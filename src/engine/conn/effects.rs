@@ -125,7 +125,9 @@ impl Conn {
                     return;
                 };
                 match TlsLayer::new(reloader.current()) {
-                    Ok(layer) => self.start_tls(layer, cx.process.offer(self.peer, true, false)),
+                    Ok(layer) => {
+                        self.start_tls(layer, cx.settings.offer(self.peer, true, false, true))
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start TLS");
                         self.closing = true;

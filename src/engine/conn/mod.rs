@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::body::BodyStream;
 use super::buffer::InBuf;
-use super::context::{Cx, Process};
+use super::context::{Cx, Settings};
 use super::error::ConnError;
 use crate::auth::ScramExchange;
 use crate::protocol::{Completion, Session};
@@ -120,11 +120,11 @@ impl Conn {
         id: u64,
         peer: SocketAddr,
         session: Session,
-        process: &Process,
+        settings: &Settings,
         now: Instant,
         tls: Option<TlsLayer>,
     ) -> Conn {
-        let mut conn = Conn::awaiting_proxy(id, peer, session, process, now, now);
+        let mut conn = Conn::awaiting_proxy(id, peer, session, settings, now, now);
         conn.admit(peer, None, tls);
         conn
     }
@@ -136,7 +136,7 @@ impl Conn {
         id: u64,
         peer: SocketAddr,
         session: Session,
-        process: &Process,
+        settings: &Settings,
         now: Instant,
         deadline: Instant,
     ) -> Conn {
@@ -144,7 +144,7 @@ impl Conn {
             id,
             peer,
             session,
-            recv: InBuf::new(process.recv_buffer_bytes),
+            recv: InBuf::new(settings.recv_buffer_bytes),
             out: Vec::with_capacity(256),
             unsent: None,
             spare: Vec::new(),
@@ -246,7 +246,7 @@ impl Conn {
 
     /// Lets the session answer what is buffered. Returns whether it did anything.
     fn run_session(&mut self, cx: &Cx<'_>) -> bool {
-        if self.busy() || self.closing || self.queued_bytes() >= cx.process.output_buffer_bytes {
+        if self.busy() || self.closing || self.queued_bytes() >= cx.settings.output_buffer_bytes {
             return false;
         }
         if !self.first_input_seen && !self.recv.is_empty() {
@@ -311,14 +311,14 @@ impl Conn {
 
     /// When the connection next needs the timer: its idle deadline, or
     /// earlier when a held answer is due.
-    pub fn next_wakeup(&self, process: &Process) -> Instant {
+    pub fn next_wakeup(&self, settings: &Settings) -> Instant {
         if let Some(until) = self.linger_until.or(self.proxy_deadline) {
             return until;
         }
         let idle = if self.session.is_authorized() {
-            process.autologout
+            settings.autologout
         } else {
-            process.login_timeout
+            settings.login_timeout
         };
         let deadline = self.last_activity + idle;
         match &self.held {
@@ -345,7 +345,7 @@ impl Conn {
             self.complete(completion, cx);
             return Status::Open;
         }
-        if self.linger_until.is_none() && self.next_wakeup(cx.process) <= cx.now {
+        if self.linger_until.is_none() && self.next_wakeup(cx.settings) <= cx.now {
             tracing::info!(peer = %self.peer, user = self.user.as_deref().unwrap_or(""), "disconnected for inactivity");
             self.abort(crate::protocol::reply::text::TIMEOUT);
             return Status::Close;

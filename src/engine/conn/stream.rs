@@ -64,7 +64,7 @@ impl Conn {
         let Some(body) = &mut self.body else {
             return Ok(false);
         };
-        let low_water = cx.process.output_buffer_bytes / 2;
+        let low_water = cx.settings.output_buffer_bytes / 2;
         if queued >= low_water {
             return Ok(false);
         }

@@ -1,0 +1,99 @@
+//! SIGHUP: the whole configuration is read again and what can change
+//! without a restart changes for new connections and new logins. Sessions
+//! in progress keep going with what they started with. A file that does not
+//! parse or validate, or names a passdb that does not load, is refused with
+//! one log line and nothing changes. Settings that need a restart are named
+//! in the log when they differ, and keep their running values.
+#![forbid(unsafe_code)]
+
+use super::context::{Process, Settings};
+use super::guard::GuardConfig;
+use super::worker::Logins;
+use crate::config::Config;
+
+/// Reads the configuration with `read` and applies it; returns what now
+/// runs (restart-only settings kept as they were), or `None` when refused.
+pub fn apply(
+    read: &dyn Fn() -> Result<Config, String>,
+    log_level: Option<&(dyn Fn(&str) -> Result<(), String> + Send)>,
+    running: &Config,
+    process: &Process,
+    logins: &Logins,
+) -> Option<Config> {
+    let refuse = |why: &str| {
+        tracing::error!("SIGHUP: configuration refused, the running one stays: {why}");
+        None
+    };
+    let mut next = match read() {
+        Ok(config) => config,
+        Err(e) => return refuse(&e),
+    };
+    if let Err(e) = next.validate() {
+        return refuse(&e.to_string());
+    }
+    let ctx = match super::login_context(&next) {
+        Ok(ctx) => ctx,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    if let (Some(set), Some(level)) = (log_level, &next.log.level)
+        && running.log.level.as_ref() != Some(level)
+        && let Err(e) = set(level)
+    {
+        return refuse(&e);
+    }
+    for name in keep_restart_only(running, &mut next) {
+        tracing::warn!("SIGHUP: {name} changed; it takes effect at the next restart");
+    }
+    logins.replace(ctx);
+    process.guard.reconfigure(GuardConfig::new(
+        &next.auth,
+        next.limits.connections_per_address_max,
+    ));
+    process.replace_settings(Settings::new(&next));
+    tls(process.tls.as_deref());
+    tracing::info!("SIGHUP: configuration reloaded");
+    Some(next)
+}
+
+/// Re-reads the certificates, keys and ticket keys (same files): new
+/// connections get them, sessions keep theirs.
+pub fn tls(tls: Option<&crate::tls::TlsReloader>) {
+    match tls {
+        Some(reloader) => match reloader.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+            }
+        },
+        None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
+    }
+}
+
+/// Puts back into `next` the running values of what cannot change without
+/// a restart, and names those that differed.
+fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($name:literal => $($field:ident).+),* $(,)?) => {$(
+            if next.$($field).+ != running.$($field).+ {
+                changed.push($name);
+                next.$($field).+ = running.$($field).+.clone();
+            }
+        )*};
+    }
+    keep!(
+        "server.listen" => server.listen,
+        "server.shards" => server.shards,
+        "server.workers" => server.workers,
+        "server.engine" => server.engine,
+        "server.user" => server.user,
+        "server.group" => server.group,
+        "tls.listen" => tls.listen,
+        "tls.cert" => tls.cert,
+        "tls.key" => tls.key,
+        "tls.ticket_key_file" => tls.ticket_key_file,
+        "metrics.listen" => metrics.listen,
+        "limits.worker_queue_max" => limits.worker_queue_max,
+    );
+    changed
+}
