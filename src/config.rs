@@ -26,6 +26,149 @@ pub struct Config {
     pub limits: Limits,
     /// Certificates and implicit-TLS listeners.
     pub tls: Tls,
+    /// Where passwords are checked (Dovecot's `passdb { driver = .. }`).
+    /// Without it, `auth.passwd_file` is the passdb.
+    pub passdb: Option<Passdb>,
+    /// Where a proven user's home and mail location come from (Dovecot's
+    /// `userdb { driver = .. }`). Without it, the passdb's own fields.
+    pub userdb: Option<Userdb>,
+}
+
+/// `[passdb] driver`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum PassdbDriver {
+    /// Dovecot's passwd-file, loaded into memory (`args` = its path).
+    #[serde(rename = "passwd-file")]
+    PasswdFile,
+    /// PostgreSQL.
+    #[serde(rename = "pgsql")]
+    Pgsql,
+    /// MySQL or MariaDB.
+    #[serde(rename = "mysql")]
+    Mysql,
+    /// LDAP (OpenLDAP, 389 DS, Active Directory).
+    #[serde(rename = "ldap")]
+    Ldap,
+}
+
+/// `[userdb] driver`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum UserdbDriver {
+    /// Fixed fields from `args` (`uid=vmail gid=vmail home=/srv/%d/%n`),
+    /// over what the passdb returned.
+    #[serde(rename = "static")]
+    Static,
+    /// The passdb's own fields (`home`, `mail`, `userdb_*`); the default.
+    #[serde(rename = "prefetch")]
+    Prefetch,
+    /// The passwd-file's home and extra fields (the passdb must be one).
+    #[serde(rename = "passwd-file")]
+    PasswdFile,
+    /// `user_query` against PostgreSQL.
+    #[serde(rename = "pgsql")]
+    Pgsql,
+    /// `user_query` against MySQL or MariaDB.
+    #[serde(rename = "mysql")]
+    Mysql,
+    /// `user_filter` / `user_attrs` against LDAP.
+    #[serde(rename = "ldap")]
+    Ldap,
+}
+
+/// `[passdb]`: Dovecot's vocabulary, so settings carry over. Keys that do
+/// not belong to the chosen driver are refused by `validate`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passdb {
+    /// Which database.
+    pub driver: PassdbDriver,
+    /// passwd-file: its path.
+    pub args: Option<PathBuf>,
+    /// SQL: `host=.. port=.. dbname=.. user=.. password=..`; `host` may be
+    /// given more than once (failover, tried in order). LDAP: the same as
+    /// `uris`.
+    pub connect: Option<String>,
+    /// SQL: the query, `%u` `%n` `%d` (`%{user}` `%{username}` `%{domain}`)
+    /// sent as bound parameters. Columns `user`, `password`, `nopassword`,
+    /// `nologin`, `reason`; the others (`home`, `mail`, `userdb_*`, ...)
+    /// become the user's fields.
+    pub password_query: Option<String>,
+    /// The scheme of a stored password without a `{SCHEME}` prefix
+    /// (Dovecot's defaults: `MD5` for SQL, `CRYPT` for LDAP).
+    pub default_pass_scheme: Option<String>,
+    /// LDAP: servers, space separated, tried in order.
+    pub uris: Option<String>,
+    /// LDAP: the DN and password to bind as for lookups (anonymous without).
+    pub dn: Option<String>,
+    /// LDAP: the password of `dn`.
+    pub dnpass: Option<String>,
+    /// LDAP: the search base.
+    pub base: Option<String>,
+    /// LDAP: `subtree` (the default), `onelevel` or `base`.
+    pub scope: Option<String>,
+    /// LDAP: the filter that finds the user (RFC 4515-escaped variables).
+    pub pass_filter: Option<String>,
+    /// LDAP: `ldapAttr=field,...` (default `uid=user,userPassword=password`).
+    pub pass_attrs: Option<String>,
+    /// LDAP: check the password by binding as the user's DN, not by
+    /// reading a password attribute.
+    #[serde(default)]
+    pub auth_bind: bool,
+    /// LDAP with `auth_bind`: the user's DN template, which skips the search
+    /// (`uid=%n,ou=people,dc=example,dc=com`).
+    pub auth_bind_userdn: Option<String>,
+    /// Connections to the database; 0 (the default) = one per worker thread.
+    #[serde(default)]
+    pub pool_size: usize,
+    /// How long one connection attempt to one host may take.
+    #[serde(default = "db_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long one query or search may take.
+    #[serde(default = "db_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+/// `[userdb]`: as `[passdb]`; a SQL or LDAP userdb without its own
+/// connection settings uses the passdb's when it is the same driver.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Userdb {
+    /// Which database.
+    pub driver: UserdbDriver,
+    /// static: `key=value` fields, space separated, %-expanded.
+    pub args: Option<String>,
+    /// SQL: as in `[passdb]` (default: the passdb's).
+    pub connect: Option<String>,
+    /// SQL: the query; columns `home`, `mail`, `uid`, `gid` and others.
+    pub user_query: Option<String>,
+    /// LDAP: as in `[passdb]` (default: the passdb's).
+    pub uris: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub dn: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub dnpass: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub base: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub scope: Option<String>,
+    /// LDAP: the filter that finds the user.
+    pub user_filter: Option<String>,
+    /// LDAP: `ldapAttr=field,...` (default
+    /// `homeDirectory=home,uidNumber=uid,gidNumber=gid`).
+    pub user_attrs: Option<String>,
+    /// As in `[passdb]`.
+    #[serde(default)]
+    pub pool_size: usize,
+    /// As in `[passdb]`.
+    #[serde(default = "db_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// As in `[passdb]`.
+    #[serde(default = "db_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+fn db_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[tls]`
@@ -133,6 +276,17 @@ pub struct Auth {
     /// same file so a user's salt does not change between servers or
     /// restarts; without it the secret is random per process.
     pub scram_secret_file: Option<PathBuf>,
+    /// Users the SQL/LDAP cache holds (Dovecot's `auth_cache_size`, here
+    /// counted in users); 0 turns the cache off.
+    pub cache_size: usize,
+    /// How long a found user is answered from the cache (Dovecot's
+    /// `auth_cache_ttl`). A password that does not match the cached entry
+    /// is checked against the database again, so a new password works at
+    /// once and an old one stops working after this long at most.
+    pub cache_ttl_ms: u64,
+    /// How long "no such user" is answered from the cache (Dovecot's
+    /// `auth_cache_negative_ttl`).
+    pub cache_negative_ttl_ms: u64,
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
@@ -172,6 +326,9 @@ impl Default for Auth {
             penalty_block_max_ms: 15 * 60_000,
             penalty_window_ms: 5 * 60_000,
             scram_secret_file: None,
+            cache_size: 100_000,
+            cache_ttl_ms: 3_600_000,
+            cache_negative_ttl_ms: 60_000,
         }
     }
 }
@@ -283,8 +440,15 @@ impl Config {
         if !self.tls.listen.is_empty() && self.tls.cert.is_none() {
             return invalid("tls.listen (--tls-listen) needs tls.cert and tls.key");
         }
-        if self.auth.passwd_file.is_none() {
-            return invalid("no passdb: set auth.passwd_file or --passwd-file");
+        match &self.passdb {
+            Some(passdb) => passdb.validate(self.userdb.as_ref())?,
+            None if self.auth.passwd_file.is_none() => {
+                return invalid("no passdb: set [passdb], auth.passwd_file or --passwd-file");
+            }
+            None => {}
+        }
+        if let Some(userdb) = &self.userdb {
+            userdb.validate(self.passdb.as_ref())?;
         }
         let Some(location) = &self.mail.location else {
             return invalid("no mail location: set mail.location or --mail-location");
@@ -340,6 +504,118 @@ impl Config {
     /// Idle time allowed in TRANSACTION.
     pub fn autologout(&self) -> Duration {
         Duration::from_millis(self.limits.autologout_ms)
+    }
+}
+
+impl Passdb {
+    /// Required keys present, keys of other drivers absent.
+    fn validate(&self, userdb: Option<&Userdb>) -> Result<(), ConfigError> {
+        let problem = |s: String| Err(ConfigError::Invalid(format!("[passdb] {s}")));
+        let sql = matches!(self.driver, PassdbDriver::Pgsql | PassdbDriver::Mysql);
+        let ldap = self.driver == PassdbDriver::Ldap;
+        let file = self.driver == PassdbDriver::PasswdFile;
+        let given = [
+            ("args", self.args.is_some(), file),
+            ("connect", self.connect.is_some(), sql || ldap),
+            ("password_query", self.password_query.is_some(), sql),
+            ("default_pass_scheme", self.default_pass_scheme.is_some(), sql || ldap),
+            ("uris", self.uris.is_some(), ldap),
+            ("dn", self.dn.is_some(), ldap),
+            ("dnpass", self.dnpass.is_some(), ldap),
+            ("base", self.base.is_some(), ldap),
+            ("scope", self.scope.is_some(), ldap),
+            ("pass_filter", self.pass_filter.is_some(), ldap),
+            ("pass_attrs", self.pass_attrs.is_some(), ldap),
+            ("auth_bind", self.auth_bind, ldap),
+            ("auth_bind_userdn", self.auth_bind_userdn.is_some(), ldap),
+        ];
+        if let Some((key, ..)) = given.iter().find(|(_, set, allowed)| *set && !allowed) {
+            return problem(format!("{key} does not apply to driver {:?}", self.driver));
+        }
+        match self.driver {
+            PassdbDriver::PasswdFile if self.args.is_none() => {
+                return problem("driver \"passwd-file\" needs args (the file's path)".into());
+            }
+            PassdbDriver::Pgsql | PassdbDriver::Mysql => {
+                if self.connect.is_none() || self.password_query.is_none() {
+                    return problem("a SQL driver needs connect and password_query".into());
+                }
+            }
+            PassdbDriver::Ldap => {
+                if self.uris.is_none() && self.connect.is_none() {
+                    return problem("driver \"ldap\" needs uris".into());
+                }
+                if self.base.is_none() && self.auth_bind_userdn.is_none() {
+                    return problem("driver \"ldap\" needs base".into());
+                }
+                if self.uris.is_some() && self.connect.is_some() {
+                    return problem("give uris or connect, not both".into());
+                }
+            }
+            PassdbDriver::PasswdFile => {}
+        }
+        if self.connect_timeout_ms == 0 || self.query_timeout_ms == 0 {
+            return problem("connect_timeout_ms and query_timeout_ms must be above 0".into());
+        }
+        let _ = userdb;
+        crate::auth::check_passdb_config(self).map_err(|e| ConfigError::Invalid(format!("[passdb] {e}")))
+    }
+}
+
+impl Userdb {
+    /// Required keys present, keys of other drivers absent, and a
+    /// connection to borrow from the passdb when none is given.
+    fn validate(&self, passdb: Option<&Passdb>) -> Result<(), ConfigError> {
+        let problem = |s: String| Err(ConfigError::Invalid(format!("[userdb] {s}")));
+        let sql = matches!(self.driver, UserdbDriver::Pgsql | UserdbDriver::Mysql);
+        let ldap = self.driver == UserdbDriver::Ldap;
+        let given = [
+            ("args", self.args.is_some(), self.driver == UserdbDriver::Static),
+            ("connect", self.connect.is_some(), sql || ldap),
+            ("user_query", self.user_query.is_some(), sql),
+            ("uris", self.uris.is_some(), ldap),
+            ("dn", self.dn.is_some(), ldap),
+            ("dnpass", self.dnpass.is_some(), ldap),
+            ("base", self.base.is_some(), ldap),
+            ("scope", self.scope.is_some(), ldap),
+            ("user_filter", self.user_filter.is_some(), ldap),
+            ("user_attrs", self.user_attrs.is_some(), ldap),
+        ];
+        if let Some((key, ..)) = given.iter().find(|(_, set, allowed)| *set && !allowed) {
+            return problem(format!("{key} does not apply to driver {:?}", self.driver));
+        }
+        let same = |d: PassdbDriver| passdb.is_some_and(|p| p.driver == d);
+        match self.driver {
+            UserdbDriver::Pgsql | UserdbDriver::Mysql => {
+                let passdb_driver = if self.driver == UserdbDriver::Pgsql {
+                    PassdbDriver::Pgsql
+                } else {
+                    PassdbDriver::Mysql
+                };
+                if self.user_query.is_none() {
+                    return problem("a SQL driver needs user_query".into());
+                }
+                if self.connect.is_none() && !same(passdb_driver) {
+                    return problem("connect is needed (the passdb is not the same driver)".into());
+                }
+            }
+            UserdbDriver::Ldap => {
+                if self.uris.is_none() && self.connect.is_none() && !same(PassdbDriver::Ldap) {
+                    return problem("uris is needed (the passdb is not LDAP)".into());
+                }
+                if self.base.is_none() && !passdb.is_some_and(|p| p.base.is_some()) {
+                    return problem("driver \"ldap\" needs base".into());
+                }
+            }
+            UserdbDriver::PasswdFile => {
+                let file = passdb.is_none_or(|p| p.driver == PassdbDriver::PasswdFile);
+                if !file {
+                    return problem("driver \"passwd-file\" needs the passdb to be the passwd-file".into());
+                }
+            }
+            UserdbDriver::Static | UserdbDriver::Prefetch => {}
+        }
+        crate::auth::check_userdb_config(self).map_err(|e| ConfigError::Invalid(format!("[userdb] {e}")))
     }
 }
 

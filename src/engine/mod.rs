@@ -83,8 +83,7 @@ pub fn serve_with(config: &Config, ready: impl FnOnce(&[listen::Bound])) -> Resu
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
-    let mut passdb = Passdb::open(passwd_file).map_err(|e| StartError::Config(e.to_string()))?;
+    let mut passdb = Passdb::from_config(config).map_err(|e| StartError::Config(e.to_string()))?;
     if let Some(path) = &config.auth.scram_secret_file {
         let secret = std::fs::read(path)
             .map_err(|e| StartError::Config(format!("cannot read {}: {e}", path.display())))?;

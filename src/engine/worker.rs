@@ -159,7 +159,9 @@ fn run(ctx: &LoginContext, job: Job) {
             let credentials = match ctx.passdb.scram_credentials(&user) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(user = %user, error = %e, "passdb lookup failed");
+                    if !e.logged() {
+                        tracing::error!(user = %user, error = %e, "passdb lookup failed");
+                    }
                     None
                 }
             };
@@ -231,7 +233,9 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
         Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
         Ok(_) => return failed(LoginFailure::BadCredentials),
         Err(e) => {
-            tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
+            if !e.logged() {
+                tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
+            }
             return failed(LoginFailure::Temporary);
         }
     };
