@@ -550,7 +550,8 @@ impl Slapd {
             ],
         );
         let dn = format!("uid={},{ou_dn}", ldap3::dn_escape(uid));
-        let home = format!("/home/{uid}");
+        // homeDirectory is IA5 (ASCII): the mailbox comes from the login.
+        let home = "/nonexistent".to_owned();
         let mut attrs: Vec<(&str, std::collections::HashSet<&str>)> = vec![
             ("objectClass", ["account", "posixAccount"].into_iter().collect()),
             ("uid", [uid].into_iter().collect()),
