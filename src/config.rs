@@ -518,7 +518,11 @@ impl Passdb {
             ("args", self.args.is_some(), file),
             ("connect", self.connect.is_some(), sql || ldap),
             ("password_query", self.password_query.is_some(), sql),
-            ("default_pass_scheme", self.default_pass_scheme.is_some(), sql || ldap),
+            (
+                "default_pass_scheme",
+                self.default_pass_scheme.is_some(),
+                sql || ldap,
+            ),
             ("uris", self.uris.is_some(), ldap),
             ("dn", self.dn.is_some(), ldap),
             ("dnpass", self.dnpass.is_some(), ldap),
@@ -558,7 +562,8 @@ impl Passdb {
             return problem("connect_timeout_ms and query_timeout_ms must be above 0".into());
         }
         let _ = userdb;
-        crate::auth::check_passdb_config(self).map_err(|e| ConfigError::Invalid(format!("[passdb] {e}")))
+        crate::auth::check_passdb_config(self)
+            .map_err(|e| ConfigError::Invalid(format!("[passdb] {e}")))
     }
 }
 
@@ -570,7 +575,11 @@ impl Userdb {
         let sql = matches!(self.driver, UserdbDriver::Pgsql | UserdbDriver::Mysql);
         let ldap = self.driver == UserdbDriver::Ldap;
         let given = [
-            ("args", self.args.is_some(), self.driver == UserdbDriver::Static),
+            (
+                "args",
+                self.args.is_some(),
+                self.driver == UserdbDriver::Static,
+            ),
             ("connect", self.connect.is_some(), sql || ldap),
             ("user_query", self.user_query.is_some(), sql),
             ("uris", self.uris.is_some(), ldap),
@@ -610,12 +619,15 @@ impl Userdb {
             UserdbDriver::PasswdFile => {
                 let file = passdb.is_none_or(|p| p.driver == PassdbDriver::PasswdFile);
                 if !file {
-                    return problem("driver \"passwd-file\" needs the passdb to be the passwd-file".into());
+                    return problem(
+                        "driver \"passwd-file\" needs the passdb to be the passwd-file".into(),
+                    );
                 }
             }
             UserdbDriver::Static | UserdbDriver::Prefetch => {}
         }
-        crate::auth::check_userdb_config(self).map_err(|e| ConfigError::Invalid(format!("[userdb] {e}")))
+        crate::auth::check_userdb_config(self)
+            .map_err(|e| ConfigError::Invalid(format!("[userdb] {e}")))
     }
 }
 
@@ -677,5 +689,83 @@ mod tests {
         c.validate().unwrap();
         c.limits.recv_buffer_bytes = 100;
         assert!(c.validate().is_err());
+    }
+
+    /// The issue's smallest configurations, exactly as written.
+    const SMALLEST_PGSQL: &str = r#"
+[passdb]
+driver = "pgsql"
+connect = "host=127.0.0.1 port=5432 dbname=mail user=mail password=secret"
+password_query = "SELECT username AS user, password FROM users WHERE username = '%u'"
+
+[userdb]
+driver = "static"
+
+[mail]
+location = "maildir:/srv/mail/%u"
+"#;
+
+    #[test]
+    fn the_smallest_user_database_configs_validate() {
+        let mysql = SMALLEST_PGSQL
+            .replace("\"pgsql\"", "\"mysql\"")
+            .replace("port=5432", "port=3306");
+        let ldap = "[passdb]\ndriver = \"ldap\"\nuris = \"ldap://127.0.0.1\"\n\
+                    base = \"ou=people,dc=example,dc=com\"\n\n[userdb]\ndriver = \"static\"\n\n\
+                    [mail]\nlocation = \"maildir:/srv/mail/%u\"\n";
+        for text in [SMALLEST_PGSQL, &mysql, ldap] {
+            let config: Config = toml::from_str(text).unwrap();
+            config.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(config.auth.passwd_file.is_none());
+        }
+        let config: Config = toml::from_str(SMALLEST_PGSQL).unwrap();
+        let passdb = config.passdb.unwrap();
+        assert_eq!(passdb.driver, PassdbDriver::Pgsql);
+        assert_eq!(config.userdb.unwrap().driver, UserdbDriver::Static);
+        assert_eq!(passdb.query_timeout_ms, 5000);
+    }
+
+    #[test]
+    fn user_database_mistakes_are_named() {
+        let check = |text: &str| {
+            let config: Config =
+                toml::from_str(&format!("[mail]\nlocation = \"maildir:~/Maildir\"\n{text}"))
+                    .map_err(|e| e.to_string())?;
+            config.validate().map_err(|e| e.to_string())
+        };
+        let err = |text: &str| check(text).unwrap_err();
+        assert!(
+            err("[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\n").contains("password_query")
+        );
+        assert!(
+            err("[passdb]\ndriver = \"mysql\"\nconnect = \"host=x\"\n\
+                 password_query = \"SELECT password FROM u WHERE n = '%n@example.com'\"\n")
+            .contains("bound parameter")
+        );
+        assert!(err("[passdb]\ndriver = \"ldap\"\nuris = \"ldap://x\"\n").contains("base"));
+        assert!(
+            err(
+                "[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\nbase = \"dc=x\"\n\
+                 password_query = \"SELECT 1\"\n"
+            )
+            .contains("base does not apply")
+        );
+        assert!(
+            err("[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\npassword_query = \"SELECT 1\"\n\
+                 default_pass_scheme = \"ROT13\"\n")
+            .contains("ROT13")
+        );
+        assert!(
+            err("[userdb]\ndriver = \"pgsql\"\nuser_query = \"SELECT 1\"\n\
+                     [auth]\npasswd_file = \"/etc/users\"\n")
+            .contains("connect")
+        );
+        assert!(err("[passdb]\ndriver = \"oracle\"\n").contains("unknown variant"));
+        // A SQL userdb borrows the passdb's connection.
+        check(
+            "[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\npassword_query = \"SELECT 1\"\n\
+             [userdb]\ndriver = \"pgsql\"\nuser_query = \"SELECT home FROM u WHERE n = '%u'\"\n",
+        )
+        .unwrap();
     }
 }

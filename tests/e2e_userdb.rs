@@ -38,7 +38,11 @@ fn login(server: &Server, user: &str, password: &str) -> String {
 
 fn assert_login(server: &Server, user: &str, password: &str) {
     let reply = login(server, user, password);
-    assert!(reply.starts_with("+OK"), "{user}: {reply}\n{}", server.log());
+    assert!(
+        reply.starts_with("+OK"),
+        "{user}: {reply}\n{}",
+        server.log()
+    );
 }
 
 fn assert_refused(server: &Server, user: &str, password: &str) {
@@ -62,7 +66,10 @@ fn users() -> Vec<(&'static str, String)> {
         ("carol", hash(Scheme::Ssha256, "carol-pw")),
         ("dave", hash(Scheme::BlfCrypt, "dave-pw")),
         ("erin", hash(Scheme::ScramSha256, "erin-pw")),
-        ("frank@example.com", hash(Scheme::Sha256Crypt, "frank@example.com-pw")),
+        (
+            "frank@example.com",
+            hash(Scheme::Sha256Crypt, "frank@example.com-pw"),
+        ),
         ("o'brien", "{PLAIN}o'brien-pw".to_owned()),
         ("back\\slash", "{PLAIN}back\\slash-pw".to_owned()),
         ("st*r", "{PLAIN}st*r-pw".to_owned()),
@@ -182,12 +189,27 @@ fn pgsql_extras_userdb_and_cache(engine: Engine) {
     let maildir = format!("maildir:{}", elsewhere.display());
     let insert = format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, $5, $6)");
     let rows: [(&str, Option<&str>, bool, Option<&str>, Option<&str>, bool); 3] = [
-        ("greta", Some("greta-pw"), false, None, Some(maildir.as_str()), false),
-        ("hugo", Some("hugo-pw"), true, Some("account suspended"), None, false),
+        (
+            "greta",
+            Some("greta-pw"),
+            false,
+            None,
+            Some(maildir.as_str()),
+            false,
+        ),
+        (
+            "hugo",
+            Some("hugo-pw"),
+            true,
+            Some("account suspended"),
+            None,
+            false,
+        ),
         ("ivan", None, false, None, None, true),
     ];
     for (name, pw, blocked, why, mail, open) in &rows {
-        db.execute(&insert, &[name, pw, blocked, why, mail, open]).unwrap();
+        db.execute(&insert, &[name, pw, blocked, why, mail, open])
+            .unwrap();
     }
     let mut opts = Opts::new(engine);
     opts.toml = format!(
@@ -228,8 +250,18 @@ fn pgsql_extras_userdb_and_cache(engine: Engine) {
     }
     assert_refused(&server, "greta", "greta-new");
     // A negative answer is cached too: a user added now waits for it.
-    db.execute(&insert, &[&"greta", &Some("back"), &false, &None::<&str>, &Some(maildir.as_str()), &false])
-        .unwrap();
+    db.execute(
+        &insert,
+        &[
+            &"greta",
+            &Some("back"),
+            &false,
+            &None::<&str>,
+            &Some(maildir.as_str()),
+            &false,
+        ],
+    )
+    .unwrap();
     assert_refused(&server, "greta", "back");
     std::thread::sleep(Duration::from_millis(2100));
     assert_login(&server, "greta", "back");
@@ -284,7 +316,11 @@ fn wait_login(server: &Server, user: &str, password: &str) {
             return;
         }
         assert_eq!(reply, SYS_TEMP);
-        assert!(Instant::now() < deadline, "never came back:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "never came back:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -38,7 +38,9 @@ impl Passdb {
 
     #[cfg(test)]
     pub(crate) fn open_with_interval(path: &Path, interval: Duration) -> Result<Passdb, AuthError> {
-        Ok(Passdb::from_file(FileDb::open_with_interval(path, interval)?))
+        Ok(Passdb::from_file(FileDb::open_with_interval(
+            path, interval,
+        )?))
     }
 
     fn from_file(file: FileDb) -> Passdb {
@@ -57,11 +59,10 @@ impl Passdb {
         let invalid = |why: String| AuthError::Config { why };
         let inner = match &config.passdb {
             None => {
-                let path = config
-                    .auth
-                    .passwd_file
-                    .as_deref()
-                    .ok_or_else(|| invalid("no passdb: set [passdb] or auth.passwd_file".into()))?;
+                let path =
+                    config.auth.passwd_file.as_deref().ok_or_else(|| {
+                        invalid("no passdb: set [passdb] or auth.passwd_file".into())
+                    })?;
                 Inner::File(FileDb::open(path)?)
             }
             Some(p) => {
@@ -70,7 +71,10 @@ impl Passdb {
                 }
                 match p.driver {
                     PassdbDriver::PasswdFile => {
-                        let path = p.args.as_deref().ok_or_else(|| invalid("[passdb] args".into()))?;
+                        let path = p
+                            .args
+                            .as_deref()
+                            .ok_or_else(|| invalid("[passdb] args".into()))?;
                         Inner::File(FileDb::open(path)?)
                     }
                     _ => Inner::Remote(remote_passdb(config, p).map_err(invalid)?),
@@ -82,7 +86,10 @@ impl Passdb {
             Some(u) => userdb(config, u).map_err(|e| invalid(format!("[userdb] {e}")))?,
         };
         if let Inner::Remote(_) = inner {
-            let p = config.passdb.as_ref().expect("remote passdbs come from [passdb]");
+            let p = config
+                .passdb
+                .as_ref()
+                .expect("remote passdbs come from [passdb]");
             tracing::info!(driver = ?p.driver, cache_size = config.auth.cache_size, "passdb ready; connects on the first login");
         }
         Ok(Passdb { inner, userdb })
@@ -230,7 +237,10 @@ fn pass_source(config: &Config, p: &config::Passdb) -> Result<(PassSource, Strin
                 dnpass: p.dnpass.as_deref(),
                 base: p.base.as_deref().unwrap_or(""),
                 scope: p.scope.as_deref(),
-                filter: p.pass_filter.as_deref().unwrap_or(ldap::PASS_FILTER_DEFAULT),
+                filter: p
+                    .pass_filter
+                    .as_deref()
+                    .unwrap_or(ldap::PASS_FILTER_DEFAULT),
                 attrs: p.pass_attrs.as_deref().unwrap_or(ldap::PASS_ATTRS_DEFAULT),
                 auth_bind: p.auth_bind,
                 auth_bind_userdn: p.auth_bind_userdn.as_deref(),
@@ -238,7 +248,10 @@ fn pass_source(config: &Config, p: &config::Passdb) -> Result<(PassSource, Strin
                 connect_timeout,
                 query_timeout,
             };
-            let scheme = p.default_pass_scheme.clone().unwrap_or_else(|| "CRYPT".into());
+            let scheme = p
+                .default_pass_scheme
+                .clone()
+                .unwrap_or_else(|| "CRYPT".into());
             return Ok((PassSource::Ldap(LdapSource::new(&settings)?), scheme));
         }
         PassdbDriver::PasswdFile => return Err("passwd-file is not a remote passdb".into()),
@@ -252,7 +265,10 @@ fn pass_source(config: &Config, p: &config::Passdb) -> Result<(PassSource, Strin
         query_timeout,
     };
     let source = SqlSource::new(flavor, &settings).map_err(|e| format!("password_query: {e}"))?;
-    let scheme = p.default_pass_scheme.clone().unwrap_or_else(|| "MD5".into());
+    let scheme = p
+        .default_pass_scheme
+        .clone()
+        .unwrap_or_else(|| "MD5".into());
     check_scheme(&scheme)?;
     Ok((PassSource::Sql(source), scheme))
 }
@@ -300,11 +316,16 @@ fn userdb(config: &Config, u: &config::Userdb) -> Result<Userdb, String> {
                 connect_timeout,
                 query_timeout,
             };
-            UserSource::Sql(SqlSource::new(flavor, &settings).map_err(|e| format!("user_query: {e}"))?)
+            UserSource::Sql(
+                SqlSource::new(flavor, &settings).map_err(|e| format!("user_query: {e}"))?,
+            )
         }
         UserdbDriver::Ldap => {
             let from_passdb = |f: fn(&config::Passdb) -> Option<&String>| {
-                passdb.filter(|p| p.driver == PassdbDriver::Ldap).and_then(f).map(String::as_str)
+                passdb
+                    .filter(|p| p.driver == PassdbDriver::Ldap)
+                    .and_then(f)
+                    .map(String::as_str)
             };
             let uris = u
                 .uris
@@ -316,14 +337,23 @@ fn userdb(config: &Config, u: &config::Userdb) -> Result<Userdb, String> {
                 name: "ldap userdb".into(),
                 uris,
                 dn: u.dn.as_deref().or_else(|| from_passdb(|p| p.dn.as_ref())),
-                dnpass: u.dnpass.as_deref().or_else(|| from_passdb(|p| p.dnpass.as_ref())),
+                dnpass: u
+                    .dnpass
+                    .as_deref()
+                    .or_else(|| from_passdb(|p| p.dnpass.as_ref())),
                 base: u
                     .base
                     .as_deref()
                     .or_else(|| from_passdb(|p| p.base.as_ref()))
                     .ok_or("base")?,
-                scope: u.scope.as_deref().or_else(|| from_passdb(|p| p.scope.as_ref())),
-                filter: u.user_filter.as_deref().unwrap_or(ldap::USER_FILTER_DEFAULT),
+                scope: u
+                    .scope
+                    .as_deref()
+                    .or_else(|| from_passdb(|p| p.scope.as_ref())),
+                filter: u
+                    .user_filter
+                    .as_deref()
+                    .unwrap_or(ldap::USER_FILTER_DEFAULT),
                 attrs: u.user_attrs.as_deref().unwrap_or(ldap::USER_ATTRS_DEFAULT),
                 auth_bind: false,
                 auth_bind_userdn: None,
@@ -335,7 +365,10 @@ fn userdb(config: &Config, u: &config::Userdb) -> Result<Userdb, String> {
         }
     };
     let cached = matches!(source, UserSource::Sql(_) | UserSource::Ldap(_));
-    Ok(Userdb::new(source, if cached { cache(config) } else { None }))
+    Ok(Userdb::new(
+        source,
+        if cached { cache(config) } else { None },
+    ))
 }
 
 /// Checks a `[passdb]` section as far as can be done without connecting:

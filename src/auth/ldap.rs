@@ -90,8 +90,14 @@ impl LdapSource {
             connect_timeout: s.connect_timeout,
             query_timeout: s.query_timeout,
         };
-        let bind = s.dn.map(|dn| (dn.to_owned(), s.dnpass.unwrap_or("").to_owned()));
-        let pool = Pool::new(s.name.clone(), connector(bind), s.pool_size, s.connect_timeout);
+        let bind =
+            s.dn.map(|dn| (dn.to_owned(), s.dnpass.unwrap_or("").to_owned()));
+        let pool = Pool::new(
+            s.name.clone(),
+            connector(bind),
+            s.pool_size,
+            s.connect_timeout,
+        );
         let bind_pool = s.auth_bind.then(|| {
             Pool::new(
                 format!("{} (auth_bind)", s.name),
@@ -124,9 +130,7 @@ impl LdapSource {
 
     /// The user's DN from `auth_bind_userdn`.
     pub(crate) fn userdn(&self, user: &str) -> Option<String> {
-        self.userdn
-            .as_ref()
-            .map(|t| t.expand(user, ldap_dn_escape))
+        self.userdn.as_ref().map(|t| t.expand(user, ldap_dn_escape))
     }
 
     /// The one entry the filter finds for `user`: its DN and mapped fields.
@@ -150,7 +154,11 @@ impl LdapSource {
                 Ok(Some((entry.dn.clone(), self.fields(&entry))))
             }
             n => {
-                tracing::warn!(user, entries = n, "LDAP filter matches more than one entry; login refused");
+                tracing::warn!(
+                    user,
+                    entries = n,
+                    "LDAP filter matches more than one entry; login refused"
+                );
                 Ok(None)
             }
         }

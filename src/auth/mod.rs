@@ -63,6 +63,8 @@ use std::path::PathBuf;
 
 pub use db::{Passdb, check_passdb_config, check_userdb_config};
 pub use passdb::SCRAM_PLAIN_ITERATIONS;
+#[doc(hidden)]
+pub use remote::fuzz_userdb_row;
 pub use sasl::{ScramCredentials, ScramError, ScramServer};
 pub use scheme::{Scheme, hash_password};
 pub use user::UserEntry;

@@ -307,7 +307,9 @@ mod tests {
     }
 
     fn pool(hosts: usize) -> (Pool<Fake>, Vec<Arc<AtomicBool>>) {
-        let up: Vec<_> = (0..hosts).map(|_| Arc::new(AtomicBool::new(true))).collect();
+        let up: Vec<_> = (0..hosts)
+            .map(|_| Arc::new(AtomicBool::new(true)))
+            .collect();
         let fake = Fake {
             up: up.clone(),
             connects: AtomicUsize::new(0),

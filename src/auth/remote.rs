@@ -375,7 +375,10 @@ pub(crate) fn record_from_row(key: &str, row: Row, default_scheme: &str) -> Reco
 /// prefix or is a crypt(3) string (`$1$`, `$6$`, `$2y$`, ...), else with the
 /// default scheme in front.
 fn with_scheme(text: &str, default_scheme: &str) -> String {
-    if text.starts_with('{') || text.starts_with('$') || default_scheme.eq_ignore_ascii_case("CRYPT") {
+    if text.starts_with('{')
+        || text.starts_with('$')
+        || default_scheme.eq_ignore_ascii_case("CRYPT")
+    {
         text.to_owned()
     } else {
         format!("{{{default_scheme}}}{text}")
@@ -411,10 +414,21 @@ mod tests {
         assert!(matches(&r.entry, b"pw"));
         assert!(!matches(&r.entry, b"PW"));
         assert!(!r.entry.nologin);
-        assert_eq!(r.entry.home.as_deref(), Some(std::path::Path::new("/home/bob")));
+        assert_eq!(
+            r.entry.home.as_deref(),
+            Some(std::path::Path::new("/home/bob"))
+        );
         assert_eq!(r.name.as_deref(), Some("Bob"));
         let keys: Vec<_> = r.entry.extra.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["mail", "uid"]);
+    }
+
+    #[test]
+    fn the_fuzz_entry_takes_any_bytes() {
+        fuzz_userdb_row(b"");
+        fuzz_userdb_row(b"\x02password\xff{PLAIN}x\xffuser\xff\xc3(\xffx");
+        fuzz_userdb_row(b"\x00password\xff$6$\xffnopassword\xffy\xff");
+        fuzz_userdb_row(b"\x01\xff\xff\xff");
     }
 
     #[test]
@@ -433,18 +447,62 @@ mod tests {
             let r = record_from_row("a", row(&[("password", Some(crypt))]), scheme);
             assert!(matches(&r.entry, b"secret"), "{scheme}");
         }
-        let any = record_from_row("a", row(&[("password", None), ("nopassword", Some("Y"))]), "MD5");
+        let any = record_from_row(
+            "a",
+            row(&[("password", None), ("nopassword", Some("Y"))]),
+            "MD5",
+        );
         assert!(matches(&any.entry, b"whatever"));
         let locked = record_from_row("a", row(&[("password", Some(""))]), "PLAIN");
         assert!(!matches(&locked.entry, b""));
         let nologin = record_from_row(
             "a",
-            row(&[("password", Some("{PLAIN}x")), ("nologin", Some("y")), ("reason", Some("unpaid"))]),
+            row(&[
+                ("password", Some("{PLAIN}x")),
+                ("nologin", Some("y")),
+                ("reason", Some("unpaid")),
+            ]),
             "MD5",
         );
         assert!(nologin.entry.nologin);
         assert!(admit(true, "a".into(), &nologin.entry).is_none());
         let broken = record_from_row("a", row(&[("password", Some("{NOSUCH}x"))]), "MD5");
         assert!(!matches(&broken.entry, b"x"));
+    }
+}
+
+/// The fuzz target's entry (`fuzz/fuzz_targets/userdb_row.rs`): what a
+/// database sends back is outside input. `data` is split on `0xff` into
+/// alternating column names and values (an empty value is NULL); the first
+/// byte picks the default scheme. The row becomes a record, and the last
+/// part is tried as a password against it. Never panics; a locked record
+/// matches nothing.
+#[doc(hidden)]
+pub fn fuzz_userdb_row(data: &[u8]) {
+    const SCHEMES: [&str; 5] = ["MD5", "CRYPT", "PLAIN", "SHA512-CRYPT", "SSHA256"];
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let scheme = SCHEMES[usize::from(pick) % SCHEMES.len()];
+    let parts: Vec<&[u8]> = rest.split(|&b| b == 0xff).collect();
+    let password = parts.last().copied().unwrap_or_default();
+    let row: Row = parts
+        .chunks(2)
+        .map(|pair| {
+            let name = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
+            let value = pair
+                .get(1)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            (name, value)
+        })
+        .collect();
+    let record = record_from_row("fuzz", row, scheme);
+    let matched = matches(&record.entry, password);
+    if matches!(record.entry.password, Password::Locked) {
+        assert!(!matched);
+    }
+    if let Some(name) = &record.name {
+        assert!(valid_username(name.as_bytes()));
     }
 }

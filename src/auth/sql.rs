@@ -188,7 +188,9 @@ impl PgConn {
         }
         match error.as_db_error() {
             // Connection exceptions and shutdowns: this connection is done.
-            Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57P") => {
+            Some(db)
+                if db.code().code().starts_with("08") || db.code().code().starts_with("57P") =>
+            {
                 DbError::Broken(text)
             }
             Some(_) => DbError::Query(text),
@@ -218,10 +220,25 @@ fn pg_value(row: &postgres::Row, i: usize) -> Option<String> {
             .ok()
             .flatten()
             .and_then(|b| b.then(|| "y".to_owned())),
-        Type::INT2 => text(row.try_get::<_, Option<i16>>(i).ok().flatten().map(i64::from)),
-        Type::INT4 => text(row.try_get::<_, Option<i32>>(i).ok().flatten().map(i64::from)),
+        Type::INT2 => text(
+            row.try_get::<_, Option<i16>>(i)
+                .ok()
+                .flatten()
+                .map(i64::from),
+        ),
+        Type::INT4 => text(
+            row.try_get::<_, Option<i32>>(i)
+                .ok()
+                .flatten()
+                .map(i64::from),
+        ),
         Type::INT8 => text(row.try_get::<_, Option<i64>>(i).ok().flatten()),
-        Type::OID => text(row.try_get::<_, Option<u32>>(i).ok().flatten().map(i64::from)),
+        Type::OID => text(
+            row.try_get::<_, Option<u32>>(i)
+                .ok()
+                .flatten()
+                .map(i64::from),
+        ),
         _ => row.try_get::<_, Option<String>>(i).ok().flatten(),
     }
 }
@@ -310,7 +327,12 @@ impl Connector for MyConnector {
 
 fn my_query(conn: &mut mysql::Conn, text: &str, values: &[String]) -> Result<Option<Row>, DbError> {
     use mysql::prelude::Queryable;
-    let params = mysql::Params::Positional(values.iter().map(|v| mysql::Value::from(v.as_str())).collect());
+    let params = mysql::Params::Positional(
+        values
+            .iter()
+            .map(|v| mysql::Value::from(v.as_str()))
+            .collect(),
+    );
     let row: Option<mysql::Row> = conn.exec_first(text, params).map_err(my_classify)?;
     Ok(row.map(|row| my_row(&row)))
 }
@@ -321,9 +343,9 @@ fn my_classify(error: mysql::Error) -> DbError {
         mysql::Error::MySqlError(e) if e.code == 1053 || e.code == 1927 => {
             DbError::Broken(error.to_string())
         }
-        mysql::Error::MySqlError(_) | mysql::Error::FromValueError(_) | mysql::Error::FromRowError(_) => {
-            DbError::Query(error.to_string())
-        }
+        mysql::Error::MySqlError(_)
+        | mysql::Error::FromValueError(_)
+        | mysql::Error::FromRowError(_) => DbError::Query(error.to_string()),
         _ => DbError::Broken(error.to_string()),
     }
 }
@@ -397,7 +419,8 @@ mod tests {
 
     #[test]
     fn conninfo_pairs_quotes_and_errors() {
-        let pairs = conninfo("host=db1 host=db2  port = 3307 password='a b\\'c' user=\"m\"").unwrap();
+        let pairs =
+            conninfo("host=db1 host=db2  port = 3307 password='a b\\'c' user=\"m\"").unwrap();
         let want: Vec<(String, String)> = [
             ("host", "db1"),
             ("host", "db2"),
@@ -446,7 +469,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.config.get_dbname(), Some("mail"));
-        assert_eq!(c.config.get_connect_timeout(), Some(&Duration::from_secs(1)));
+        assert_eq!(
+            c.config.get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
         assert!(PgConnector::new(&settings("host=x nonsense=1")).is_err());
     }
 }

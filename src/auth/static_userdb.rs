@@ -141,7 +141,10 @@ mod tests {
         let fields = parse_static("uid=vmail home=/srv/%d/%n mail=maildir:~/Maildir").unwrap();
         let db = Userdb::new(UserSource::Static(fields), None);
         let e = db.apply(alice()).unwrap().unwrap();
-        assert_eq!(e.home.as_deref(), Some(std::path::Path::new("/srv/example.com/alice")));
+        assert_eq!(
+            e.home.as_deref(),
+            Some(std::path::Path::new("/srv/example.com/alice"))
+        );
         assert_eq!(e.extra("mail"), Some("maildir:~/Maildir"));
         assert_eq!(e.extra("userdb_mail"), None);
         assert_eq!(e.extra("uid"), Some("vmail"));

@@ -70,9 +70,7 @@ fn parse_var(rest: &str) -> Result<(Token, usize), String> {
     };
     let body = &rest[skip..];
     let (name, used) = if let Some(long) = body.strip_prefix('{') {
-        let end = long
-            .find('}')
-            .ok_or_else(|| "unterminated %{".to_owned())?;
+        let end = long.find('}').ok_or_else(|| "unterminated %{".to_owned())?;
         (&long[..end], end + 2)
     } else {
         let c = body
@@ -314,8 +312,9 @@ mod tests {
 
     #[test]
     fn long_forms_modifiers_bare_and_percent() {
-        let q = pg("SELECT 1 WHERE a = %{username} AND b = '%{domain}' AND c = %Lu AND d LIKE 'x%%'")
-            .unwrap();
+        let q =
+            pg("SELECT 1 WHERE a = %{username} AND b = '%{domain}' AND c = %Lu AND d LIKE 'x%%'")
+                .unwrap();
         assert_eq!(
             q.text,
             "SELECT 1 WHERE a = $1 AND b = $2 AND c = $3 AND d LIKE 'x%'"
@@ -343,9 +342,11 @@ mod tests {
         ] {
             assert!(pg(bad).is_err(), "{bad}");
         }
-        assert!(pg("SELECT 1 WHERE u = '%n@example.com'")
-            .unwrap_err()
-            .contains("bound parameter"));
+        assert!(
+            pg("SELECT 1 WHERE u = '%n@example.com'")
+                .unwrap_err()
+                .contains("bound parameter")
+        );
     }
 
     #[test]

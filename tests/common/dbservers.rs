@@ -173,7 +173,12 @@ fn pg_template() -> &'static Path {
             run(Command::new(pg_bin("initdb"))
                 .arg("-D")
                 .arg(dir.path().join("data"))
-                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
                 .args(["--no-sync", "-E", "UTF8", "--locale=C.UTF-8"])
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .uid(uid)
@@ -241,7 +246,9 @@ impl Postgres {
             .uid(uid)
             .gid(gid);
         *self.proc.lock().unwrap() = Some(Proc::spawn(&mut command, &self.log(), self.dir.path()));
-        wait_for("postgres", &self.log(), || self.try_superuser("postgres").is_ok());
+        wait_for("postgres", &self.log(), || {
+            self.try_superuser("postgres").is_ok()
+        });
     }
 
     /// Stops the server (fast shutdown: clients are disconnected).
@@ -313,7 +320,11 @@ impl Mariadb {
     pub fn start() -> Mariadb {
         let dir = open_tempdir("mariadb");
         run(Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=mysql", "--auth-root-authentication-method=normal"])
+            .args([
+                "--no-defaults",
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+            ])
             .args(["--skip-test-db", "--skip-name-resolve"])
             .arg(format!("--datadir={}", dir.path().join("data").display())));
         chown(dir.path(), "mysql");
@@ -352,8 +363,15 @@ impl Mariadb {
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--port={}", self.port))
-            .args(["--bind-address=127.0.0.1", "--user=mysql", "--skip-name-resolve"])
-            .args(["--innodb-buffer-pool-size=16M", "--innodb-flush-log-at-trx-commit=0"])
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=mysql",
+                "--skip-name-resolve",
+            ])
+            .args([
+                "--innodb-buffer-pool-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+            ])
             .args(["--skip-log-bin", "--max-connections=300"]);
         *self.proc.lock().unwrap() = Some(Proc::spawn(&mut command, &self.log(), dir));
         wait_for("mariadbd", &self.log(), || {
@@ -479,7 +497,10 @@ impl Slapd {
         add(
             &mut admin,
             &format!("ou=people,{LDAP_BASE}"),
-            vec![("objectClass", vec!["organizationalUnit"]), ("ou", vec!["people"])],
+            vec![
+                ("objectClass", vec!["organizationalUnit"]),
+                ("ou", vec!["people"]),
+            ],
         );
         add(
             &mut admin,
@@ -553,7 +574,10 @@ impl Slapd {
         // homeDirectory is IA5 (ASCII): the mailbox comes from the login.
         let home = "/nonexistent".to_owned();
         let mut attrs: Vec<(&str, std::collections::HashSet<&str>)> = vec![
-            ("objectClass", ["account", "posixAccount"].into_iter().collect()),
+            (
+                "objectClass",
+                ["account", "posixAccount"].into_iter().collect(),
+            ),
             ("uid", [uid].into_iter().collect()),
             ("cn", [uid].into_iter().collect()),
             ("uidNumber", ["1000"].into_iter().collect()),
