@@ -612,7 +612,7 @@ impl Userdb {
                 if self.uris.is_none() && self.connect.is_none() && !same(PassdbDriver::Ldap) {
                     return problem("uris is needed (the passdb is not LDAP)".into());
                 }
-                if self.base.is_none() && !passdb.is_some_and(|p| p.base.is_some()) {
+                if self.base.is_none() && passdb.is_none_or(|p| p.base.is_none()) {
                     return problem("driver \"ldap\" needs base".into());
                 }
             }

@@ -188,7 +188,16 @@ fn pgsql_extras_userdb_and_cache(engine: Engine) {
     std::fs::write(elsewhere.join("cur/1.M1.x:2,"), "Subject: hi\n\nbody\n").unwrap();
     let maildir = format!("maildir:{}", elsewhere.display());
     let insert = format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, $5, $6)");
-    let rows: [(&str, Option<&str>, bool, Option<&str>, Option<&str>, bool); 3] = [
+    // name, pw, blocked, why, maildir, open_door
+    type Row<'a> = (
+        &'a str,
+        Option<&'a str>,
+        bool,
+        Option<&'a str>,
+        Option<&'a str>,
+        bool,
+    );
+    let rows: [Row<'_>; 3] = [
         (
             "greta",
             Some("greta-pw"),
@@ -527,4 +536,82 @@ fn ldap_outage_is_temporary_and_recovers(engine: Engine) {
     wait_login(&server, "alice", "alice-pw");
     let log = server.log();
     assert_eq!(log.matches("user database unavailable").count(), 1, "{log}");
+}
+
+// ---- Failover and the LDAP userdb ------------------------------------------
+
+/// 127.0.0.2 is loopback but nothing listens there: every first host below
+/// refuses, and the second one answers.
+engine_test!(failover_to_the_second_host);
+fn failover_to_the_second_host(engine: Engine) {
+    let users = vec![("alice", String::new())];
+    let tree = tree_for(&users);
+    let pg = pg_users_table();
+    let my = mysql_users_table();
+    let ldap = ldap_people("attr", self::users);
+    let dead = dbservers::free_port();
+    let configs = [
+        format!(
+            "[passdb]\ndriver = \"pgsql\"\nconnect = \"host=127.0.0.2,127.0.0.1 port={} dbname=mail \
+             user=mail password={DB_PASSWORD}\"\n\
+             password_query = \"SELECT username AS user, password FROM users WHERE username = '%u'\"\n",
+            pg.port
+        ),
+        format!(
+            "[passdb]\ndriver = \"mysql\"\nconnect = \"host=127.0.0.2 host=127.0.0.1 port={} dbname=mail \
+             user=mail password={DB_PASSWORD}\"\n\
+             password_query = \"SELECT username AS user, password FROM users WHERE username = '%u'\"\n",
+            my.port
+        ),
+        format!(
+            "[passdb]\ndriver = \"ldap\"\nuris = \"ldap://127.0.0.1:{dead} {}\"\n\
+             base = \"ou=attr,{LDAP_BASE}\"\ndn = \"cn=reader,{LDAP_BASE}\"\ndnpass = \"{DB_PASSWORD}\"\n",
+            ldap.uri()
+        ),
+    ];
+    for config in configs {
+        let mut opts = Opts::new(engine);
+        opts.toml = format!("{AUTH_TRUSTED}\n{config}");
+        let server = Server::start_with(&tree, opts);
+        assert_login(&server, "alice", "alice-pw");
+        assert_refused(&server, "alice", "wrong");
+    }
+}
+
+engine_test!(ldap_userdb_gives_the_mail_location);
+fn ldap_userdb_gives_the_mail_location(engine: Engine) {
+    let ldap = Slapd::shared();
+    let ou = format!("userdb-{}", engine_name(engine));
+    ldap.add_user(&ou, "nina", Some("{PLAIN}nina-pw"));
+    let tree = tree_for(&[("nina", String::new())]);
+    let elsewhere = tree.root().join("elsewhere");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(elsewhere.join(sub)).unwrap();
+    }
+    std::fs::write(elsewhere.join("cur/1.M1.x:2,"), "Subject: hi\n\nbody\n").unwrap();
+    let dn = format!("uid=nina,ou={ou},{LDAP_BASE}");
+    let location = format!("maildir:{}", elsewhere.display());
+    ldap.admin()
+        .modify(
+            &dn,
+            vec![ldap3::Mod::Add(
+                "description",
+                [location.as_str()].into_iter().collect(),
+            )],
+        )
+        .unwrap()
+        .success()
+        .unwrap();
+    let mut opts = Opts::new(engine);
+    opts.toml = format!(
+        "{AUTH_TRUSTED}\n[passdb]\ndriver = \"ldap\"\nuris = \"{}\"\nbase = \"ou={ou},{LDAP_BASE}\"\n\
+         dn = \"{LDAP_ADMIN}\"\ndnpass = \"{DB_PASSWORD}\"\n\
+         [userdb]\ndriver = \"ldap\"\nuser_attrs = \"description=mail\"\n",
+        ldap.uri()
+    );
+    let server = Server::start_with(&tree, opts);
+    let mut c = server.connect();
+    c.login("nina", "nina-pw");
+    assert!(c.cmd("STAT").starts_with("+OK 1 "));
+    c.cmd("QUIT");
 }

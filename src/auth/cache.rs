@@ -36,9 +36,12 @@ struct Slot<V> {
     stored_at: Instant,
 }
 
+/// One lock's share of the cache.
+type Shard<V> = Mutex<LruCache<String, Slot<V>>>;
+
 /// A bounded, expiring map from lookup key to the database's answer.
 pub(crate) struct Cache<V> {
-    shards: Box<[Mutex<LruCache<String, Slot<V>>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: RandomState,
     ttl: Duration,
     negative_ttl: Duration,
@@ -62,7 +65,7 @@ impl<V: Clone> Cache<V> {
         })
     }
 
-    fn shard(&self, key: &str) -> &Mutex<LruCache<String, Slot<V>>> {
+    fn shard(&self, key: &str) -> &Shard<V> {
         let index = self.hasher.hash_one(key) as usize % SHARDS;
         &self.shards[index]
     }

@@ -26,7 +26,8 @@ pub struct Passdb {
 
 enum Inner {
     File(FileDb),
-    Remote(RemoteDb),
+    /// Boxed: one per process, and much larger than the file's handle.
+    Remote(Box<RemoteDb>),
 }
 
 impl Passdb {
@@ -77,7 +78,7 @@ impl Passdb {
                             .ok_or_else(|| invalid("[passdb] args".into()))?;
                         Inner::File(FileDb::open(path)?)
                     }
-                    _ => Inner::Remote(remote_passdb(config, p).map_err(invalid)?),
+                    _ => Inner::Remote(Box::new(remote_passdb(config, p).map_err(invalid)?)),
                 }
             }
         };

@@ -385,6 +385,42 @@ fn with_scheme(text: &str, default_scheme: &str) -> String {
     }
 }
 
+/// The fuzz target's entry (`fuzz/fuzz_targets/userdb_row.rs`): what a
+/// database sends back is outside input. `data` is split on `0xff` into
+/// alternating column names and values (an empty value is NULL); the first
+/// byte picks the default scheme. The row becomes a record, and the last
+/// part is tried as a password against it. Never panics; a locked record
+/// matches nothing.
+#[doc(hidden)]
+pub fn fuzz_userdb_row(data: &[u8]) {
+    const SCHEMES: [&str; 5] = ["MD5", "CRYPT", "PLAIN", "SHA512-CRYPT", "SSHA256"];
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let scheme = SCHEMES[usize::from(pick) % SCHEMES.len()];
+    let parts: Vec<&[u8]> = rest.split(|&b| b == 0xff).collect();
+    let password = parts.last().copied().unwrap_or_default();
+    let row: Row = parts
+        .chunks(2)
+        .map(|pair| {
+            let name = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
+            let value = pair
+                .get(1)
+                .filter(|v| !v.is_empty())
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            (name, value)
+        })
+        .collect();
+    let record = record_from_row("fuzz", row, scheme);
+    let matched = matches(&record.entry, password);
+    if matches!(record.entry.password, Password::Locked) {
+        assert!(!matched);
+    }
+    if let Some(name) = &record.name {
+        assert!(valid_username(name.as_bytes()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,41 +504,5 @@ mod tests {
         assert!(admit(true, "a".into(), &nologin.entry).is_none());
         let broken = record_from_row("a", row(&[("password", Some("{NOSUCH}x"))]), "MD5");
         assert!(!matches(&broken.entry, b"x"));
-    }
-}
-
-/// The fuzz target's entry (`fuzz/fuzz_targets/userdb_row.rs`): what a
-/// database sends back is outside input. `data` is split on `0xff` into
-/// alternating column names and values (an empty value is NULL); the first
-/// byte picks the default scheme. The row becomes a record, and the last
-/// part is tried as a password against it. Never panics; a locked record
-/// matches nothing.
-#[doc(hidden)]
-pub fn fuzz_userdb_row(data: &[u8]) {
-    const SCHEMES: [&str; 5] = ["MD5", "CRYPT", "PLAIN", "SHA512-CRYPT", "SSHA256"];
-    let Some((&pick, rest)) = data.split_first() else {
-        return;
-    };
-    let scheme = SCHEMES[usize::from(pick) % SCHEMES.len()];
-    let parts: Vec<&[u8]> = rest.split(|&b| b == 0xff).collect();
-    let password = parts.last().copied().unwrap_or_default();
-    let row: Row = parts
-        .chunks(2)
-        .map(|pair| {
-            let name = String::from_utf8_lossy(pair[0]).to_ascii_lowercase();
-            let value = pair
-                .get(1)
-                .filter(|v| !v.is_empty())
-                .map(|v| String::from_utf8_lossy(v).into_owned());
-            (name, value)
-        })
-        .collect();
-    let record = record_from_row("fuzz", row, scheme);
-    let matched = matches(&record.entry, password);
-    if matches!(record.entry.password, Password::Locked) {
-        assert!(!matched);
-    }
-    if let Some(name) = &record.name {
-        assert!(valid_username(name.as_bytes()));
     }
 }

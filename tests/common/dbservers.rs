@@ -60,16 +60,17 @@ fn open_tempdir(prefix: &str) -> tempfile::TempDir {
 /// Removes `dir` once the test process is gone (for statics, which are
 /// never dropped).
 fn remove_when_gone(dir: &Path) {
-    let _watchdog = Command::new("sh")
+    // The watchdog runs in the background of a shell that exits at once,
+    // so nothing is left to wait for here.
+    let status = Command::new("sh")
         .arg("-c")
-        .arg("while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; rm -rf \"$1\"")
+        .arg("(while kill -0 \"$0\" 2>/dev/null; do sleep 0.5; done; rm -rf \"$1\") >/dev/null 2>&1 &")
         .arg(std::process::id().to_string())
         .arg(dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
+    assert!(status.success());
 }
 
 /// A running server process and its watchdog.
