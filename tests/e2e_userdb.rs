@@ -165,6 +165,13 @@ fn pgsql_smallest_config(engine: Engine) {
     check_users(&server, &users);
     // The `user` column names the user: the mailbox is the database's name.
     assert_login(&server, "Jos\u{e9}", "jos\u{e9}-pw");
+    // SASL SCRAM-SHA-256 from stored keys and from a {PLAIN} password; a
+    // crypt hash cannot do SCRAM and fails like a wrong password.
+    assert!(scram_login(&server, "erin", "erin-pw"));
+    assert!(scram_login(&server, "alice", "alice-pw"));
+    assert!(!scram_login(&server, "erin", "wrong"));
+    assert!(!scram_login(&server, "bob", "bob-pw"));
+    assert!(!scram_login(&server, "nobody", "x"));
 }
 
 engine_test!(pgsql_extras_userdb_and_cache);
@@ -297,14 +304,23 @@ fn pgsql_outage_is_temporary_and_recovers(engine: Engine) {
     );
     let server = Server::start_with(&tree, opts);
     assert_login(&server, "alice", "alice-pw");
+    assert!(scram_login(&server, "alice", "alice-pw"));
     pg.stop();
     for _ in 0..5 {
         assert_eq!(login(&server, "alice", "alice-pw"), SYS_TEMP);
         assert_eq!(login(&server, "bob", "wrong"), SYS_TEMP);
+        // SASL SCRAM-SHA-256 too: its credentials lookup fails the same way.
+        let mut c = server.connect();
+        assert_eq!(
+            c.cmd(&format!("AUTH SCRAM-SHA-256 {SCRAM_FIRST_ALICE}")),
+            SYS_TEMP
+        );
     }
     pg.resume();
     wait_login(&server, "alice", "alice-pw");
     assert_login(&server, "bob", "bob-pw");
+    assert!(scram_login(&server, "alice", "alice-pw"));
+    assert!(!scram_login(&server, "alice", "wrong"));
     let log = server.log();
     assert_eq!(
         log.matches("user database unavailable").count(),
@@ -313,6 +329,24 @@ fn pgsql_outage_is_temporary_and_recovers(engine: Engine) {
     );
     assert!(log.contains("user database is back"), "{log}");
     assert!(!log.contains("passdb lookup failed"), "{log}");
+}
+
+/// `n,,n=alice,r=abcdefghijklmnop`: a SCRAM client-first message.
+const SCRAM_FIRST_ALICE: &str = "biwsbj1hbGljZSxyPWFiY2RlZmdoaWprbG1ub3A=";
+
+/// A whole SCRAM-SHA-256 login with tests/clients/scram_login.py.
+fn scram_login(server: &Server, user: &str, password: &str) -> bool {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/scram_login.py"
+        ))
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .args([user, password])
+        .output()
+        .unwrap();
+    out.status.success()
 }
 
 /// Retries a login until it succeeds (the pool retries a database that
