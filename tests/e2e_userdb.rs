@@ -649,3 +649,46 @@ fn ldap_userdb_gives_the_mail_location(engine: Engine) {
     assert!(c.cmd("STAT").starts_with("+OK 1 "));
     c.cmd("QUIT");
 }
+
+engine_test!(pgsql_slow_query_times_out_without_stalling);
+fn pgsql_slow_query_times_out_without_stalling(engine: Engine) {
+    let pg = pg_users_table();
+    let tree = tree_for(&users());
+    let mut opts = Opts::new(engine);
+    // The lookup of `carol` takes 5 s; the query timeout is 1 s.
+    opts.toml = format!(
+        "{AUTH_TRUSTED}\n[passdb]\ndriver = \"pgsql\"\nconnect = \"{}\"\nquery_timeout_ms = 1000\n\
+         password_query = \"SELECT username AS user, password FROM users, \
+         pg_sleep(CASE WHEN $$carol$$ = '%u' THEN 5 ELSE 0 END) WHERE username = '%u'\"\n",
+        pg.connect_string()
+    );
+    let server = Server::start_with(&tree, opts);
+    let started = Instant::now();
+    let slow = std::thread::spawn({
+        let addr = server.addr;
+        move || {
+            let mut c = common::Client::connect(addr);
+            assert_eq!(c.cmd("USER carol"), "+OK");
+            c.cmd("PASS carol-pw")
+        }
+    });
+    // Meanwhile the shards and the other worker keep serving.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = server.connect();
+    assert!(other.cmd("CAPA").starts_with("+OK"));
+    assert_login(&server, "alice", "alice-pw");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.join().unwrap(), SYS_TEMP);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_login(&server, "alice", "alice-pw");
+    let log = server.log();
+    assert!(log.contains("statement timeout"), "{log}");
+}

@@ -182,7 +182,11 @@ impl PgConn {
     }
 
     fn classify(&self, error: postgres::Error) -> DbError {
-        let text = error.to_string();
+        // The error's own text is only "db error" for server errors.
+        let text = match error.as_db_error() {
+            Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+            None => error.to_string(),
+        };
         if self.client.is_closed() {
             return DbError::Broken(text);
         }
