@@ -574,9 +574,9 @@ fn ldap_outage_is_temporary_and_recovers(engine: Engine) {
 
 // ---- Failover and the LDAP userdb ------------------------------------------
 
+engine_test!(failover_to_the_second_host);
 /// 127.0.0.2 is loopback but nothing listens there: every first host below
 /// refuses, and the second one answers.
-engine_test!(failover_to_the_second_host);
 fn failover_to_the_second_host(engine: Engine) {
     let users = vec![("alice", String::new())];
     let tree = tree_for(&users);
