@@ -30,6 +30,12 @@ pub struct Config {
     pub metrics: Metrics,
     /// Logging.
     pub log: Log,
+    /// Where passwords are checked (Dovecot's `passdb { driver = .. }`).
+    /// Without it, `auth.passwd_file` is the passdb.
+    pub passdb: Option<Passdb>,
+    /// Where a proven user's home and mail location come from (Dovecot's
+    /// `userdb { driver = .. }`). Without it, the passdb's own fields.
+    pub userdb: Option<Userdb>,
 }
 
 /// `[log]`
@@ -49,6 +55,174 @@ pub struct Metrics {
     /// Where `GET /metrics` is served (Prometheus text format); off when
     /// unset. Its own thread and socket, never a POP3 listener.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[passdb] driver`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PassdbDriver {
+    /// Dovecot's passwd-file, loaded into memory (`args` = its path).
+    #[serde(rename = "passwd-file")]
+    PasswdFile,
+    /// PostgreSQL.
+    #[serde(rename = "pgsql")]
+    Pgsql,
+    /// MySQL or MariaDB.
+    #[serde(rename = "mysql")]
+    Mysql,
+    /// LDAP (OpenLDAP, 389 DS, Active Directory).
+    #[serde(rename = "ldap")]
+    Ldap,
+}
+
+/// `[userdb] driver`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum UserdbDriver {
+    /// Fixed fields from `args` (`uid=vmail gid=vmail home=/srv/%d/%n`),
+    /// over what the passdb returned.
+    #[serde(rename = "static")]
+    Static,
+    /// The passdb's own fields (`home`, `mail`, `userdb_*`); the default.
+    #[serde(rename = "prefetch")]
+    Prefetch,
+    /// The passwd-file's home and extra fields (the passdb must be one).
+    #[serde(rename = "passwd-file")]
+    PasswdFile,
+    /// `user_query` against PostgreSQL.
+    #[serde(rename = "pgsql")]
+    Pgsql,
+    /// `user_query` against MySQL or MariaDB.
+    #[serde(rename = "mysql")]
+    Mysql,
+    /// `user_filter` / `user_attrs` against LDAP.
+    #[serde(rename = "ldap")]
+    Ldap,
+}
+
+/// `[passdb]`: Dovecot's vocabulary, so settings carry over. Keys that do
+/// not belong to the chosen driver are refused by `validate`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passdb {
+    /// Which database.
+    pub driver: PassdbDriver,
+    /// passwd-file: its path.
+    pub args: Option<PathBuf>,
+    /// SQL: `host=.. port=.. dbname=.. user=.. password=..`; `host` may be
+    /// given more than once (failover, tried in order). LDAP: the same as
+    /// `uris`.
+    #[serde(serialize_with = "redacted_connect")]
+    pub connect: Option<String>,
+    /// SQL: the query, `%u` `%n` `%d` (`%{user}` `%{username}` `%{domain}`)
+    /// sent as bound parameters. Columns `user`, `password`, `nopassword`,
+    /// `nologin`, `reason`; the others (`home`, `mail`, `userdb_*`, ...)
+    /// become the user's fields.
+    pub password_query: Option<String>,
+    /// The scheme of a stored password without a `{SCHEME}` prefix
+    /// (Dovecot's defaults: `MD5` for SQL, `CRYPT` for LDAP).
+    pub default_pass_scheme: Option<String>,
+    /// LDAP: servers, space separated, tried in order.
+    pub uris: Option<String>,
+    /// LDAP: the DN and password to bind as for lookups (anonymous without).
+    pub dn: Option<String>,
+    /// LDAP: the password of `dn`.
+    #[serde(serialize_with = "redacted")]
+    pub dnpass: Option<String>,
+    /// LDAP: the search base.
+    pub base: Option<String>,
+    /// LDAP: `subtree` (the default), `onelevel` or `base`.
+    pub scope: Option<String>,
+    /// LDAP: the filter that finds the user (RFC 4515-escaped variables).
+    pub pass_filter: Option<String>,
+    /// LDAP: `ldapAttr=field,...` (default `uid=user,userPassword=password`).
+    pub pass_attrs: Option<String>,
+    /// LDAP: check the password by binding as the user's DN, not by
+    /// reading a password attribute.
+    #[serde(default)]
+    pub auth_bind: bool,
+    /// LDAP with `auth_bind`: the user's DN template, which skips the search
+    /// (`uid=%n,ou=people,dc=example,dc=com`).
+    pub auth_bind_userdn: Option<String>,
+    /// Connections to the database; 0 (the default) = one per worker thread.
+    #[serde(default)]
+    pub pool_size: usize,
+    /// How long one connection attempt to one host may take.
+    #[serde(default = "db_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long one query or search may take.
+    #[serde(default = "db_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+/// `[userdb]`: as `[passdb]`; a SQL or LDAP userdb without its own
+/// connection settings uses the passdb's when it is the same driver.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Userdb {
+    /// Which database.
+    pub driver: UserdbDriver,
+    /// static: `key=value` fields, space separated, %-expanded.
+    pub args: Option<String>,
+    /// SQL: as in `[passdb]` (default: the passdb's).
+    #[serde(serialize_with = "redacted_connect")]
+    pub connect: Option<String>,
+    /// SQL: the query; columns `home`, `mail`, `uid`, `gid` and others.
+    pub user_query: Option<String>,
+    /// LDAP: as in `[passdb]` (default: the passdb's).
+    pub uris: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub dn: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    #[serde(serialize_with = "redacted")]
+    pub dnpass: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub base: Option<String>,
+    /// LDAP: as in `[passdb]`.
+    pub scope: Option<String>,
+    /// LDAP: the filter that finds the user.
+    pub user_filter: Option<String>,
+    /// LDAP: `ldapAttr=field,...` (default
+    /// `homeDirectory=home,uidNumber=uid,gidNumber=gid`).
+    pub user_attrs: Option<String>,
+    /// As in `[passdb]`.
+    #[serde(default)]
+    pub pool_size: usize,
+    /// As in `[passdb]`.
+    #[serde(default = "db_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// As in `[passdb]`.
+    #[serde(default = "db_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+/// `check-config` prints the configuration: never a database password.
+fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("(set, not shown)"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A connect string with its `password=` value hidden.
+fn redacted_connect<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(connect) => {
+            let shown: Vec<String> = connect
+                .split_whitespace()
+                .map(|part| match part.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=(not shown)")
+                    }
+                    _ => part.to_string(),
+                })
+                .collect();
+            s.serialize_str(&shown.join(" "))
+        }
+        None => s.serialize_none(),
+    }
+}
+
+fn db_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[tls]`
@@ -209,6 +383,17 @@ pub struct Auth {
     /// same file so a user's salt does not change between servers or
     /// restarts; without it the secret is random per process.
     pub scram_secret_file: Option<PathBuf>,
+    /// Users the SQL/LDAP cache holds (Dovecot's `auth_cache_size`, here
+    /// counted in users); 0 turns the cache off.
+    pub cache_size: usize,
+    /// How long a found user is answered from the cache (Dovecot's
+    /// `auth_cache_ttl`). A password that does not match the cached entry
+    /// is checked against the database again, so a new password works at
+    /// once and an old one stops working after this long at most.
+    pub cache_ttl_ms: u64,
+    /// How long "no such user" is answered from the cache (Dovecot's
+    /// `auth_cache_negative_ttl`).
+    pub cache_negative_ttl_ms: u64,
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
@@ -248,6 +433,9 @@ impl Default for Auth {
             penalty_block_max_ms: 15 * 60_000,
             penalty_window_ms: 5 * 60_000,
             scram_secret_file: None,
+            cache_size: 100_000,
+            cache_ttl_ms: 3_600_000,
+            cache_negative_ttl_ms: 60_000,
         }
     }
 }
@@ -449,8 +637,15 @@ impl Config {
         if self.tls.ticket_key_file.is_some() && self.tls.cert.is_none() {
             return invalid("tls.ticket_key_file needs tls.cert and tls.key");
         }
-        if self.auth.passwd_file.is_none() {
-            return invalid("no passdb: set auth.passwd_file or --passwd-file");
+        match &self.passdb {
+            Some(passdb) => passdb.validate(self.userdb.as_ref())?,
+            None if self.auth.passwd_file.is_none() => {
+                return invalid("no passdb: set [passdb], auth.passwd_file or --passwd-file");
+            }
+            None => {}
+        }
+        if let Some(userdb) = &self.userdb {
+            userdb.validate(self.passdb.as_ref())?;
         }
         let Some(location) = &self.mail.location else {
             return invalid("no mail location: set mail.location or --mail-location");
@@ -551,6 +746,130 @@ impl Config {
     /// Idle time allowed in TRANSACTION.
     pub fn autologout(&self) -> Duration {
         Duration::from_millis(self.limits.autologout_ms)
+    }
+}
+
+impl Passdb {
+    /// Required keys present, keys of other drivers absent.
+    fn validate(&self, userdb: Option<&Userdb>) -> Result<(), ConfigError> {
+        let problem = |s: String| Err(ConfigError::Invalid(format!("[passdb] {s}")));
+        let sql = matches!(self.driver, PassdbDriver::Pgsql | PassdbDriver::Mysql);
+        let ldap = self.driver == PassdbDriver::Ldap;
+        let file = self.driver == PassdbDriver::PasswdFile;
+        let given = [
+            ("args", self.args.is_some(), file),
+            ("connect", self.connect.is_some(), sql || ldap),
+            ("password_query", self.password_query.is_some(), sql),
+            (
+                "default_pass_scheme",
+                self.default_pass_scheme.is_some(),
+                sql || ldap,
+            ),
+            ("uris", self.uris.is_some(), ldap),
+            ("dn", self.dn.is_some(), ldap),
+            ("dnpass", self.dnpass.is_some(), ldap),
+            ("base", self.base.is_some(), ldap),
+            ("scope", self.scope.is_some(), ldap),
+            ("pass_filter", self.pass_filter.is_some(), ldap),
+            ("pass_attrs", self.pass_attrs.is_some(), ldap),
+            ("auth_bind", self.auth_bind, ldap),
+            ("auth_bind_userdn", self.auth_bind_userdn.is_some(), ldap),
+        ];
+        if let Some((key, ..)) = given.iter().find(|(_, set, allowed)| *set && !allowed) {
+            return problem(format!("{key} does not apply to driver {:?}", self.driver));
+        }
+        match self.driver {
+            PassdbDriver::PasswdFile if self.args.is_none() => {
+                return problem("driver \"passwd-file\" needs args (the file's path)".into());
+            }
+            PassdbDriver::Pgsql | PassdbDriver::Mysql => {
+                if self.connect.is_none() || self.password_query.is_none() {
+                    return problem("a SQL driver needs connect and password_query".into());
+                }
+            }
+            PassdbDriver::Ldap => {
+                if self.uris.is_none() && self.connect.is_none() {
+                    return problem("driver \"ldap\" needs uris".into());
+                }
+                if self.base.is_none() && self.auth_bind_userdn.is_none() {
+                    return problem("driver \"ldap\" needs base".into());
+                }
+                if self.uris.is_some() && self.connect.is_some() {
+                    return problem("give uris or connect, not both".into());
+                }
+            }
+            PassdbDriver::PasswdFile => {}
+        }
+        if self.connect_timeout_ms == 0 || self.query_timeout_ms == 0 {
+            return problem("connect_timeout_ms and query_timeout_ms must be above 0".into());
+        }
+        let _ = userdb;
+        crate::auth::check_passdb_config(self)
+            .map_err(|e| ConfigError::Invalid(format!("[passdb] {e}")))
+    }
+}
+
+impl Userdb {
+    /// Required keys present, keys of other drivers absent, and a
+    /// connection to borrow from the passdb when none is given.
+    fn validate(&self, passdb: Option<&Passdb>) -> Result<(), ConfigError> {
+        let problem = |s: String| Err(ConfigError::Invalid(format!("[userdb] {s}")));
+        let sql = matches!(self.driver, UserdbDriver::Pgsql | UserdbDriver::Mysql);
+        let ldap = self.driver == UserdbDriver::Ldap;
+        let given = [
+            (
+                "args",
+                self.args.is_some(),
+                self.driver == UserdbDriver::Static,
+            ),
+            ("connect", self.connect.is_some(), sql || ldap),
+            ("user_query", self.user_query.is_some(), sql),
+            ("uris", self.uris.is_some(), ldap),
+            ("dn", self.dn.is_some(), ldap),
+            ("dnpass", self.dnpass.is_some(), ldap),
+            ("base", self.base.is_some(), ldap),
+            ("scope", self.scope.is_some(), ldap),
+            ("user_filter", self.user_filter.is_some(), ldap),
+            ("user_attrs", self.user_attrs.is_some(), ldap),
+        ];
+        if let Some((key, ..)) = given.iter().find(|(_, set, allowed)| *set && !allowed) {
+            return problem(format!("{key} does not apply to driver {:?}", self.driver));
+        }
+        let same = |d: PassdbDriver| passdb.is_some_and(|p| p.driver == d);
+        match self.driver {
+            UserdbDriver::Pgsql | UserdbDriver::Mysql => {
+                let passdb_driver = if self.driver == UserdbDriver::Pgsql {
+                    PassdbDriver::Pgsql
+                } else {
+                    PassdbDriver::Mysql
+                };
+                if self.user_query.is_none() {
+                    return problem("a SQL driver needs user_query".into());
+                }
+                if self.connect.is_none() && !same(passdb_driver) {
+                    return problem("connect is needed (the passdb is not the same driver)".into());
+                }
+            }
+            UserdbDriver::Ldap => {
+                if self.uris.is_none() && self.connect.is_none() && !same(PassdbDriver::Ldap) {
+                    return problem("uris is needed (the passdb is not LDAP)".into());
+                }
+                if self.base.is_none() && passdb.is_none_or(|p| p.base.is_none()) {
+                    return problem("driver \"ldap\" needs base".into());
+                }
+            }
+            UserdbDriver::PasswdFile => {
+                let file = passdb.is_none_or(|p| p.driver == PassdbDriver::PasswdFile);
+                if !file {
+                    return problem(
+                        "driver \"passwd-file\" needs the passdb to be the passwd-file".into(),
+                    );
+                }
+            }
+            UserdbDriver::Static | UserdbDriver::Prefetch => {}
+        }
+        crate::auth::check_userdb_config(self)
+            .map_err(|e| ConfigError::Invalid(format!("[userdb] {e}")))
     }
 }
 
@@ -738,5 +1057,83 @@ mod tests {
         assert_eq!(Config::default().metrics.listen, None);
         let c: Config = toml::from_str("[metrics]\nlisten = \"127.0.0.1:9110\"\n").unwrap();
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9110".parse().unwrap()));
+    }
+
+    /// The issue's smallest configurations, exactly as written.
+    const SMALLEST_PGSQL: &str = r#"
+[passdb]
+driver = "pgsql"
+connect = "host=127.0.0.1 port=5432 dbname=mail user=mail password=secret"
+password_query = "SELECT username AS user, password FROM users WHERE username = '%u'"
+
+[userdb]
+driver = "static"
+
+[mail]
+location = "maildir:/srv/mail/%u"
+"#;
+
+    #[test]
+    fn the_smallest_user_database_configs_validate() {
+        let mysql = SMALLEST_PGSQL
+            .replace("\"pgsql\"", "\"mysql\"")
+            .replace("port=5432", "port=3306");
+        let ldap = "[passdb]\ndriver = \"ldap\"\nuris = \"ldap://127.0.0.1\"\n\
+                    base = \"ou=people,dc=example,dc=com\"\n\n[userdb]\ndriver = \"static\"\n\n\
+                    [mail]\nlocation = \"maildir:/srv/mail/%u\"\n";
+        for text in [SMALLEST_PGSQL, &mysql, ldap] {
+            let config: Config = toml::from_str(text).unwrap();
+            config.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(config.auth.passwd_file.is_none());
+        }
+        let config: Config = toml::from_str(SMALLEST_PGSQL).unwrap();
+        let passdb = config.passdb.unwrap();
+        assert_eq!(passdb.driver, PassdbDriver::Pgsql);
+        assert_eq!(config.userdb.unwrap().driver, UserdbDriver::Static);
+        assert_eq!(passdb.query_timeout_ms, 5000);
+    }
+
+    #[test]
+    fn user_database_mistakes_are_named() {
+        let check = |text: &str| {
+            let config: Config =
+                toml::from_str(&format!("[mail]\nlocation = \"maildir:~/Maildir\"\n{text}"))
+                    .map_err(|e| e.to_string())?;
+            config.validate().map_err(|e| e.to_string())
+        };
+        let err = |text: &str| check(text).unwrap_err();
+        assert!(
+            err("[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\n").contains("password_query")
+        );
+        assert!(
+            err("[passdb]\ndriver = \"mysql\"\nconnect = \"host=x\"\n\
+                 password_query = \"SELECT password FROM u WHERE n = '%n@example.com'\"\n")
+            .contains("bound parameter")
+        );
+        assert!(err("[passdb]\ndriver = \"ldap\"\nuris = \"ldap://x\"\n").contains("base"));
+        assert!(
+            err(
+                "[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\nbase = \"dc=x\"\n\
+                 password_query = \"SELECT 1\"\n"
+            )
+            .contains("base does not apply")
+        );
+        assert!(
+            err("[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\npassword_query = \"SELECT 1\"\n\
+                 default_pass_scheme = \"ROT13\"\n")
+            .contains("ROT13")
+        );
+        assert!(
+            err("[userdb]\ndriver = \"pgsql\"\nuser_query = \"SELECT 1\"\n\
+                     [auth]\npasswd_file = \"/etc/users\"\n")
+            .contains("connect")
+        );
+        assert!(err("[passdb]\ndriver = \"oracle\"\n").contains("unknown variant"));
+        // A SQL userdb borrows the passdb's connection.
+        check(
+            "[passdb]\ndriver = \"pgsql\"\nconnect = \"host=x\"\npassword_query = \"SELECT 1\"\n\
+             [userdb]\ndriver = \"pgsql\"\nuser_query = \"SELECT home FROM u WHERE n = '%u'\"\n",
+        )
+        .unwrap();
     }
 }

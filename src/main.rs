@@ -20,9 +20,10 @@ use shardpop::notify::Notifier;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing env-filter syntax); RUST_LOG wins when set.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log filter (tracing env-filter syntax, default "info"); over the
+    /// file's log.level; RUST_LOG applies when neither is set.
+    #[arg(long, global = true)]
+    log: Option<String>,
     /// Log line format on standard error: text, or json (one object per
     /// line, the event's fields at the top level).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -66,7 +67,7 @@ enum Command {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ServeArgs {
     /// TOML configuration file (see shardpop.example.toml).
     #[arg(long, short = 'c')]
@@ -127,9 +128,9 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_format);
+    let filter = init_logging(cli.log.as_deref(), cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, cli.log, filter),
         Command::CheckConfig(args) => check_config(args),
         Command::Demo {
             dir,
@@ -147,21 +148,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sets the log filter while running (SIGHUP's `log.level`).
+type SetFilter = Box<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>;
+
 /// Text for people, JSON for log shippers; the same events and fields in
-/// both (JSON puts the fields, `message` included, at the top level).
-fn init_logging(log: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
+/// both (JSON puts the fields, `message` included, at the top level). The
+/// filter is `--log`, else RUST_LOG, else "info" until the configuration's
+/// `log.level` is known; the returned setter changes it later.
+fn init_logging(log: Option<&str>, format: LogFormat) -> SetFilter {
+    use tracing_subscriber::EnvFilter;
+    let filter = match log {
+        Some(log) => EnvFilter::new(log),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    fn setter<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> SetFilter
+    where
+        L: From<EnvFilter> + Send + Sync + 'static,
+        S: 'static,
+    {
+        Box::new(move |level: &str| {
+            let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Text => {
+            let builder = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_filter_reloading();
+            let set = setter(builder.reload_handle());
+            builder.init();
+            set
+        }
     }
 }
 
@@ -226,18 +257,39 @@ fn effective_config(args: ServeArgs) -> std::result::Result<Config, ConfigError>
     Ok(config)
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let config = effective_config(args)?;
-    // systemd (Type=notify): READY=1 once every listener is bound.
-    let notifier = Notifier::from_env();
-    let result = shardpop::engine::serve_with(&config, |bound| {
-        let status = format!("serving POP3 on {} address(es)", bound.len());
-        if let Err(e) = notifier.ready(&status) {
-            tracing::warn!(error = %e, "cannot notify the service manager");
-        }
-    });
-    let _ = notifier.stopping();
-    result?;
+fn serve(args: ServeArgs, log_flag: Option<String>, set_filter: SetFilter) -> Result<()> {
+    let config = effective_config(args.clone())?;
+    // The file's log.level, unless --log says otherwise.
+    if log_flag.is_none()
+        && let Some(level) = &config.log.level
+    {
+        set_filter(level)?;
+    }
+    // systemd (Type=notify): READY=1 once every listener is bound,
+    // STOPPING=1 when shutdown starts.
+    let notifier = std::sync::Arc::new(Notifier::from_env());
+    let on_stop = std::sync::Arc::clone(&notifier);
+    let hooks = shardpop::engine::Hooks {
+        ready: Box::new(|bound: &[(SocketAddr, bool)]| {
+            let status = format!("serving POP3 on {} address(es)", bound.len());
+            if let Err(e) = notifier.ready(&status) {
+                tracing::warn!(error = %e, "cannot notify the service manager");
+            }
+        }),
+        // SIGHUP reads the file again, with the same flags over it.
+        reload: Some(Box::new(move || {
+            let mut config = effective_config(args.clone()).map_err(|e| e.to_string())?;
+            if let Some(level) = &log_flag {
+                config.log.level = Some(level.clone());
+            }
+            Ok(config)
+        })),
+        log_level: Some(Box::new(move |level: &str| set_filter(level))),
+        stopping: Some(Box::new(move || {
+            let _ = on_stop.stopping();
+        })),
+    };
+    shardpop::engine::serve_hooked(&config, hooks)?;
     Ok(())
 }
 
@@ -246,8 +298,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// configuration (defaults and flags applied) as TOML.
 fn check_config(args: ServeArgs) -> Result<()> {
     let config = effective_config(args)?;
-    let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
-    Passdb::open(passwd_file).map_err(|e| format!("{}: {e}", passwd_file.display()))?;
+    Passdb::from_config(&config)?;
     if let Some(path) = &config.auth.scram_secret_file {
         let secret = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         if secret.len() < 16 {
@@ -256,13 +307,7 @@ fn check_config(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
-        let files = shardpop::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        };
-        shardpop::tls::TlsReloader::new(files)?;
-    }
+    shardpop::tls::TlsReloader::from_config(&config.tls)?;
     let text = toml::to_string(&config)?;
     println!(
         "# effective configuration: {} shard(s), {} worker(s)\n{text}",

@@ -1,16 +1,26 @@
-//! auth: who may log in. Owns the passdb (Dovecot's passwd-file format), the
-//! password schemes, APOP, the SASL mechanisms that need state (SCRAM-SHA-256,
-//! in [`sasl`]), and the user-name check.
+//! auth: who may log in. Owns the passdb (Dovecot's passwd-file format,
+//! PostgreSQL, MySQL / MariaDB, LDAP) and the userdb behind one [`Passdb`],
+//! the auth cache in front of the databases, the password schemes, APOP, the
+//! SASL mechanisms that need state (SCRAM-SHA-256, in [`sasl`]), and the
+//! user-name check.
 //!
-//! Everything here that hashes or reads the passwd-file is blocking work: it
-//! runs on the worker pool, never on a shard thread. The one exception is
-//! [`Passdb::has_plaintext`], a lock-free flag read the shard may use when it
-//! writes the greeting. This layer must not know about sockets, sessions or
-//! Maildir: it answers "is this the user, and what does the passwd-file say
-//! about them" and nothing else.
+//! Everything here that hashes, reads the passwd-file or asks a database is
+//! blocking work: it runs on the worker pool, never on a shard thread. The
+//! one exception is [`Passdb::has_plaintext`], a lock-free flag read the
+//! shard may use when it writes the greeting. This layer must not know about
+//! sockets, sessions or Maildir: it answers "is this the user, and what does
+//! the user database say about them" and nothing else.
+//!
+//! Layout: `db.rs` is [`Passdb`], the dispatch; `passdb.rs` the passwd-file
+//! passdb; `remote.rs` the SQL/LDAP passdb over `sql.rs` and `ldap.rs`, with
+//! `pool.rs` (connections, failover, backoff) and `cache.rs`;
+//! `static_userdb.rs` the userdbs; `template.rs` the %-variables.
 //!
 //! The contract with the engine:
-//! - [`Passdb::open`] at startup; a missing or unreadable file is an error.
+//! - [`Passdb::from_config`] at startup (or [`Passdb::open`] for a bare
+//!   passwd-file); a missing or unreadable file is an error, a database
+//!   that is down is not (it is asked on the first login).
+//! - [`Passdb::flush`] on SIGHUP: empties the SQL/LDAP cache.
 //! - [`Passdb::verify_plain`] / [`Passdb::verify_apop`] on the pool. Unknown
 //!   user and wrong password give the same `Ok(None)` at the same cost, so
 //!   the timing of a failed login does not tell which one it was.
@@ -19,8 +29,10 @@
 //!   gives the credentials (made-up ones for unknown users);
 //!   [`ScramServer::server_first`] and [`ScramServer::client_final`] finish
 //!   the exchange, and [`ScramServer::user`] is the user on success.
-//! - `Err` means an operating error (the passwd-file could not be re-read):
-//!   answer `-ERR [SYS/TEMP]` and log it.
+//! - `Err` means an operating error (the passwd-file could not be re-read,
+//!   a database is down or slow: [`AuthError::Unavailable`]): answer
+//!   `-ERR [SYS/TEMP]`, no penalty. `Unavailable` is logged here once per
+//!   outage ([`AuthError::logged`]); the engine need not log it per login.
 //! - On success, [`UserEntry`] carries the home and the extra fields
 //!   (`userdb_mail`, ...). The passdb does not see the peer address, so the
 //!   engine must check [`UserEntry::allows_peer`] (Dovecot's `allow_nets`).
@@ -28,10 +40,18 @@
 #![forbid(unsafe_code)]
 
 mod apop;
+mod cache;
+mod db;
+mod ldap;
 mod passdb;
 mod passwd_file;
+mod pool;
+mod remote;
 pub mod sasl;
 mod scheme;
+mod sql;
+mod static_userdb;
+mod template;
 #[cfg(test)]
 pub(crate) mod test_fixture;
 mod user;
@@ -41,7 +61,10 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use passdb::{Passdb, SCRAM_PLAIN_ITERATIONS};
+pub use db::{Passdb, check_passdb_config, check_userdb_config};
+pub use passdb::SCRAM_PLAIN_ITERATIONS;
+#[doc(hidden)]
+pub use remote::fuzz_userdb_row;
 pub use sasl::{ScramCredentials, ScramError, ScramExchange, ScramNext, ScramServer};
 pub use scheme::{Scheme, hash_password};
 pub use user::UserEntry;
@@ -74,6 +97,28 @@ pub enum AuthError {
         /// The name as given.
         name: String,
     },
+    /// A SQL or LDAP database is down, slow, out of connections, or refused
+    /// the query. Temporary: the engine answers `-ERR [SYS/TEMP]` and adds
+    /// no penalty. The auth layer has logged it (once per outage).
+    Unavailable {
+        /// Which database (`pgsql passdb`, `ldap userdb`, ...).
+        database: String,
+        /// What went wrong, for the log.
+        why: String,
+    },
+    /// The `[passdb]` / `[userdb]` settings cannot work (at startup).
+    Config {
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl AuthError {
+    /// Whether the auth layer has already logged this error (once per
+    /// outage), so the caller should not log it per login.
+    pub fn logged(&self) -> bool {
+        matches!(self, AuthError::Unavailable { .. })
+    }
 }
 
 impl fmt::Display for AuthError {
@@ -88,6 +133,10 @@ impl fmt::Display for AuthError {
                 path.display()
             ),
             AuthError::UnknownScheme { name } => write!(f, "unknown password scheme {name:?}"),
+            AuthError::Unavailable { database, why } => {
+                write!(f, "user database {database} unavailable: {why}")
+            }
+            AuthError::Config { why } => f.write_str(why),
         }
     }
 }
@@ -96,7 +145,10 @@ impl std::error::Error for AuthError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AuthError::Io { source, .. } => Some(source),
-            AuthError::TooLarge { .. } | AuthError::UnknownScheme { .. } => None,
+            AuthError::TooLarge { .. }
+            | AuthError::UnknownScheme { .. }
+            | AuthError::Unavailable { .. }
+            | AuthError::Config { .. } => None,
         }
     }
 }

@@ -15,7 +15,7 @@
 //! answer away. Users whose scheme differs from the majority still cost what
 //! their own scheme costs; that is the price of mixed files.
 //!
-//! SCRAM-SHA-256 ([`Passdb::scram_credentials`]): a `{SCRAM-SHA-256}` entry
+//! SCRAM-SHA-256 ([`FileDb::scram_credentials`]): a `{SCRAM-SHA-256}` entry
 //! gives its stored keys. A `{PLAIN}` entry gives keys derived with
 //! [`SCRAM_PLAIN_ITERATIONS`] and a salt that is stable per user and secret:
 //! the first 16 bytes of HMAC-SHA-256(scram secret, label || login name).
@@ -24,7 +24,7 @@
 //! same for users who exist and users who do not (RFC 5802 §5.1), and costs
 //! what the most common kind of user costs (a PBKDF2 when most are `{PLAIN}`).
 //! The scram secret is random per process unless the operator sets one
-//! ([`Passdb::with_scram_secret`]); servers that share a passwd-file should
+//! ([`FileDb::with_scram_secret`]); servers that share a passwd-file should
 //! share the secret too, or the salts of `{PLAIN}` and unknown users differ
 //! between them while those of `{SCRAM-SHA-256}` users do not.
 
@@ -57,10 +57,10 @@ const PROBLEMS_LOGGED_MAX: usize = 100;
 
 /// Used when no user has a verifiable password: SHA512-CRYPT at the default
 /// 5000 rounds, of a random password nobody kept.
-const FALLBACK_DUMMY: &str = "$6$shardpopdummy.00$W3XwoAbpOhF.N8TfRU.6Gq99F1ODxLq29AvXDv9nx4WXkIyDr6BS6kGrRrXgtsZYhcvj3b.0eUQxwy49jY2.11";
+pub(crate) const FALLBACK_DUMMY: &str = "$6$shardpopdummy.00$W3XwoAbpOhF.N8TfRU.6Gq99F1ODxLq29AvXDv9nx4WXkIyDr6BS6kGrRrXgtsZYhcvj3b.0eUQxwy49jY2.11";
 
 /// Hashed into APOP digests for unknown users, so they cost an MD5 too.
-const APOP_DUMMY_PASSWORD: &[u8] = b"shardpop-apop-dummy";
+pub(crate) const APOP_DUMMY_PASSWORD: &[u8] = b"shardpop-apop-dummy";
 
 /// PBKDF2 iterations of the SCRAM-SHA-256 keys derived from a `{PLAIN}`
 /// password: Dovecot's default and RFC 7677's minimum.
@@ -78,8 +78,8 @@ const SCRAM_FAKE_PASSWORD_LABEL: &[u8] = b"shardpop scram fake password\0";
 const SCRAM_FAKE_STORED_LABEL: &[u8] = b"shardpop scram fake stored key\0";
 const SCRAM_FAKE_SERVER_LABEL: &[u8] = b"shardpop scram fake server key\0";
 
-/// A passwd-file, shared by the worker pool threads (`Arc<Passdb>`).
-pub struct Passdb {
+/// A passwd-file, shared by the worker pool threads (`Arc<FileDb>`).
+pub(crate) struct FileDb {
     path: PathBuf,
     check_interval: Duration,
     current: RwLock<Current>,
@@ -113,6 +113,9 @@ impl Failure {
             AuthError::Io { source, .. } => Failure::Io(source.kind(), source.to_string()),
             // `load` never fails this way; kept total rather than panicking.
             AuthError::UnknownScheme { name } => Failure::Io(io::ErrorKind::Other, name.clone()),
+            other @ (AuthError::Unavailable { .. } | AuthError::Config { .. }) => {
+                Failure::Io(io::ErrorKind::Other, other.to_string())
+            }
         }
     }
 
@@ -167,9 +170,9 @@ struct Table {
 /// How a user's SCRAM keys look from outside and what they cost to make:
 /// the iteration count, and whether a PBKDF2 runs at lookup (`{PLAIN}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ScramClass {
-    iterations: u32,
-    derived: bool,
+pub(crate) struct ScramClass {
+    pub(crate) iterations: u32,
+    pub(crate) derived: bool,
 }
 
 impl Table {
@@ -193,7 +196,7 @@ impl Table {
     }
 }
 
-fn plaintext(entry: &Entry) -> Option<&[u8]> {
+pub(crate) fn plaintext(entry: &Entry) -> Option<&[u8]> {
     match &entry.password {
         Password::Stored(stored) => stored.plaintext(),
         Password::Any | Password::Locked => None,
@@ -262,17 +265,17 @@ fn pick_scram_class(users: &HashMap<String, Entry>) -> ScramClass {
         )
 }
 
-impl Passdb {
+impl FileDb {
     /// Loads the passwd-file at `path` now. Bad lines are logged and
     /// skipped; a file that cannot be read is an error.
-    pub fn open(path: &Path) -> Result<Passdb, AuthError> {
-        Passdb::open_with_interval(path, RELOAD_CHECK_INTERVAL)
+    pub fn open(path: &Path) -> Result<FileDb, AuthError> {
+        FileDb::open_with_interval(path, RELOAD_CHECK_INTERVAL)
     }
 
     pub(crate) fn open_with_interval(
         path: &Path,
         check_interval: Duration,
-    ) -> Result<Passdb, AuthError> {
+    ) -> Result<FileDb, AuthError> {
         let table = load(path)?;
         tracing::info!(
             path = %path.display(),
@@ -280,7 +283,7 @@ impl Passdb {
             dummy_scheme = %table.dummy.scheme(),
             "passwd-file loaded"
         );
-        Ok(Passdb {
+        Ok(FileDb {
             path: path.to_owned(),
             check_interval,
             has_plaintext: AtomicBool::new(table.has_plaintext),
@@ -297,7 +300,7 @@ impl Passdb {
     /// users (see the module doc). It should be at least 16 random bytes,
     /// kept private, and the same on every server of one passwd-file; while
     /// it stays the same, those salts do too.
-    pub fn with_scram_secret(mut self, secret: &[u8]) -> Passdb {
+    pub fn with_scram_secret(mut self, secret: &[u8]) -> FileDb {
         self.scram_secret = secret.into();
         self
     }
@@ -339,7 +342,7 @@ impl Passdb {
     /// Checks an APOP login: `digest_hex` must be the hex MD5 of
     /// `challenge` (our greeting's timestamp) followed by the password, and
     /// only users with a plaintext password can pass. Results as for
-    /// [`Passdb::verify_plain`].
+    /// [`FileDb::verify_plain`].
     pub fn verify_apop(
         &self,
         user: &str,
@@ -403,28 +406,11 @@ impl Passdb {
 
     /// The stable per-user salt of derived and made-up SCRAM keys.
     fn scram_salt(&self, key: &str) -> Vec<u8> {
-        let mac = hmac_sha256(&self.scram_secret, &[SCRAM_SALT_LABEL, key.as_bytes()]);
-        mac[..SCRAM_SALT_BYTES].to_vec()
+        scram_salt(&self.scram_secret, key)
     }
 
-    /// Credentials for a user who is not there, deterministic per name so
-    /// that asking twice gives the same salt, as for a real user.
     fn scram_fake(&self, table: &Table, key: &str) -> ScramCredentials {
-        let class = table.scram_fake;
-        let salt = self.scram_salt(key);
-        let mac = |label: &[u8]| hmac_sha256(&self.scram_secret, &[label, key.as_bytes()]);
-        let keys = if class.derived {
-            // Costs the PBKDF2 a `{PLAIN}` user costs.
-            ScramKeys::derive(&mac(SCRAM_FAKE_PASSWORD_LABEL), &salt, class.iterations)
-        } else {
-            ScramKeys {
-                iterations: class.iterations,
-                salt,
-                stored_key: mac(SCRAM_FAKE_STORED_LABEL),
-                server_key: mac(SCRAM_FAKE_SERVER_LABEL),
-            }
-        };
-        ScramCredentials::new(keys, None)
+        scram_fake(&self.scram_secret, table.scram_fake, key)
     }
 
     /// Whether any user has a plaintext password, so APOP can work and the
@@ -496,8 +482,33 @@ impl Passdb {
     }
 }
 
+/// The stable per-user salt of derived and made-up SCRAM keys.
+pub(crate) fn scram_salt(secret: &[u8], key: &str) -> Vec<u8> {
+    let mac = hmac_sha256(secret, &[SCRAM_SALT_LABEL, key.as_bytes()]);
+    mac[..SCRAM_SALT_BYTES].to_vec()
+}
+
+/// Credentials for a user who is not there, deterministic per name so
+/// that asking twice gives the same salt, as for a real user.
+pub(crate) fn scram_fake(secret: &[u8], class: ScramClass, key: &str) -> ScramCredentials {
+    let salt = scram_salt(secret, key);
+    let mac = |label: &[u8]| hmac_sha256(secret, &[label, key.as_bytes()]);
+    let keys = if class.derived {
+        // Costs the PBKDF2 a `{PLAIN}` user costs.
+        ScramKeys::derive(&mac(SCRAM_FAKE_PASSWORD_LABEL), &salt, class.iterations)
+    } else {
+        ScramKeys {
+            iterations: class.iterations,
+            salt,
+            stored_key: mac(SCRAM_FAKE_STORED_LABEL),
+            server_key: mac(SCRAM_FAKE_SERVER_LABEL),
+        }
+    };
+    ScramCredentials::new(keys, None)
+}
+
 /// The answer for a user whose password did or did not match.
-fn admit(matched: bool, key: String, entry: &Entry) -> Option<UserEntry> {
+pub(crate) fn admit(matched: bool, key: String, entry: &Entry) -> Option<UserEntry> {
     (matched && !entry.nologin && !entry.fail).then(|| UserEntry {
         user: key,
         home: entry.home.clone(),
@@ -509,7 +520,7 @@ fn admit(matched: bool, key: String, entry: &Entry) -> Option<UserEntry> {
 ///
 /// # Panics
 /// If the operating system's random number generator fails.
-fn random_secret() -> Box<[u8]> {
+pub(crate) fn random_secret() -> Box<[u8]> {
     let mut secret = [0u8; SCRAM_SECRET_BYTES];
     SystemRandom::new()
         .fill(&mut secret)
@@ -576,10 +587,10 @@ fn report(path: &Path, problems: &[Problem]) {
     }
 }
 
-impl fmt::Debug for Passdb {
+impl fmt::Debug for FileDb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.current.read();
-        f.debug_struct("Passdb")
+        f.debug_struct("FileDb")
             .field("path", &self.path)
             .field("users", &current.table.users.len())
             .field("failure", &current.failure)

@@ -25,6 +25,11 @@ impl Fixture {
         Passdb::open_with_interval(&self.path, Duration::ZERO).unwrap()
     }
 
+    /// The passwd-file passdb itself, for tests of its internals.
+    pub(crate) fn open_file(&self) -> super::passdb::FileDb {
+        super::passdb::FileDb::open_with_interval(&self.path, Duration::ZERO).unwrap()
+    }
+
     /// Replaces the file by rename, as editors and config tools do.
     pub(crate) fn replace(&self, text: &str) {
         let next = self.dir.path().join("users.new");

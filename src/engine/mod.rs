@@ -132,8 +132,7 @@ pub fn serve(config: &Config) -> Result<(), StartError> {
 
 /// Loads the passdb (with the operator's SCRAM secret, if any).
 fn load_passdb(config: &Config) -> Result<Passdb, StartError> {
-    let passwd_file = config.auth.passwd_file.as_deref().expect("validated");
-    let mut passdb = Passdb::open(passwd_file).map_err(StartError::Passdb)?;
+    let mut passdb = Passdb::from_config(config).map_err(StartError::Passdb)?;
     if let Some(path) = &config.auth.scram_secret_file {
         let secret = std::fs::read(path).map_err(|source| StartError::ScramSecret {
             path: path.clone(),
@@ -150,15 +149,22 @@ fn load_passdb(config: &Config) -> Result<Passdb, StartError> {
     Ok(passdb)
 }
 
+/// Called once every listener is bound, with the bound addresses.
+pub type ReadyHook<'a> = Box<dyn FnOnce(&[listen::Bound]) + 'a>;
+/// Reads the configuration again (SIGHUP).
+pub type ReloadHook = Box<dyn Fn() -> Result<Config, String> + Send>;
+/// Applies a log filter (SIGHUP).
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
 /// What a caller of [`serve_hooked`] plugs in.
 pub struct Hooks<'a> {
     /// Every listener is bound (port 0 resolved).
-    pub ready: Box<dyn FnOnce(&[listen::Bound]) + 'a>,
+    pub ready: ReadyHook<'a>,
     /// SIGHUP: the configuration as it reads now (the file, flags over it),
     /// validated; `None`: SIGHUP reloads the TLS files only.
-    pub reload: Option<Box<dyn Fn() -> Result<Config, String> + Send>>,
+    pub reload: Option<ReloadHook>,
     /// Applies a changed `log.level` (SIGHUP).
-    pub log_level: Option<Box<dyn Fn(&str) -> Result<(), String> + Send>>,
+    pub log_level: Option<LogLevelHook>,
     /// Shutdown has started (SIGTERM/SIGINT): e.g. systemd's STOPPING=1.
     pub stopping: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -269,7 +275,7 @@ pub fn serve_hooked(config: &Config, hooks: Hooks<'_>) -> Result<(), StartError>
                         Some(read) => {
                             let reloaded = reload::apply(
                                 read,
-                                log_level.as_deref(),
+                                log_level.as_ref(),
                                 &running,
                                 &signal_process,
                                 &logins,

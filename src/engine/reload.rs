@@ -14,8 +14,8 @@ use crate::config::Config;
 /// Reads the configuration with `read` and applies it; returns what now
 /// runs (restart-only settings kept as they were), or `None` when refused.
 pub fn apply(
-    read: &dyn Fn() -> Result<Config, String>,
-    log_level: Option<&(dyn Fn(&str) -> Result<(), String> + Send)>,
+    read: &super::ReloadHook,
+    log_level: Option<&super::LogLevelHook>,
     running: &Config,
     process: &Process,
     logins: &Logins,
@@ -35,12 +35,6 @@ pub fn apply(
         Ok(ctx) => ctx,
         Err(e) => return refuse(&e.to_string()),
     };
-    if let (Some(set), Some(level)) = (log_level, &next.log.level)
-        && running.log.level.as_ref() != Some(level)
-        && let Err(e) = set(level)
-    {
-        return refuse(&e);
-    }
     for name in keep_restart_only(running, &mut next) {
         tracing::warn!("SIGHUP: {name} changed; it takes effect at the next restart");
     }
@@ -52,6 +46,14 @@ pub fn apply(
     process.replace_settings(Settings::new(&next));
     tls(process.tls.as_deref());
     tracing::info!("SIGHUP: configuration reloaded");
+    // Last, so the line above is written at the level it was asked at.
+    // `validate` has parsed the filter already.
+    if let (Some(set), Some(level)) = (log_level, &next.log.level)
+        && running.log.level.as_ref() != Some(level)
+        && let Err(e) = set(level)
+    {
+        tracing::error!("SIGHUP: log.level {level:?} not applied: {e}");
+    }
     Some(next)
 }
 

@@ -241,20 +241,19 @@ fn run(ctx: &LoginContext, job: Job) {
             (reply, outcome)
         }
         Job::ScramLookup { reply, user } => {
-            let credentials = match ctx.passdb.scram_credentials(&user) {
-                Ok(c) => c,
-                Err(e) => {
+            // A passdb that cannot answer is a temporary failure, as for
+            // USER/PASS: -ERR [SYS/TEMP] and no penalty.
+            let credentials = ctx.passdb.scram_credentials(&user).inspect_err(|e| {
+                if !e.logged() {
                     tracing::error!(user = %user, error = %e, "passdb lookup failed");
-                    None
                 }
-            };
+            });
             let mut nonce = vec![0u8; crate::auth::sasl::SERVER_NONCE_BYTES_MIN + 2];
-            let outcome = match ring::rand::SecureRandom::fill(
-                &ring::rand::SystemRandom::new(),
-                &mut nonce,
-            ) {
-                Ok(()) => Outcome::ScramCredentials { credentials, nonce },
-                Err(_) => Outcome::LoginFailed {
+            let filled =
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+            let outcome = match (credentials, filled) {
+                (Ok(credentials), Ok(())) => Outcome::ScramCredentials { credentials, nonce },
+                _ => Outcome::LoginFailed {
                     why: LoginFailure::Temporary,
                     user,
                 },
@@ -318,7 +317,9 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
         Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
         Ok(_) => return failed(LoginFailure::BadCredentials),
         Err(e) => {
-            tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
+            if !e.logged() {
+                tracing::error!(user = %shown, %peer, error = %e, "passdb lookup failed");
+            }
             return failed(LoginFailure::Temporary);
         }
     };

@@ -300,6 +300,12 @@ impl Server {
         server
     }
 
+    /// The configuration file the server was started with (to rewrite it
+    /// before a SIGHUP).
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
     /// The log as it grows, readable after the server is gone.
     pub fn log_handle(&self) -> Arc<Mutex<String>> {
         Arc::clone(&self.log)

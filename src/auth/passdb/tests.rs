@@ -33,15 +33,15 @@ fn users() -> String {
 #[test]
 fn passdb_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Passdb>();
-    assert_send_sync::<Arc<Passdb>>();
+    assert_send_sync::<FileDb>();
+    assert_send_sync::<Arc<FileDb>>();
 }
 
 #[test]
 fn open_missing_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent");
-    match Passdb::open(&path) {
+    match FileDb::open(&path) {
         Err(AuthError::Io { path: p, source }) => {
             assert_eq!(p, path);
             assert_eq!(source.kind(), io::ErrorKind::NotFound);
@@ -54,7 +54,7 @@ fn open_missing_file_is_an_error() {
 fn open_directory_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
-        Passdb::open(dir.path()),
+        FileDb::open(dir.path()),
         Err(AuthError::Io { .. })
     ));
 }
@@ -68,7 +68,7 @@ fn open_too_large_file_is_refused_without_reading_it() {
         .unwrap()
         .set_len(PASSWD_FILE_BYTES_MAX + 1)
         .unwrap();
-    match Passdb::open(&fixture.path) {
+    match FileDb::open(&fixture.path) {
         Err(AuthError::TooLarge { bytes, .. }) => assert_eq!(bytes, PASSWD_FILE_BYTES_MAX + 1),
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -112,7 +112,7 @@ fn logins_are_lower_cased() {
 #[test]
 fn unknown_user_and_wrong_password_look_the_same() {
     let fixture = Fixture::new(&users());
-    let passdb = fixture.open();
+    let passdb = fixture.open_file();
     let wrong = passdb.verify_plain("alice", b"wrong").unwrap();
     let unknown = passdb.verify_plain("mallory", b"wrong").unwrap();
     let unknown_right = passdb.verify_plain("mallory", b"secret").unwrap();
@@ -305,7 +305,7 @@ fn reload_on_rename_and_on_rewrite() {
 #[test]
 fn reload_waits_for_the_check_interval() {
     let fixture = Fixture::new("alice:{PLAIN}one\n");
-    let passdb = Passdb::open_with_interval(&fixture.path, Duration::from_secs(3600)).unwrap();
+    let passdb = FileDb::open_with_interval(&fixture.path, Duration::from_secs(3600)).unwrap();
     fixture.replace("alice:{PLAIN}two\n");
     assert!(
         passdb.verify_plain("alice", b"one").unwrap().is_some(),
@@ -368,7 +368,7 @@ fn dummy_is_the_most_common_cost_class() {
     let text =
         format!("a:{CRYPT_DEFAULT_ROUNDS}\nb:{CRYPT_SECRET}\nc:{CRYPT_OTHER}\nd:{{PLAIN}}x\n");
     let fixture = Fixture::new(&text);
-    let passdb = fixture.open();
+    let passdb = fixture.open_file();
     let want = StoredPassword::parse(CRYPT_SECRET).unwrap().cost();
     assert_ne!(
         want,
@@ -377,14 +377,14 @@ fn dummy_is_the_most_common_cost_class() {
     assert_eq!(passdb.table().unwrap().dummy.cost(), want);
     // On a tie the earliest line wins, whatever the map's order.
     let fixture = Fixture::new(&format!("b:{{PLAIN}}x\na:{CRYPT_DEFAULT_ROUNDS}\n"));
-    let passdb = fixture.open();
+    let passdb = fixture.open_file();
     assert_eq!(passdb.table().unwrap().dummy.scheme(), Scheme::Plain);
 }
 
 #[test]
 fn dummy_without_any_password_is_sha512_crypt() {
     let fixture = Fixture::new("locked\nanyone:::::::nopassword\n");
-    let passdb = fixture.open();
+    let passdb = fixture.open_file();
     let dummy = &passdb.table().unwrap().dummy;
     assert_eq!(dummy.scheme(), Scheme::Sha512Crypt);
     assert!(passdb.verify_plain("mallory", b"x").unwrap().is_none());

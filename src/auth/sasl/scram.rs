@@ -64,6 +64,19 @@ impl ScramCredentials {
         ScramCredentials { keys, user }
     }
 
+    /// The same keys with the user passed through `f` (the userdb); a
+    /// user `f` refuses leaves credentials that can never succeed.
+    pub(crate) fn map_user<E>(
+        self,
+        f: impl FnOnce(Option<UserEntry>) -> Result<Option<UserEntry>, E>,
+    ) -> Result<Option<ScramCredentials>, E> {
+        let user = f(self.user)?;
+        Ok(Some(ScramCredentials {
+            keys: self.keys,
+            user,
+        }))
+    }
+
     /// The PBKDF2 iteration count the client is told to use.
     pub fn iterations(&self) -> u32 {
         self.keys.iterations
