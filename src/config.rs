@@ -722,6 +722,26 @@ impl Config {
         Ok(())
     }
 
+    /// For a SIGHUP reload: the settings of `new` that differ from `self`
+    /// and take effect only at a restart (what is bound, what runs), by
+    /// their TOML names, so one log line can say which were not applied.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        [
+            ("server.listen", a.listen != b.listen),
+            ("tls.listen", self.tls.listen != new.tls.listen),
+            ("server.shards", self.shards() != new.shards()),
+            ("server.workers", self.workers() != new.workers()),
+            ("server.engine", a.engine != b.engine),
+            ("server.user", a.user != b.user),
+            ("server.group", a.group != b.group),
+            ("metrics.listen", self.metrics.listen != new.metrics.listen),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+
     /// Shards to run.
     pub fn shards(&self) -> usize {
         match self.server.shards {
@@ -1050,6 +1070,25 @@ mod tests {
         );
         c.metrics.listen = Some("127.0.0.1:9110".parse().unwrap());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let old = valid();
+        let mut new = old.clone();
+        assert!(old.restart_only_changes(&new).is_empty());
+        // Reloadable settings are not named.
+        new.server.proxy_from = vec!["10.0.0.0/8".parse().unwrap()];
+        new.limits.login_timeout_ms = 1000;
+        new.auth.penalty_block_ms = 1;
+        assert!(old.restart_only_changes(&new).is_empty());
+        new.server.listen = vec!["127.0.0.1:1110".parse().unwrap()];
+        new.server.engine = Engine::Epoll;
+        new.metrics.listen = Some("127.0.0.1:9110".parse().unwrap());
+        assert_eq!(
+            old.restart_only_changes(&new),
+            vec!["server.listen", "server.engine", "metrics.listen"]
+        );
     }
 
     #[test]
