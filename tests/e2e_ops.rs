@@ -336,3 +336,61 @@ fn a_second_serve_on_the_same_address_fails(engine: Engine) {
     assert!(c.cmd("QUIT").starts_with("+OK"));
 }
 engine_test!(a_second_serve_on_the_same_address_fails);
+
+/// A zero-downtime restart: the new process binds beside the old one with
+/// --takeover, the old one is told to stop and drains, and no client is
+/// refused meanwhile.
+fn takeover_restarts_without_refusing_a_client(engine: Engine) {
+    let tree = tree();
+    let old = Server::start(&tree, engine);
+    let child = Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        .args(["serve", "--engine", engine.arg(), "--takeover", "--listen"])
+        .arg(old.addr.to_string())
+        .arg("--passwd-file")
+        .arg(tree.passwd())
+        .arg("--mail-location")
+        .arg(tree.location())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut new = Reap(child);
+    // Started: it accepts beside the old one (the kernel spreads new
+    // connections over both).
+    let deadline = std::time::Instant::now() + common::IO_TIMEOUT;
+    let stderr = new.0.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new server did not start"
+        );
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening") => break,
+            Some(_) => {}
+            None => panic!("the new server exited: {:?}", new.0.try_wait()),
+        }
+    }
+    // A session on the old process survives its SIGTERM (grace period).
+    let mut in_progress = old.connect();
+    in_progress.cmd("USER alice");
+    old.signal(libc::SIGTERM);
+    // Every new client is served, by the new process once the old one has
+    // closed its listeners.
+    let addr = old.addr;
+    for _ in 0..50 {
+        let mut c = common::Client::connect(addr);
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+    }
+    assert!(
+        in_progress.cmd("PASS secret").starts_with("+OK"),
+        "the old session was cut"
+    );
+    assert!(in_progress.cmd("QUIT").starts_with("+OK"));
+    assert!(
+        new.0.try_wait().unwrap().is_none(),
+        "the new server stopped"
+    );
+}
+engine_test!(takeover_restarts_without_refusing_a_client);

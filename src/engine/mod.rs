@@ -214,7 +214,7 @@ pub fn serve_hooked(config: &Config, hooks: Hooks<'_>) -> Result<(), StartError>
         .map(|&a| (a, false))
         .chain(config.tls.listen.iter().map(|&a| (a, true)))
         .collect();
-    let (bound, listeners) = listen::bind_all(&addrs, shards)?;
+    let (bound, listeners) = listen::bind_all_with(&addrs, shards, config.server.takeover)?;
     for (addr, implicit_tls) in &bound {
         tracing::info!(%addr, tls = implicit_tls, shards, "listening");
     }
