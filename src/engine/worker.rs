@@ -362,3 +362,66 @@ fn maildir_of(ctx: &LoginContext, entry: &UserEntry) -> Result<PathBuf, store::L
     };
     location.expand(&entry.user, entry.home.as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct NoWake;
+    impl super::super::waker::Wake for NoWake {
+        fn wake(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn done(id: u64) -> Done {
+        Done {
+            conn: ConnRef { slot: 0, id },
+            outcome: Outcome::Committed { failed: 0 },
+        }
+    }
+
+    #[test]
+    fn a_full_job_queue_gives_the_job_back_at_once() {
+        let (jobs, _rx) = Jobs::bounded(1);
+        let (port, _done) = ShardPort::new(Arc::new(NoWake));
+        let job = || Job::ScramLookup {
+            reply: Reply {
+                port: Arc::clone(&port),
+                conn: ConnRef { slot: 0, id: 1 },
+                peer: "127.0.0.1:1".parse().unwrap(),
+            },
+            user: "alice".into(),
+        };
+        assert!(jobs.submit(job()).is_ok());
+        assert_eq!(jobs.depth(), 1);
+        // Never blocks: the second job comes back to be answered.
+        assert!(matches!(
+            jobs.submit(job()),
+            Err(Full(Job::ScramLookup { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_full_completion_channel_makes_the_worker_wait_and_loses_nothing() {
+        let (port, done_rx) = ShardPort::new(Arc::new(NoWake));
+        for id in 0..DONE_QUEUE_MAX as u64 {
+            port.done.try_send(done(id)).unwrap();
+        }
+        let sender = Arc::clone(&port);
+        let worker = std::thread::spawn(move || sender.done.send(done(u64::MAX)).is_ok());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!worker.is_finished(), "the worker did not wait for room");
+        // The shard drains: the waiting completion goes in, none is lost.
+        let mut seen = 0;
+        while let Ok(d) = done_rx.recv_timeout(Duration::from_secs(5)) {
+            seen += 1;
+            if d.conn.id == u64::MAX {
+                break;
+            }
+        }
+        assert!(worker.join().unwrap());
+        assert_eq!(seen, DONE_QUEUE_MAX + 1);
+    }
+}
