@@ -92,23 +92,39 @@ fn two_nodes(tree: &Tree, engine: Engine, toml: &str) -> (Server, Server) {
     )
 }
 
-fn haproxy(dir: &Path, nodes: [&Server; 2], send_proxy: &str) -> (Reaped, u16) {
-    let port = free_port();
-    let cfg = dir.join(format!("haproxy-{port}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n    maxconn 2000\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
-             frontend pop3\n    bind 127.0.0.1:{port}\n    default_backend nodes\n\
-             backend nodes\n    balance roundrobin\n\
-             \x20   default-server check inter 300ms check-send-proxy {send_proxy}\n\
-             \x20   server a {a}\n    server b {b}\n",
-            a = nodes[0].addr,
-            b = nodes[1].addr,
-        ),
-    )
-    .unwrap();
+/// HAProxy with three frontends: one that balances over both nodes (round
+/// robin), and one per node, so a test can pick the node deterministically.
+struct Haproxy {
+    _process: Reaped,
+    both: u16,
+    to_a: u16,
+    to_b: u16,
+}
+
+fn haproxy(dir: &Path, nodes: [&Server; 2], send_proxy: &str) -> Haproxy {
+    let (both, to_a, to_b) = (free_port(), free_port(), free_port());
+    let cfg = dir.join(format!("haproxy-{both}.cfg"));
+    let backend = |name: &str, servers: &[(&str, &Server)]| {
+        let mut b = format!(
+            "backend {name}\n    balance roundrobin\n    default-server check inter 300ms check-send-proxy {send_proxy}\n"
+        );
+        for (id, node) in servers {
+            b += &format!("    server {id} {}\n", node.addr);
+        }
+        b
+    };
+    let text = format!(
+        "global\n    maxconn 2000\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+         frontend both\n    bind 127.0.0.1:{both}\n    default_backend nodes\n\
+         frontend to_a\n    bind 127.0.0.1:{to_a}\n    default_backend node_a\n\
+         frontend to_b\n    bind 127.0.0.1:{to_b}\n    default_backend node_b\n\
+         {}{}{}",
+        backend("nodes", &[("a", nodes[0]), ("b", nodes[1])]),
+        backend("node_a", &[("a", nodes[0])]),
+        backend("node_b", &[("b", nodes[1])]),
+    );
+    std::fs::write(&cfg, text).unwrap();
     let mut child = Command::new("haproxy")
         .args(["-db", "-f"])
         .arg(&cfg)
@@ -116,8 +132,15 @@ fn haproxy(dir: &Path, nodes: [&Server; 2], send_proxy: &str) -> (Reaped, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("haproxy (Debian's haproxy package) is installed");
-    wait_listening(port, "haproxy", &mut child);
-    (Reaped(child), port)
+    for port in [both, to_a, to_b] {
+        wait_listening(port, "haproxy", &mut child);
+    }
+    Haproxy {
+        _process: Reaped(child),
+        both,
+        to_a,
+        to_b,
+    }
 }
 
 fn both_logs(a: &Server, b: &Server) -> String {
@@ -145,17 +168,19 @@ fn haproxy_passes_the_client_address_and_the_lock_spans_nodes(engine: Engine) {
         "[auth]\nplaintext_auth = \"always\"\nfailure_delay_ms = 0\npenalty_failures_before_block = 2\npenalty_block_ms = 60000\n",
     );
     for send_proxy in ["send-proxy-v2", "send-proxy"] {
-        let (_haproxy, port) = haproxy(tree.root(), [&a, &b], send_proxy);
-        // The client's own address reaches the node's log.
-        let mut c = connect_from([127, 0, 0, 9], port);
-        c.login("u0", "pw");
-        assert!(c.cmd("QUIT").starts_with("+OK"));
-        wait_both(&a, &b, "pop3 login: user=<u0>, rip=127.0.0.9");
-        // Round robin: two logins land on different nodes, and the second
-        // meets the first one's lock.
-        let mut first = connect_from([127, 0, 0, 9], port);
+        let h = haproxy(tree.root(), [&a, &b], send_proxy);
+        // The client's own address reaches each node's log.
+        for (port, node) in [(h.to_a, &a), (h.to_b, &b)] {
+            let mut c = connect_from([127, 0, 0, 9], port);
+            c.login("u0", "pw");
+            assert!(c.cmd("QUIT").starts_with("+OK"));
+            node.wait_log("pop3 login: user=<u0>, rip=127.0.0.9");
+        }
+        // A login on node A makes a simultaneous one on node B answer
+        // [IN-USE]: the lock spans processes.
+        let mut first = connect_from([127, 0, 0, 9], h.to_a);
         first.login("u1", "pw");
-        let mut second = connect_from([127, 0, 0, 9], port);
+        let mut second = connect_from([127, 0, 0, 9], h.to_b);
         second.cmd("USER u1");
         let answer = second.cmd("PASS pw");
         assert!(
@@ -163,8 +188,11 @@ fn haproxy_passes_the_client_address_and_the_lock_spans_nodes(engine: Engine) {
             "{send_proxy}: {answer}"
         );
         assert!(first.cmd("QUIT").starts_with("+OK"));
+        // Once A is done, B serves it.
+        let mut again = connect_from([127, 0, 0, 9], h.to_b);
+        again.login("u1", "pw");
+        assert!(again.cmd("QUIT").starts_with("+OK"));
     }
-    assert!(a.log().contains("pop3 login:") && b.log().contains("pop3 login:"));
     // HAProxy's health checks carry a header too (v2 LOCAL / v1 UNKNOWN):
     // no node waited for one in vain.
     assert!(
@@ -172,20 +200,21 @@ fn haproxy_passes_the_client_address_and_the_lock_spans_nodes(engine: Engine) {
         "{}",
         both_logs(&a, &b)
     );
-    // Penalties hit the client, not the proxy: 127.0.0.10 fails on both
-    // nodes until it is refused; 127.0.0.11 through the same HAProxy is not.
-    let (_haproxy, port) = haproxy(tree.root(), [&a, &b], "send-proxy-v2");
-    for _ in 0..4 {
+    // Penalties hit the client, not the proxy: 127.0.0.10 fails on each
+    // node until each refuses it; 127.0.0.11 through the same HAProxy is
+    // served.
+    let h = haproxy(tree.root(), [&a, &b], "send-proxy-v2");
+    for port in [h.to_a, h.to_a, h.to_b, h.to_b] {
         let mut c = connect_from([127, 0, 0, 10], port);
         c.cmd("USER u2");
         assert!(c.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
     }
-    for _ in 0..2 {
+    for port in [h.to_a, h.to_b, h.both] {
         let mut s = connect_from_silent([127, 0, 0, 10], port);
         let greeting = s.line();
         assert!(greeting.contains("Too many failed logins"), "{greeting}");
     }
-    let mut ok = connect_from([127, 0, 0, 11], port);
+    let mut ok = connect_from([127, 0, 0, 11], h.both);
     ok.login("u2", "pw");
     wait_both(
         &a,
@@ -198,7 +227,8 @@ engine_test!(a_load_run_through_haproxy_has_no_error);
 fn a_load_run_through_haproxy_has_no_error(engine: Engine) {
     let tree = tree(16);
     let (a, b) = two_nodes(&tree, engine, "[auth]\nfailure_delay_ms = 0\n");
-    let (_haproxy, port) = haproxy(tree.root(), [&a, &b], "send-proxy-v2");
+    let h = haproxy(tree.root(), [&a, &b], "send-proxy-v2");
+    let port = h.both;
     let users = tree.root().join("users.txt");
     let list: String = (0..16).map(|i| format!("u{i} pw\n")).collect();
     std::fs::write(&users, list).unwrap();
