@@ -82,6 +82,11 @@ def one_line(record):
     """A progress line for one record (the script prints it after each run)."""
     if record["kind"] == "loopback":
         return f"loopback: {record['streams']} stream(s) {record['mb_per_s']:,.0f} MB/s"
+    if record["kind"] == "big":
+        m = record["median"]
+        return (f"  {record['server']:<8} big {record['user']} ({record['messages']} messages) {record['label']}: "
+                f"PASS→STAT {m['pass_to_stat_ms']} ms, LIST {m['list_ms']} ms, UIDL {m['uidl_ms']} ms "
+                f"(median of {record['sessions']})")
     if record["kind"] == "idle":
         d = record
         per = (d["pss_after_kib"] - d["pss_before_kib"]) / d["connections"]
@@ -130,6 +135,42 @@ def targets(runs, idle, limit):
         if per is not None:
             check(per <= 16, f"memory per idle connection ≤ 16 KiB at {conns}: {per:.1f} KiB")
     return lines
+
+
+def floor_lines(runs):
+    """Server CPU per login session against the canned-reply floor, same run."""
+    out = []
+    for conc in sorted({c for (s, c, srv) in runs if s == "login" and srv == "floor"}):
+        vals = {srv: median([cpu_per_1k(r) for r in runs.get(("login", conc, srv), [])])
+                for srv in ("shardpop", "dovecot", "floor")}
+        if not out:
+            out += ["", "Server CPU per login session against the canned-reply floor (loadtest floor: "
+                    "no auth, no disk), CPU s per 1,000 sessions, medians:", "",
+                    "| c | shardpop | Dovecot | floor | shardpop/floor | Dovecot/floor |", "|---:|---:|---:|---:|---:|---:|"]
+        out.append(f"| {conc} | {fmt(vals['shardpop'], 3)} | {fmt(vals['dovecot'], 3)} | {fmt(vals['floor'], 3)} | "
+                   f"{ratio(vals['shardpop'], vals['floor'])} | {ratio(vals['dovecot'], vals['floor'])} |")
+    return out
+
+
+def big_lines(bigs):
+    """The big-mailbox scenario: one row per (user, phase, timing)."""
+    if not bigs:
+        return []
+    out = ["", "One big mailbox, logins in a loop (ms, medians; first and restart are one session each):", "",
+           "| user | messages | phase | timing | shardpop | Dovecot | shardpop/Dovecot |", "|---|---:|---|---|---:|---:|---:|"]
+    keys = []
+    for r in bigs:
+        if (r["user"], r["label"]) not in keys:
+            keys.append((r["user"], r["label"]))
+    for user, label in keys:
+        rs = {r["server"]: r for r in bigs if r["user"] == user and r["label"] == label}
+        messages = next(iter(rs.values()))["messages"]
+        for timing in ("pass_to_stat_ms", "list_ms", "uidl_ms"):
+            a = rs.get("shardpop", {}).get("median", {}).get(timing)
+            b = rs.get("dovecot", {}).get("median", {}).get(timing)
+            out.append(f"| {user} | {messages} | {label} | {timing[:-3].replace('_', ' ')} | "
+                       f"{fmt(a, 2)} | {fmt(b, 2)} | {ratio(a, b)} |")
+    return out
 
 
 def main():
@@ -189,6 +230,8 @@ def main():
                    f"{fmt(vals['dovecot'], 1)} | {ratio(vals['shardpop'], vals['dovecot'])} |")
         if any(p is not None and p < conns for p in peaks.values()):
             out.append(f"| idle | {conns} | connections that reached idle | {fmt(peaks['shardpop'])} | {fmt(peaks['dovecot'])} | |")
+    out.extend(floor_lines(runs))
+    out.extend(big_lines([r for r in records if r["kind"] == "big"]))
     out.extend(targets(runs, idle, limit))
     out.append("")
     out.append("Every round of the headline metric (the table shows the median), to show the spread:")
