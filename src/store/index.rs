@@ -251,6 +251,14 @@ pub struct Parsed {
     pub total_octets: u64,
 }
 
+impl Parsed {
+    /// The header and the snapshot of the Maildir `dir` this index describes.
+    pub fn into_snapshot(self, dir: &Path) -> (Header, Snapshot) {
+        let snapshot = Snapshot::from_parts(dir, self.messages, self.names, self.total_octets);
+        (self.header, snapshot)
+    }
+}
+
 /// Little-endian reader over a slice whose length was checked first.
 struct Reader<'a> {
     bytes: &'a [u8],

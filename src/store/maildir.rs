@@ -298,10 +298,10 @@ pub fn load_at(
         cur: Identity::stat(&dir.join("cur"))?,
         uidlist: Identity::stat_optional(&dir.join(UIDLIST_FILE))?,
     };
-    let old = path.as_deref().and_then(index::read).map(|p| {
-        let snapshot = Snapshot::from_parts(dir, p.messages, p.names, p.total_octets);
-        (p.header, snapshot)
-    });
+    let old = path
+        .as_deref()
+        .and_then(index::read)
+        .map(|p| p.into_snapshot(dir));
     let stale = match &old {
         Some((header, _)) => header.stale(&now),
         None => Stale {
