@@ -3,6 +3,8 @@
 //! [--concurrency N] [--duration SECONDS] [--rate SESSIONS_PER_S] …`
 #![forbid(unsafe_code)]
 
+mod floor;
+
 use clap::{Parser, ValueEnum};
 use loadtest::corpus::{Corpus, parse_users};
 use loadtest::engine::{self, RunConfig};
@@ -29,6 +31,8 @@ enum Command {
     Idle,
     /// no server: measure loopback TCP throughput of this machine
     Loopback,
+    /// be the server: a canned-reply POP3 responder on --addr (the CPU floor)
+    Floor,
 }
 
 /// POP3 load generator: closed or open loop, body verification, HDR latencies.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.scenario {
         Command::Loopback => run_loopback(&args),
+        Command::Floor => run_floor(&args),
         _ => run_load(&args),
     };
     match result {
@@ -124,6 +129,20 @@ fn run_loopback(args: &Args) -> Result<(), String> {
         "loopback: {} stream(s), {:.1} MB/s",
         report.streams, report.mb_per_s
     );
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("report serializes")
+    );
+    Ok(())
+}
+
+fn run_floor(args: &Args) -> Result<(), String> {
+    let addr = loopback_addr(args.addr.as_deref().unwrap_or("127.0.0.1:0"))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let report =
+        floor::serve(addr, threads, seconds(args.duration)?).map_err(|e| format!("floor: {e}"))?;
     println!(
         "{}",
         serde_json::to_string(&report).expect("report serializes")
@@ -157,7 +176,7 @@ fn build_config(args: &Args) -> Result<RunConfig, String> {
         Command::Sync => Scenario::Sync,
         Command::Delete => Scenario::Delete,
         Command::Idle => Scenario::Idle,
-        Command::Loopback => unreachable!("handled before"),
+        Command::Loopback | Command::Floor => unreachable!("handled before"),
     };
     let addr = loopback_addr(args.addr.as_deref().ok_or("--addr is required")?)?;
     let users_path = args.users.as_ref().ok_or("--users is required")?;

@@ -15,7 +15,6 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 
@@ -332,14 +331,15 @@ fn open(ctx: &LoginContext, entry: &UserEntry) -> Outcome {
         why,
         user: entry.user.clone(),
     };
-    let dir = match maildir_of(ctx, entry) {
-        Ok(dir) => dir,
+    let paths = match maildir_of(ctx, entry) {
+        Ok(paths) => paths,
         Err(e) => {
             tracing::error!(user = %entry.user, error = %e, "cannot resolve the mail location");
             return failed(LoginFailure::Temporary);
         }
     };
-    match Mailbox::open(&dir, &ctx.uidl_format) {
+    let dir = &paths.maildir;
+    match Mailbox::open_paths(&paths, &ctx.uidl_format) {
         Ok(mailbox) => Outcome::LoggedIn {
             user: entry.user.clone(),
             mailbox,
@@ -354,13 +354,16 @@ fn open(ctx: &LoginContext, entry: &UserEntry) -> Outcome {
 
 /// The user's Maildir: `userdb_mail` (or `mail`) from the passwd-file's extra
 /// fields wins over the configured location, as in Dovecot.
-fn maildir_of(ctx: &LoginContext, entry: &UserEntry) -> Result<PathBuf, store::LocationError> {
+fn maildir_of(
+    ctx: &LoginContext,
+    entry: &UserEntry,
+) -> Result<store::MailPaths, store::LocationError> {
     let own = entry.extra("userdb_mail").or_else(|| entry.extra("mail"));
     let location = match own {
         Some(template) => MailLocation::parse(template)?,
         None => ctx.location.clone(),
     };
-    location.expand(&entry.user, entry.home.as_deref())
+    location.expand_paths(&entry.user, entry.home.as_deref())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub fn commit(snapshot: &Snapshot, deleted: &[usize]) -> usize {
         let path = snapshot.path(index);
         let result = match fs::remove_file(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let base = snapshot.messages[index].base_name();
+                let base = snapshot.base_name(index);
                 let names = renamed.get_or_insert_with(|| current_names(snapshot));
                 match names.get(base) {
                     Some(name) => fs::remove_file(snapshot.dir.join("cur").join(name)),

@@ -2,7 +2,10 @@
 //! as it is: `maildir:~/Maildir`, `maildir:/srv/mail/%d/%n`, with `%u`
 //! (whole user), `%n` (user part), `%d` (domain), `%h` (home), `%%`, their
 //! long forms `%{user}` `%{username}` `%{domain}` `%{home}`, and Dovecot's
-//! trailing `:KEY=value` parameters (ignored: they tune Dovecot's indexes).
+//! trailing `:KEY=value` parameters. `:INDEX=DIR` places the mailbox index
+//! (see [`super::index`]) under DIR, expanded like the path, so indexes can
+//! sit on local SSD while mail sits on NFS; `:INDEX=MEMORY` keeps none. The
+//! other parameters tune Dovecot's own files and are ignored.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -12,6 +15,28 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MailLocation {
     template: String,
+    /// The `:INDEX=` value, unexpanded.
+    index: Option<String>,
+}
+
+/// Where a user's mailbox index lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexDir {
+    /// In the Maildir itself (the default).
+    Maildir,
+    /// In this directory (`:INDEX=DIR`), created when missing.
+    At(PathBuf),
+    /// Nowhere (`:INDEX=MEMORY`): every login reads the directories.
+    Memory,
+}
+
+/// A user's Maildir and the place of its index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailPaths {
+    /// The Maildir (holding `cur/`, `new/`, `tmp/`).
+    pub maildir: PathBuf,
+    /// Where its index lives.
+    pub index: IndexDir,
 }
 
 /// Why a location cannot be used.
@@ -53,59 +78,88 @@ impl MailLocation {
         let Some(rest) = s.strip_prefix("maildir:") else {
             return Err(LocationError::UnsupportedFormat(s.to_string()));
         };
-        let template = rest.split(':').next().unwrap_or_default().to_string();
+        let mut parts = rest.split(':');
+        let template = parts.next().unwrap_or_default().to_string();
+        // A repeated INDEX= : the last one counts.
+        let index = parts
+            .rev()
+            .find_map(|p| p.strip_prefix("INDEX="))
+            .map(str::to_string);
         // Check the variables now so a typo fails at startup, not at login.
-        let probe = MailLocation { template };
-        probe.expand("u@d", Some(Path::new("/h")))?;
+        let probe = MailLocation { template, index };
+        probe.expand_paths("u@d", Some(Path::new("/h")))?;
         Ok(probe)
     }
 
     /// The maildir of `user`, whose home (if any) comes from the passdb.
     pub fn expand(&self, user: &str, home: Option<&Path>) -> Result<PathBuf, LocationError> {
-        let (name, domain) = user.split_once('@').unwrap_or((user, ""));
-        // Each part becomes a path component: it must stay one.
-        let unsafe_part = |p: &str| {
-            p == "." || p == ".." || p.bytes().any(|b| b == b'/' || b < 0x20 || b == 0x7f)
-        };
-        if name.is_empty() || unsafe_part(name) || unsafe_part(domain) {
-            return Err(LocationError::UnsafeUser);
-        }
-        let home_str = home.map(|h| h.to_string_lossy().into_owned());
-        let mut out = String::with_capacity(self.template.len() + user.len());
-        let mut rest = self.template.as_str();
-        if let Some(after) = rest.strip_prefix('~') {
-            out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?);
-            rest = after;
-        }
-        while let Some(pct) = rest.find('%') {
-            out.push_str(&rest[..pct]);
-            let after = &rest[pct + 1..];
-            let (var, tail) = if let Some(long) = after.strip_prefix('{') {
-                let end = long
-                    .find('}')
-                    .ok_or_else(|| LocationError::UnknownVariable(after.to_string()))?;
-                (&long[..end], &long[end + 1..])
-            } else {
-                let len = after.chars().next().map_or(0, char::len_utf8);
-                (&after[..len], &after[len..])
-            };
-            match var {
-                "u" | "user" => out.push_str(user),
-                "n" | "username" => out.push_str(name),
-                "d" | "domain" => out.push_str(domain),
-                "h" | "home" => out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?),
-                "%" => out.push('%'),
-                other => return Err(LocationError::UnknownVariable(format!("%{other}"))),
-            }
-            rest = tail;
-        }
-        out.push_str(rest);
-        let path = PathBuf::from(out);
-        if path.is_relative() {
-            return Err(LocationError::Relative(path));
-        }
-        Ok(path)
+        expand_template(&self.template, user, home)
     }
+
+    /// The maildir of `user` and where its index lives (`:INDEX=`).
+    pub fn expand_paths(
+        &self,
+        user: &str,
+        home: Option<&Path>,
+    ) -> Result<MailPaths, LocationError> {
+        let maildir = self.expand(user, home)?;
+        let index = match self.index.as_deref() {
+            None | Some("") => IndexDir::Maildir,
+            Some("MEMORY") => IndexDir::Memory,
+            Some(template) => IndexDir::At(expand_template(template, user, home)?),
+        };
+        Ok(MailPaths { maildir, index })
+    }
+}
+
+/// Expands one path template for `user`.
+fn expand_template(
+    template: &str,
+    user: &str,
+    home: Option<&Path>,
+) -> Result<PathBuf, LocationError> {
+    let (name, domain) = user.split_once('@').unwrap_or((user, ""));
+    // Each part becomes a path component: it must stay one.
+    let unsafe_part =
+        |p: &str| p == "." || p == ".." || p.bytes().any(|b| b == b'/' || b < 0x20 || b == 0x7f);
+    if name.is_empty() || unsafe_part(name) || unsafe_part(domain) {
+        return Err(LocationError::UnsafeUser);
+    }
+    let home_str = home.map(|h| h.to_string_lossy().into_owned());
+    let mut out = String::with_capacity(template.len() + user.len());
+    let mut rest = template;
+    if let Some(after) = rest.strip_prefix('~') {
+        out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?);
+        rest = after;
+    }
+    while let Some(pct) = rest.find('%') {
+        out.push_str(&rest[..pct]);
+        let after = &rest[pct + 1..];
+        let (var, tail) = if let Some(long) = after.strip_prefix('{') {
+            let end = long
+                .find('}')
+                .ok_or_else(|| LocationError::UnknownVariable(after.to_string()))?;
+            (&long[..end], &long[end + 1..])
+        } else {
+            let len = after.chars().next().map_or(0, char::len_utf8);
+            (&after[..len], &after[len..])
+        };
+        match var {
+            "u" | "user" => out.push_str(user),
+            "n" | "username" => out.push_str(name),
+            "d" | "domain" => out.push_str(domain),
+            "h" | "home" => out.push_str(home_str.as_deref().ok_or(LocationError::NoHome)?),
+            "%" => out.push('%'),
+            other => return Err(LocationError::UnknownVariable(format!("%{other}"))),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    let path = PathBuf::from(out);
+    if path.is_relative() {
+        return Err(LocationError::Relative(path));
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -146,6 +200,39 @@ mod tests {
             None,
             "/m/%/z",
         );
+    }
+
+    #[test]
+    fn index_parameter() {
+        let paths = |t: &str, u: &str| {
+            MailLocation::parse(t)
+                .unwrap()
+                .expand_paths(u, Some(Path::new("/home/x")))
+                .unwrap()
+        };
+        let p = paths("maildir:/m/%d/%n:INDEX=/var/idx/%d/%n:LAYOUT=fs", "a@b.org");
+        assert_eq!(p.maildir, PathBuf::from("/m/b.org/a"));
+        assert_eq!(p.index, IndexDir::At(PathBuf::from("/var/idx/b.org/a")));
+        assert_eq!(
+            paths("maildir:~/Maildir:INDEX=%h/idx", "u").index,
+            IndexDir::At(PathBuf::from("/home/x/idx"))
+        );
+        assert_eq!(paths("maildir:~/M", "u").index, IndexDir::Maildir);
+        assert_eq!(
+            paths("maildir:~/M:INDEX=MEMORY", "u").index,
+            IndexDir::Memory
+        );
+        assert!(matches!(
+            MailLocation::parse("maildir:/m/%u:INDEX=/i/%q"),
+            Err(LocationError::UnknownVariable(_))
+        ));
+        assert!(matches!(
+            MailLocation::parse("maildir:/m/%u:INDEX=rel/%u"),
+            Err(LocationError::Relative(_))
+        ));
+        // The index dir is checked for unsafe users like the Maildir.
+        let l = MailLocation::parse("maildir:/m/%u:INDEX=/i/%u").unwrap();
+        assert_eq!(l.expand_paths("..", None), Err(LocationError::UnsafeUser));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! shardpop during a rolling restart). The guard releases both when it is
 //! dropped, so a dropped connection frees its mailbox at once, and a crashed
 //! process frees it because the kernel drops its flocks.
+//!
+//! A Maildir the server may not write (read-only mount, or owned by someone
+//! else) is locked through a read-only descriptor (flock needs no write
+//! access): the lock file if it exists, else the Maildir directory itself.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
@@ -53,12 +57,7 @@ impl MailboxLock {
                 held.remove(dir);
             }
         };
-        let file = match OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-        {
+        let file = match open_lock_file(dir) {
             Ok(f) => f,
             Err(e) => {
                 release();
@@ -79,6 +78,31 @@ impl MailboxLock {
                 Err(LockError::Io(e))
             }
         }
+    }
+}
+
+/// The file to flock: the lock file, created when missing; in a Maildir we
+/// may not write, the existing lock file or the directory, read-only.
+fn open_lock_file(dir: &Path) -> io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            match File::open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => File::open(dir),
+                other => other,
+            }
+        }
+        other => other,
     }
 }
 

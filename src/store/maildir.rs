@@ -1,58 +1,63 @@
-//! Maildir scanning: the snapshot a session sees, fixed at login.
+//! Maildir reading: the snapshot a session sees, fixed at login, kept in a
+//! persistent index (see [`super::index`]) so that a login whose Maildir did
+//! not change reads one file and three inodes, not the directories.
 //!
-//! Blocking work (readdir, rename, reading files whose size is not in their
-//! name): runs on the worker pool only.
+//! Blocking work (stat, readdir, rename, reading files whose size is not in
+//! their name): runs on the worker pool only.
 //!
 //! - Mail in `new/` is moved to `cur/` with the `:2,` info suffix, as every
 //!   Maildir reader (and Dovecot) does, so the next session finds it in `cur/`.
-//! - Order is delivery order: the leading timestamp of the base name, then the
-//!   whole base name. It is stable across sessions and restarts.
-//! - Sizes come from the `,W=` field (Dovecot's virtual size: the size with CRLF
-//!   line ends) when present; otherwise the file is read once and the result is
-//!   kept in a process-wide cache keyed by base name, so STAT never rereads.
-//! - The UIDL is the base name (the file name before `:`), which survives flag
-//!   changes and renames; a base name that is not a valid UIDL (over 70 bytes,
-//!   or bytes outside 0x21..=0x7E) is replaced by a stable digest of it.
+//! - Order: Dovecot's (its UIDs in `dovecot-uidlist`, or a migration's saved
+//!   order), then delivery order: the leading timestamp of the base name, then
+//!   the whole base name. It is stable across sessions, restarts and rebuilds.
+//! - Sizes come from the `,W=` field (Dovecot's virtual size: the size with
+//!   CRLF line ends) when present; otherwise the file is read once and the
+//!   result is kept in the index (or, when no index can be written, in a
+//!   process-wide cache keyed by base name).
+//! - The UIDL follows `pop3_uidl_format` (see [`super::uidlist`]); a name that
+//!   is not a valid UIDL (over 70 bytes, or bytes outside 0x21..=0x7E) is
+//!   replaced by a stable digest of it.
+//! - A snapshot is two allocations however many messages it holds: fixed
+//!   24-byte entries and one string table of names and UIDLs.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::body::MessageMap;
-use super::uidlist::{Record, UidlFormat, Uidlist};
+use super::index::{self, Header, INDEX_FILE, Identity, Stale, Stamp, UNKNOWN_BYTES};
+use super::location::IndexDir;
+use super::uidlist::{Record, UIDLIST_FILE, UidlFormat, Uidlist};
 use crate::protocol::Maildrop;
 
-/// One message of a snapshot.
-#[derive(Clone, Debug)]
+/// [`Message`] flag: the file is in `new/` (it could not be moved to `cur/`).
+pub(crate) const FLAG_IN_NEW: u8 = 1;
+
+/// One message of a snapshot. Its file name and UIDL live in the snapshot's
+/// string table: ask the [`Snapshot`] for them by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// The file name inside `cur/` (or `new/` when `in_new`).
-    pub file_name: Box<str>,
-    /// The file stayed in `new/` (it could not be moved).
-    pub in_new: bool,
-    /// The unique-id listing value.
-    pub uidl: Box<[u8]>,
     /// RFC 1939 size: octets with CRLF line ends.
     pub octets: u64,
-    /// The size on disk, when known (`,S=` or from reading it).
-    pub file_bytes: Option<u64>,
-}
-
-impl Message {
-    /// The part of the file name before the `:info` suffix.
-    pub fn base_name(&self) -> &str {
-        base_name(&self.file_name)
-    }
-
-    /// True when the file is known to hold no bare LF (CRLF line ends
-    /// throughout), so its bytes can go out as they are.
-    pub fn is_crlf(&self) -> bool {
-        self.file_bytes == Some(self.octets)
-    }
+    /// Size on disk, or [`UNKNOWN_BYTES`].
+    pub(crate) file_bytes: u64,
+    /// Where the file name starts in the string table.
+    pub(crate) name_at: u32,
+    /// File name length (Linux names are at most 255 bytes).
+    pub(crate) name_len: u8,
+    /// Length of the base name (the file name before `:`).
+    pub(crate) base_len: u8,
+    /// 0: the UIDL is the base name; else its length, right after the name.
+    pub(crate) uidl_len: u8,
+    /// [`FLAG_IN_NEW`].
+    pub(crate) flags: u8,
 }
 
 /// The maildrop as it was at login.
@@ -62,15 +67,88 @@ pub struct Snapshot {
     pub dir: PathBuf,
     /// Messages in POP3 order (message n is `messages[n - 1]`).
     pub messages: Vec<Message>,
+    /// File names and the UIDLs that are not their base name. Every range
+    /// an entry names is in bounds and on character boundaries (checked by
+    /// the builder, and by [`index::parse`] for entries read from disk).
+    names: Box<str>,
+    total_octets: u64,
 }
 
 impl Snapshot {
+    pub(crate) fn from_parts(
+        dir: &Path,
+        messages: Vec<Message>,
+        names: Box<str>,
+        total_octets: u64,
+    ) -> Snapshot {
+        Snapshot {
+            dir: dir.to_path_buf(),
+            messages,
+            names,
+            total_octets,
+        }
+    }
+
+    /// The file name of message `index` inside `cur/` (or `new/`).
+    pub fn file_name(&self, index: usize) -> &str {
+        let m = &self.messages[index];
+        let at = m.name_at as usize;
+        &self.names[at..at + usize::from(m.name_len)]
+    }
+
+    /// The part of the file name before the `:info` suffix.
+    pub fn base_name(&self, index: usize) -> &str {
+        &self.file_name(index)[..usize::from(self.messages[index].base_len)]
+    }
+
+    /// The unique-id listing value of message `index`.
+    pub fn uidl(&self, index: usize) -> &[u8] {
+        let m = &self.messages[index];
+        if m.uidl_len == 0 {
+            return self.base_name(index).as_bytes();
+        }
+        let at = m.name_at as usize + usize::from(m.name_len);
+        self.names[at..at + usize::from(m.uidl_len)].as_bytes()
+    }
+
+    /// The file stayed in `new/` (it could not be moved).
+    pub fn in_new(&self, index: usize) -> bool {
+        self.messages[index].flags & FLAG_IN_NEW != 0
+    }
+
+    /// The size on disk, when known (`,S=` or from reading it).
+    pub fn file_bytes(&self, index: usize) -> Option<u64> {
+        let b = self.messages[index].file_bytes;
+        (b != UNKNOWN_BYTES).then_some(b)
+    }
+
+    /// True when the file is known to hold no bare LF (CRLF line ends
+    /// throughout), so its bytes can go out as they are.
+    pub fn is_crlf(&self, index: usize) -> bool {
+        self.file_bytes(index) == Some(self.messages[index].octets)
+    }
+
     /// Where message `index` lives.
     pub fn path(&self, index: usize) -> PathBuf {
-        let m = &self.messages[index];
-        self.dir
-            .join(if m.in_new { "new" } else { "cur" })
-            .join(&*m.file_name)
+        let sub = if self.in_new(index) { "new" } else { "cur" };
+        self.dir.join(sub).join(self.file_name(index))
+    }
+
+    /// The sum of every message's RFC 1939 size (STAT at login), kept in
+    /// the index header.
+    pub fn total_octets(&self) -> u64 {
+        self.total_octets
+    }
+
+    /// Heap bytes this snapshot holds: what a session pays for its mailbox.
+    pub fn heap_bytes(&self) -> usize {
+        self.messages.capacity() * std::mem::size_of::<Message>()
+            + self.names.len()
+            + self.dir.capacity()
+    }
+
+    pub(crate) fn table(&self) -> (&[Message], &str) {
+        (&self.messages, &self.names)
     }
 }
 
@@ -82,7 +160,75 @@ impl Maildrop for Arc<Snapshot> {
         self.messages[index].octets
     }
     fn uidl(&self, index: usize) -> &[u8] {
-        &self.messages[index].uidl
+        Snapshot::uidl(self, index)
+    }
+}
+
+/// Sizes of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sizes {
+    /// RFC 1939 size.
+    octets: u64,
+    /// Size on disk, or [`UNKNOWN_BYTES`].
+    file_bytes: u64,
+}
+
+/// Fills a snapshot's two tables.
+struct Builder {
+    messages: Vec<Message>,
+    names: String,
+    total_octets: u64,
+}
+
+impl Builder {
+    fn with_capacity(messages: usize, names_bytes: usize) -> Builder {
+        Builder {
+            messages: Vec::with_capacity(messages),
+            names: String::with_capacity(names_bytes),
+            total_octets: 0,
+        }
+    }
+
+    /// Adds a message; false when it cannot be held (a name over 255 bytes,
+    /// which Linux never gives, or a table over 4 GiB).
+    fn push(&mut self, file_name: &str, in_new: bool, uidl: &str, sizes: Sizes) -> bool {
+        let base = base_name(file_name);
+        let own_uidl = if uidl == base { "" } else { uidl };
+        let end = self.names.len() + file_name.len() + own_uidl.len();
+        let (Ok(_), Ok(name_at), Ok(name_len), Ok(base_len), Ok(uidl_len)) = (
+            u32::try_from(end),
+            u32::try_from(self.names.len()),
+            u8::try_from(file_name.len()),
+            u8::try_from(base.len()),
+            u8::try_from(own_uidl.len()),
+        ) else {
+            return false;
+        };
+        if base.is_empty() || !is_valid_uidl(uidl) {
+            return false;
+        }
+        self.names.push_str(file_name);
+        self.names.push_str(own_uidl);
+        self.total_octets += sizes.octets;
+        self.messages.push(Message {
+            octets: sizes.octets,
+            file_bytes: sizes.file_bytes,
+            name_at,
+            name_len,
+            base_len,
+            uidl_len,
+            flags: if in_new { FLAG_IN_NEW } else { 0 },
+        });
+        true
+    }
+
+    fn finish(self, dir: &Path) -> Snapshot {
+        Snapshot::from_parts(
+            dir,
+            self.messages,
+            self.names.into_boxed_str(),
+            self.total_octets,
+        )
     }
 }
 
@@ -101,74 +247,299 @@ pub(crate) fn open(dir: &Path) -> io::Result<Snapshot> {
     scan(dir, &UidlFormat::parse("%f").unwrap())
 }
 
-/// Reads `new/` and `cur/` and builds the snapshot.
+thread_local! {
+    static READDIRS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many directories this thread has listed: the observable behind "a
+/// login whose Maildir did not change reads no directory" (tests; a worker
+/// can turn deltas of it into a metric).
+pub fn readdir_count() -> u64 {
+    READDIRS.with(Cell::get)
+}
+
+/// Reads `new/` and `cur/` and builds the snapshot, without an index.
 pub fn scan(dir: &Path, format: &UidlFormat) -> io::Result<Snapshot> {
-    let mut names = Vec::new();
-    for name in list(&dir.join("new"))? {
-        let moved = format!("{name}:2,");
-        match fs::rename(dir.join("new").join(&name), dir.join("cur").join(&moved)) {
-            Ok(()) => names.push((moved, false)),
-            // Another reader moved it first; it is in cur/ now, under a name we
-            // have not listed. The next session sees it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+    load(dir, &IndexDir::Memory, format)
+}
+
+/// The index file of `dir` (none for [`IndexDir::Memory`]).
+pub fn index_path(dir: &Path, place: &IndexDir) -> Option<PathBuf> {
+    match place {
+        IndexDir::Maildir => Some(dir.join(INDEX_FILE)),
+        IndexDir::At(at) => Some(at.join(INDEX_FILE)),
+        IndexDir::Memory => None,
+    }
+}
+
+/// The snapshot of `dir` at login: from its index when `new/`, `cur/` and
+/// `dovecot-uidlist` are as the index recorded them, else by reading what
+/// changed and updating the index (written back when it can be; a Maildir
+/// where it cannot works without one).
+pub fn load(dir: &Path, place: &IndexDir, format: &UidlFormat) -> io::Result<Snapshot> {
+    // The clock is read before any identity, so every identity was taken
+    // at `checked_at` or later.
+    load_at(dir, place, format, Stamp::now())
+}
+
+/// [`load`] with the wall clock read by the caller, before the call (tests
+/// move it to see what a later login does).
+pub fn load_at(
+    dir: &Path,
+    place: &IndexDir,
+    format: &UidlFormat,
+    checked_at: Stamp,
+) -> io::Result<Snapshot> {
+    let path = index_path(dir, place);
+    let now = Header {
+        format: format.fingerprint(),
+        checked_at,
+        new: Identity::stat(&dir.join("new"))?,
+        cur: Identity::stat(&dir.join("cur"))?,
+        uidlist: Identity::stat_optional(&dir.join(UIDLIST_FILE))?,
+    };
+    let old = path
+        .as_deref()
+        .and_then(index::read)
+        .map(|p| p.into_snapshot(dir));
+    let stale = match &old {
+        Some((header, _)) => header.stale(&now),
+        None => Stale {
+            new: true,
+            cur: true,
+            uidls: true,
+        },
+    };
+    let old = match old {
+        Some((_, snapshot)) if stale.none() => return Ok(snapshot),
+        other => other.map(|(_, snapshot)| snapshot),
+    };
+    let (snapshot, header, measured) = rescan(dir, old.as_ref(), stale, now, format)?;
+    tracing::debug!(dir = %dir.display(), new = stale.new, cur = stale.cur, uidls = stale.uidls, messages = snapshot.messages.len(), "maildir read");
+    let persisted = match &path {
+        Some(path) => match index::write(path, &header, &snapshot) {
+            Ok(()) => true,
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), file = %name, error = %e, "cannot move new mail to cur/");
-                names.push((name, true));
+                index::warn_once(path, "write", &e);
+                false
+            }
+        },
+        None => false,
+    };
+    if !persisted {
+        remember_sizes(dir, measured);
+    }
+    Ok(snapshot)
+}
+
+/// Sizes found by reading files, by base name.
+type Measured = Vec<(String, Sizes)>;
+
+/// A file this login will show: listed now, or kept from the old index.
+enum Found {
+    /// From a directory read now: the file name, and whether it is in `new/`.
+    Listed(String, bool),
+    /// Entry `n` of the old index (its directory did not change).
+    Kept(usize),
+}
+
+/// One message on its way into the new snapshot.
+struct Entry<'a> {
+    /// POP3 order: (class, number, base name); see [`order`].
+    key: (u8, u64, &'a str),
+    name: &'a str,
+    in_new: bool,
+    uidl: Cow<'a, str>,
+    sizes: Sizes,
+}
+
+/// Reads what `stale` says changed, reusing the rest from `old`; returns the
+/// snapshot, the header to store with it, and the sizes measured by reading
+/// files (for the in-memory cache, when no index can be kept).
+fn rescan(
+    dir: &Path,
+    old: Option<&Snapshot>,
+    stale: Stale,
+    mut now: Header,
+    format: &UidlFormat,
+) -> io::Result<(Snapshot, Header, Measured)> {
+    let mut found = Vec::new();
+    let mut moved = false;
+    if stale.new {
+        for name in list(&dir.join("new"))? {
+            let to = format!("{name}:2,");
+            match fs::rename(dir.join("new").join(&name), dir.join("cur").join(&to)) {
+                Ok(()) => moved = true,
+                // Another reader moved it first: cur/ is read below.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), file = %name, error = %e, "cannot move new mail to cur/");
+                    found.push(Found::Listed(name, true));
+                }
             }
         }
+    } else if let Some(old) = old {
+        found.extend(
+            (0..old.messages.len())
+                .filter(|&i| old.in_new(i))
+                .map(Found::Kept),
+        );
     }
-    names.extend(list(&dir.join("cur"))?.into_iter().map(|n| (n, false)));
-    let uidlist = Uidlist::read(dir)?;
-    let mut keyed = Vec::with_capacity(names.len());
-    for (name, in_new) in names {
-        let record = uidlist
-            .as_ref()
-            .and_then(|l| l.records.get(base_name(&name)));
-        // Dovecot's order (its UIDs, or a migration's saved order) first; mail
-        // Dovecot has not numbered yet follows in delivery order.
-        let key = match record {
-            Some(r) => (0, u64::from(r.pop3_order.unwrap_or(r.uid)), String::new()),
-            None => {
-                let (time, base) = order_key(base_name(&name));
-                (1, time, base.to_string())
+    if stale.cur || moved {
+        if moved {
+            // Our own renames changed cur/: record it as it is now, before
+            // the listing, like any other change.
+            now.cur = Identity::stat(&dir.join("cur"))?;
+        }
+        let (identity, names) = list_settled(&dir.join("cur"), now.cur)?;
+        now.cur = identity;
+        found.extend(names.into_iter().map(|n| Found::Listed(n, false)));
+    } else if let Some(old) = old {
+        found.extend(
+            (0..old.messages.len())
+                .filter(|&i| !old.in_new(i))
+                .map(Found::Kept),
+        );
+    }
+    let (entries, measured) = entries(dir, old, &found, stale.uidls, format)?;
+    let names_bytes = entries.iter().map(|e| e.name.len() + e.uidl.len()).sum();
+    let mut builder = Builder::with_capacity(entries.len(), names_bytes);
+    for e in &entries {
+        if !builder.push(e.name, e.in_new, &e.uidl, e.sizes) {
+            tracing::warn!(dir = %dir.display(), file = %e.name, "skipping a file whose name cannot be indexed");
+        }
+    }
+    Ok((builder.finish(dir), now, measured))
+}
+
+/// Lists `sub`, again when it changed while it was listed (a rename seen
+/// half-way may show a file under neither name), at most three times.
+/// Returns the identity taken before the listing that is returned.
+fn list_settled(sub: &Path, mut before: Identity) -> io::Result<(Identity, Vec<String>)> {
+    let mut attempts = 0;
+    loop {
+        let names = list(sub)?;
+        let after = Identity::stat(sub)?;
+        attempts += 1;
+        if after == before || attempts == 3 {
+            return Ok((before, names));
+        }
+        before = after;
+    }
+}
+
+/// Sizes, UIDLs and order of everything found, sorted into POP3 order with
+/// duplicate base names (a file seen under two names mid-rename) dropped.
+fn entries<'a>(
+    dir: &Path,
+    old: Option<&'a Snapshot>,
+    found: &'a [Found],
+    uidls_stale: bool,
+    format: &UidlFormat,
+) -> io::Result<(Vec<Entry<'a>>, Measured)> {
+    let listed = found.iter().any(|f| matches!(f, Found::Listed(..)));
+    // Base name → entry of the old index, to reuse its sizes (and UIDL).
+    let by_base: HashMap<&str, usize> = match old {
+        Some(old) if listed => (0..old.messages.len())
+            .map(|i| (old.base_name(i), i))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let known = |f: &'a Found| -> Option<usize> {
+        match f {
+            Found::Kept(i) => Some(*i),
+            Found::Listed(name, _) => by_base.get(base_name(name)).copied(),
+        }
+    };
+    // Mail the old index never saw may be in the uidlist: read it then, and
+    // when the uidlist or the UIDL format changed.
+    let fresh = uidls_stale || old.is_none() || found.iter().any(|f| known(f).is_none());
+    let uidlist = if fresh { Uidlist::read(dir)? } else { None };
+    let mut measured = Vec::new();
+    let mut scratch = Vec::new();
+    let mut out = Vec::with_capacity(found.len());
+    for f in found {
+        let (name, in_new) = match f {
+            Found::Listed(name, in_new) => (name.as_str(), *in_new),
+            Found::Kept(i) => {
+                let old = old.expect("kept entries come from an old index");
+                (old.file_name(*i), old.in_new(*i))
             }
         };
-        let uidl = uidl(
-            base_name(&name),
-            record,
-            uidlist.as_ref().map(|l| l.uid_validity),
-            format,
-        );
-        keyed.push((key, message(dir, name, in_new, uidl)?));
+        let base = base_name(name);
+        let prior = known(f).zip(old);
+        let sizes = match prior {
+            Some((i, old)) => Sizes {
+                octets: old.messages[i].octets,
+                file_bytes: old.messages[i].file_bytes,
+            },
+            None => match sizes_of(dir, name, in_new, &mut scratch)? {
+                Some((sizes, true)) => {
+                    measured.push((base.to_string(), sizes));
+                    sizes
+                }
+                Some((sizes, false)) => sizes,
+                // Gone since it was listed (removed, or renamed by another
+                // reader): the changed directory makes the next login look again.
+                None => continue,
+            },
+        };
+        let (key, uidl) = match prior {
+            Some((i, old)) if !fresh => {
+                let uidl = std::str::from_utf8(old.uidl(i)).unwrap_or(base);
+                ((0, i as u64, ""), Cow::Borrowed(uidl))
+            }
+            _ => {
+                let record = uidlist.as_ref().and_then(|l| l.records.get(base));
+                let validity = uidlist.as_ref().map(|l| l.uid_validity);
+                (order(base, record), uidl(base, record, validity, format))
+            }
+        };
+        out.push(Entry {
+            key,
+            name,
+            in_new,
+            uidl,
+            sizes,
+        });
     }
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut messages: Vec<Message> = keyed.into_iter().map(|(_, m)| m).collect();
-    messages.dedup_by(|a, b| a.base_name() == b.base_name());
-    Ok(Snapshot {
-        dir: dir.to_path_buf(),
-        messages,
-    })
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out.dedup_by(|a, b| base_name(a.name) == base_name(b.name));
+    Ok((out, measured))
+}
+
+/// POP3 order: Dovecot's (its UIDs, or a migration's saved order) first;
+/// mail Dovecot has not numbered yet follows in delivery order.
+fn order<'a>(base: &'a str, record: Option<&Record>) -> (u8, u64, &'a str) {
+    match record {
+        Some(r) => (0, u64::from(r.pop3_order.unwrap_or(r.uid)), ""),
+        None => {
+            let (time, base) = order_key(base);
+            (1, time, base)
+        }
+    }
 }
 
 /// The UIDL: a migration's saved one, else the template (which may need the
 /// message's Dovecot UID), else the base name.
-fn uidl(
-    base: &str,
+fn uidl<'a>(
+    base: &'a str,
     record: Option<&Record>,
     uid_validity: Option<u32>,
     format: &UidlFormat,
-) -> Box<[u8]> {
+) -> Cow<'a, str> {
     if let Some(saved) = record.and_then(|r| r.pop3_uidl.as_deref()) {
-        return valid_uidl(saved);
+        return Cow::Owned(valid_uidl(saved).into_owned());
     }
     match format.render(base, record.map(|r| r.uid), uid_validity) {
-        Some(rendered) => valid_uidl(&rendered),
+        Some(rendered) => Cow::Owned(valid_uidl(&rendered).into_owned()),
         None => valid_uidl(base),
     }
 }
 
 /// File names in a Maildir subdirectory, without dot files.
 fn list(sub: &Path) -> io::Result<Vec<String>> {
+    READDIRS.with(|n| n.set(n.get() + 1));
     let mut names = Vec::new();
     for entry in fs::read_dir(sub)? {
         let entry = entry?;
@@ -183,25 +554,57 @@ fn list(sub: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-fn message(dir: &Path, file_name: String, in_new: bool, uidl: Box<[u8]>) -> io::Result<Message> {
-    let base = base_name(&file_name);
-    let s_field = field(base, 'S');
-    let (octets, file_bytes) = match (field(base, 'W'), s_field) {
-        (Some(w), s) => (w, s),
-        (None, _) => {
-            let path = dir
-                .join(if in_new { "new" } else { "cur" })
-                .join(&file_name);
-            let sizes = measured_sizes(dir, base, &path)?;
-            (sizes.octets, Some(sizes.file_bytes))
-        }
-    };
-    Ok(Message {
-        file_name: file_name.into(),
-        in_new,
-        uidl,
-        octets,
-        file_bytes,
+/// Sizes of a file the index does not know: from its name, the in-memory
+/// cache, or by reading it (then `true`). `None` when it is gone.
+fn sizes_of(
+    dir: &Path,
+    file_name: &str,
+    in_new: bool,
+    scratch: &mut Vec<u8>,
+) -> io::Result<Option<(Sizes, bool)>> {
+    let base = base_name(file_name);
+    if let Some(octets) = field(base, 'W') {
+        let file_bytes = field(base, 'S').unwrap_or(UNKNOWN_BYTES);
+        return Ok(Some((Sizes { octets, file_bytes }, false)));
+    }
+    if let Some(hit) = cached_sizes(dir, base) {
+        return Ok(Some((hit, false)));
+    }
+    let path = dir.join(if in_new { "new" } else { "cur" }).join(file_name);
+    match measure(&path, scratch) {
+        Ok(sizes) => Ok(Some((sizes, true))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Files up to this size are measured with one read into a reused buffer
+/// (cheaper than a map and unmap); larger ones through a guarded map.
+const MEASURE_READ_BYTES_MAX: u64 = 1 << 20;
+
+/// Reads a message once for its sizes.
+fn measure(path: &Path, scratch: &mut Vec<u8>) -> io::Result<Sizes> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= MEASURE_READ_BYTES_MAX {
+        scratch.clear();
+        file.read_to_end(scratch)?;
+        return Ok(Sizes {
+            file_bytes: scratch.len() as u64,
+            octets: crate::wire::scan(scratch).crlf_octets,
+        });
+    }
+    drop(file);
+    let map = MessageMap::open(path)?;
+    map.read_guarded(|bytes| Sizes {
+        file_bytes: bytes.len() as u64,
+        octets: crate::wire::scan(bytes).crlf_octets,
+    })
+    .map_err(|_| {
+        io::Error::other(format!(
+            "{} was truncated while it was measured",
+            path.display()
+        ))
     })
 }
 
@@ -225,27 +628,25 @@ fn order_key(base: &str) -> (u64, &str) {
 
 const UIDL_BYTES_MAX: usize = 70;
 
-/// `uidl` if it is a valid RFC 1939 unique-id, else a stable digest of it.
-fn valid_uidl(base: &str) -> Box<[u8]> {
-    let valid = !base.is_empty()
-        && base.len() <= UIDL_BYTES_MAX
-        && base.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if valid {
-        return base.as_bytes().into();
-    }
-    // Stable across sessions and restarts: a digest of the name, in hex.
-    let digest = ring::digest::digest(&ring::digest::SHA256, base.as_bytes());
-    let mut hex = Vec::with_capacity(40);
-    for b in &digest.as_ref()[..20] {
-        hex.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    hex.into()
+/// True for a valid RFC 1939 unique-id: 1 to 70 bytes in 0x21..=0x7E.
+pub(crate) fn is_valid_uidl(uidl: &str) -> bool {
+    !uidl.is_empty()
+        && uidl.len() <= UIDL_BYTES_MAX
+        && uidl.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Sizes {
-    file_bytes: u64,
-    octets: u64,
+/// `uidl` if it is a valid RFC 1939 unique-id, else a stable digest of it.
+fn valid_uidl(uidl: &str) -> Cow<'_, str> {
+    if is_valid_uidl(uidl) {
+        return Cow::Borrowed(uidl);
+    }
+    // Stable across sessions and restarts: a digest of the name, in hex.
+    let digest = ring::digest::digest(&ring::digest::SHA256, uidl.as_bytes());
+    let mut hex = String::with_capacity(40);
+    for b in &digest.as_ref()[..20] {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    Cow::Owned(hex)
 }
 
 /// How many measured sizes the process keeps before starting over. At about
@@ -253,37 +654,36 @@ struct Sizes {
 const SIZE_CACHE_ENTRIES_MAX: usize = 1 << 20;
 
 /// Keyed by (Maildir, base name): base names are unique within a Maildir,
-/// and survive the renames that flag changes make.
+/// and survive the renames that flag changes make. Filled only for Maildirs
+/// whose index cannot be written, so their sizes are read once per process.
 static SIZE_CACHE: Mutex<Option<HashMap<SizeKey, Sizes>>> = Mutex::new(None);
 
 /// (Maildir, base name).
 type SizeKey = (PathBuf, Box<str>);
 
-/// Sizes of a file whose name does not carry them: read once per process.
-fn measured_sizes(dir: &Path, base: &str, path: &Path) -> io::Result<Sizes> {
-    let key = (dir.to_path_buf(), Box::<str>::from(base));
-    if let Some(hit) = SIZE_CACHE.lock().as_ref().and_then(|c| c.get(&key)) {
-        return Ok(*hit);
+fn cached_sizes(dir: &Path, base: &str) -> Option<Sizes> {
+    let cache = SIZE_CACHE.lock();
+    let cache = cache.as_ref()?;
+    if cache.is_empty() {
+        return None;
     }
-    let map = MessageMap::open(path)?;
-    let sizes = map
-        .read_guarded(|bytes| Sizes {
-            file_bytes: bytes.len() as u64,
-            octets: crate::wire::scan(bytes).crlf_octets,
-        })
-        .map_err(|_| {
-            io::Error::other(format!(
-                "{} was truncated while it was measured",
-                path.display()
-            ))
-        })?;
+    cache
+        .get(&(dir.to_path_buf(), Box::<str>::from(base)))
+        .copied()
+}
+
+fn remember_sizes(dir: &Path, measured: Measured) {
+    if measured.is_empty() {
+        return;
+    }
     let mut cache = SIZE_CACHE.lock();
     let cache = cache.get_or_insert_with(HashMap::new);
-    if cache.len() >= SIZE_CACHE_ENTRIES_MAX {
-        cache.clear();
+    for (base, sizes) in measured {
+        if cache.len() >= SIZE_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert((dir.to_path_buf(), base.into()), sizes);
     }
-    cache.insert(key, sizes);
-    Ok(sizes)
 }
 
 #[cfg(test)]
@@ -309,7 +709,9 @@ mod tests {
         write(&dir, "cur", ".hidden", b"nope");
         write(&dir, "tmp", "1700000000.tmp", b"half written");
         let snap = scan(&dir, &f()).unwrap();
-        let names: Vec<&str> = snap.messages.iter().map(Message::base_name).collect();
+        let names: Vec<&str> = (0..snap.messages.len())
+            .map(|i| snap.base_name(i))
+            .collect();
         assert_eq!(
             names,
             [
@@ -325,7 +727,7 @@ mod tests {
         assert_eq!(fs::read(snap.path(2)).unwrap(), b"x\r\ny\nz");
         // A second scan sees the same order and UIDLs.
         let again = scan(&dir, &f()).unwrap();
-        let uidls: Vec<&[u8]> = again.messages.iter().map(|m| &*m.uidl).collect();
+        let uidls: Vec<&[u8]> = (0..again.messages.len()).map(|i| again.uidl(i)).collect();
         assert_eq!(
             uidls,
             names.iter().map(|n| n.as_bytes()).collect::<Vec<_>>()
@@ -341,7 +743,7 @@ mod tests {
         write(&dir, "cur", "2.b:2,", b"a\r\nb\r\n");
         write(&dir, "cur", "3.c:2,", b"a\nb\r\n");
         let snap = scan(&dir, &f()).unwrap();
-        let crlf: Vec<bool> = snap.messages.iter().map(Message::is_crlf).collect();
+        let crlf: Vec<bool> = (0..snap.messages.len()).map(|i| snap.is_crlf(i)).collect();
         assert_eq!(crlf, [true, true, false]);
     }
 
@@ -351,10 +753,10 @@ mod tests {
         let u = valid_uidl(&long);
         assert_eq!(u.len(), 40);
         assert_eq!(u, valid_uidl(&long));
-        assert!(u.iter().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(&*valid_uidl("1.é.host"), &*valid_uidl("1.é.host"));
-        assert_ne!(&*valid_uidl("1.é.host"), "1.é.host".as_bytes());
-        assert_eq!(&*valid_uidl("1.M2.h,S=3"), b"1.M2.h,S=3");
+        assert!(u.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(valid_uidl("1.é.host"), valid_uidl("1.é.host"));
+        assert_ne!(valid_uidl("1.é.host"), "1.é.host");
+        assert_eq!(valid_uidl("1.M2.h,S=3"), "1.M2.h,S=3");
     }
 
     #[test]
@@ -363,5 +765,317 @@ mod tests {
         let snap = open(&tmp.path().join("new-user/Maildir")).unwrap();
         assert!(snap.messages.is_empty());
         assert!(tmp.path().join("new-user/Maildir/tmp").is_dir());
+    }
+
+    /// The wall clock `secs` seconds from now: directories made by a test
+    /// are then older than the dirty window, as on a real server.
+    fn later(secs: i64) -> Stamp {
+        let now = Stamp::now();
+        Stamp {
+            sec: now.sec + secs,
+            nsec: now.nsec,
+        }
+    }
+
+    /// Everything a session sees, message by message.
+    type Seen = (String, bool, Vec<u8>, u64, Option<u64>);
+
+    fn seen(s: &Snapshot) -> Vec<Seen> {
+        (0..s.messages.len())
+            .map(|i| {
+                (
+                    s.file_name(i).to_string(),
+                    s.in_new(i),
+                    s.uidl(i).to_vec(),
+                    s.messages[i].octets,
+                    s.file_bytes(i),
+                )
+            })
+            .collect()
+    }
+
+    fn maildir() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("Maildir");
+        create(&dir).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn an_unchanged_maildir_is_not_read_again() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.M1P1.h:2,S", b"one\n");
+        write(&dir, "new", "1700000002.M2P1.h", b"two\r\n");
+        let place = IndexDir::Maildir;
+        let first = load_at(&dir, &place, &f(), later(3)).unwrap();
+        assert!(dir.join(INDEX_FILE).is_file());
+        // The move into cur/ made cur/ recent: read once more, then settled.
+        let second = load_at(&dir, &place, &f(), later(6)).unwrap();
+        assert_eq!(seen(&first), seen(&second));
+        let before = readdir_count();
+        let third = load_at(&dir, &place, &f(), later(9)).unwrap();
+        assert_eq!(
+            readdir_count(),
+            before,
+            "no readdir for an unchanged Maildir"
+        );
+        assert_eq!(seen(&third), seen(&first));
+        assert_eq!(third.total_octets(), 5 + 5);
+        assert_eq!(third.messages.len(), 2);
+    }
+
+    #[test]
+    fn recent_directories_are_read_until_they_settle() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let place = IndexDir::Maildir;
+        // Checked right now: cur/ changed within the dirty window.
+        load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        let before = readdir_count();
+        load_at(&dir, &place, &f(), later(5)).unwrap();
+        assert!(readdir_count() > before, "a dirty directory is read again");
+        let before = readdir_count();
+        load_at(&dir, &place, &f(), later(6)).unwrap();
+        assert_eq!(readdir_count(), before);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_makes_the_index_untrusted() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        load_at(&dir, &IndexDir::Maildir, &f(), later(60)).unwrap();
+        let before = readdir_count();
+        load_at(&dir, &IndexDir::Maildir, &f(), later(30)).unwrap();
+        assert!(readdir_count() > before);
+    }
+
+    #[test]
+    fn deliveries_and_removals_are_seen_and_sizes_are_not_measured_twice() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.M1.h:2,", b"a\nb\n");
+        write(&dir, "cur", "1700000002.M2.h:2,", b"gone soon\n");
+        let place = IndexDir::Maildir;
+        let first = load_at(&dir, &place, &f(), later(3)).unwrap();
+        assert_eq!(first.messages.len(), 2);
+        assert_eq!(first.messages[0].octets, 6);
+        // Maildir files never change; if this one did, a reread would show it.
+        fs::write(dir.join("cur/1700000001.M1.h:2,"), b"longer now\n").unwrap();
+        fs::remove_file(dir.join("cur/1700000002.M2.h:2,")).unwrap();
+        write(&dir, "new", "1700000003.M3.h", b"new\n");
+        let second = load_at(&dir, &place, &f(), later(6)).unwrap();
+        let names: Vec<&str> = (0..2).map(|i| second.base_name(i)).collect();
+        assert_eq!(names, ["1700000001.M1.h", "1700000003.M3.h"]);
+        assert_eq!(second.messages.len(), 2);
+        assert_eq!(second.messages[0].octets, 6, "size kept from the index");
+        assert_eq!(second.messages[1].octets, 5);
+        assert_eq!(second.total_octets(), 11);
+        // A flag change by another reader renames the file: same base name,
+        // same UIDL and size, new path.
+        fs::rename(
+            dir.join("cur/1700000003.M3.h:2,"),
+            dir.join("cur/1700000003.M3.h:2,S"),
+        )
+        .unwrap();
+        let third = load_at(&dir, &place, &f(), later(9)).unwrap();
+        assert_eq!(third.file_name(1), "1700000003.M3.h:2,S");
+        assert_eq!(third.uidl(1), b"1700000003.M3.h");
+        assert_eq!(fs::read(third.path(1)).unwrap(), b"new\n");
+    }
+
+    #[test]
+    fn broken_index_files_are_rebuilt() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.M1.h,S=2,W=3:2,", b"a\n");
+        write(&dir, "cur", "1700000002.M2.h:2,", b"bb\n");
+        let place = IndexDir::Maildir;
+        let good = seen(&load_at(&dir, &place, &f(), later(3)).unwrap());
+        let path = dir.join(INDEX_FILE);
+        let bytes = fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x20;
+        let mut version = bytes.clone();
+        version[8] = 99;
+        for broken in [
+            bytes[..bytes.len() / 2].to_vec(),
+            bytes[..10].to_vec(),
+            Vec::new(),
+            flipped,
+            version,
+            b"garbage that is no index at all".to_vec(),
+        ] {
+            fs::write(&path, &broken).unwrap();
+            let before = readdir_count();
+            let again = load_at(&dir, &place, &f(), later(6)).unwrap();
+            assert!(readdir_count() > before, "a broken index is not trusted");
+            assert_eq!(seen(&again), good);
+            assert!(index::parse(&fs::read(&path).unwrap()).is_ok(), "rewritten");
+        }
+        // Deleting it is safe too.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(seen(&load_at(&dir, &place, &f(), later(6)).unwrap()), good);
+    }
+
+    #[test]
+    fn the_index_lives_where_the_location_says() {
+        let (tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let elsewhere = tmp.path().join("idx/user");
+        let place = IndexDir::At(elsewhere.clone());
+        load_at(&dir, &place, &f(), later(3)).unwrap();
+        assert!(elsewhere.join(INDEX_FILE).is_file(), "created with its dir");
+        assert!(!dir.join(INDEX_FILE).exists());
+        let before = readdir_count();
+        load_at(&dir, &place, &f(), later(6)).unwrap();
+        assert_eq!(readdir_count(), before);
+        // MEMORY: no file anywhere, every login reads.
+        let (_tmp2, other) = maildir();
+        load_at(&other, &IndexDir::Memory, &f(), later(3)).unwrap();
+        assert!(!other.join(INDEX_FILE).exists());
+        let before = readdir_count();
+        load_at(&other, &IndexDir::Memory, &f(), later(6)).unwrap();
+        assert!(readdir_count() > before);
+    }
+
+    #[test]
+    fn an_unwritable_index_place_still_serves_the_mailbox() {
+        let (tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let file = tmp.path().join("a-file");
+        fs::write(&file, b"").unwrap();
+        // A directory below a regular file can never be made, even by root.
+        let place = IndexDir::At(file.join("idx"));
+        for _ in 0..2 {
+            let s = load_at(&dir, &place, &f(), later(3)).unwrap();
+            assert_eq!(s.messages.len(), 1);
+            assert_eq!(s.messages[0].octets, 3);
+        }
+    }
+
+    #[test]
+    fn uidls_and_order_follow_dovecot_uidlist_through_index_updates() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000005.M5.h:2,", b"x\n");
+        write(&dir, "cur", "1700000006.M6.h:2,S", b"y\n");
+        write(&dir, "cur", "1700000001.M1.h:2,", b"z\n");
+        // Dovecot numbered 6 before 5; 1 is not in its list yet.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V1655390361 N3 G0\n1 :1700000006.M6.h\n2 :1700000005.M5.h\n",
+        )
+        .unwrap();
+        let format = UidlFormat::default();
+        let place = IndexDir::Maildir;
+        let expect = |s: &Snapshot, want: &[&str]| {
+            let uidls: Vec<String> = (0..s.messages.len())
+                .map(|i| String::from_utf8(s.uidl(i).to_vec()).unwrap())
+                .collect();
+            assert_eq!(uidls, want);
+            assert_eq!(
+                seen(s),
+                seen(&scan(&dir, &format).unwrap()),
+                "index == scan"
+            );
+        };
+        let s = load_at(&dir, &place, &format, later(3)).unwrap();
+        expect(
+            &s,
+            &["0000000162ab4099", "0000000262ab4099", "1700000001.M1.h"],
+        );
+        // Dovecot adds message 1 (in place, as it appends): its UIDL changes
+        // exactly as it does without an index.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V1655390361 N4 G0\n1 :1700000006.M6.h\n2 :1700000005.M5.h\n3 :1700000001.M1.h\n",
+        )
+        .unwrap();
+        let s = load_at(&dir, &place, &format, later(6)).unwrap();
+        expect(
+            &s,
+            &["0000000162ab4099", "0000000262ab4099", "0000000362ab4099"],
+        );
+        // Another template: the index is rebuilt with it.
+        let by_name = f();
+        let s = load_at(&dir, &place, &by_name, later(9)).unwrap();
+        assert_eq!(s.uidl(0), b"1700000006.M6.h");
+    }
+
+    #[test]
+    fn the_index_agrees_with_a_full_scan_through_random_changes() {
+        let (_tmp, dir) = maildir();
+        let place = IndexDir::Maildir;
+        let format = UidlFormat::default();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut clock = 3;
+        for step in 0..60u32 {
+            let name = format!("{}.M{step}.h", 1_700_000_000 + next(50));
+            match next(6) {
+                0 => write(&dir, "new", &name, b"new\nmail\n"),
+                1 => write(&dir, "cur", &format!("{name},S=3,W=4:2,"), b"ab\n"),
+                2 => write(&dir, "cur", &format!("{name}:2,"), b"cur\r\n"),
+                3 | 4 => {
+                    let cur: Vec<_> = fs::read_dir(dir.join("cur")).unwrap().collect();
+                    if !cur.is_empty() {
+                        let victim = cur[next(cur.len() as u64) as usize]
+                            .as_ref()
+                            .unwrap()
+                            .path();
+                        if next(2) == 0 {
+                            fs::remove_file(victim).unwrap();
+                        } else {
+                            let flagged = format!("{}F", victim.display());
+                            fs::rename(&victim, flagged).unwrap();
+                        }
+                    }
+                }
+                _ => {
+                    let mut text = String::from("3 V7 N1 G0\n");
+                    for (uid, e) in fs::read_dir(dir.join("cur")).unwrap().enumerate() {
+                        let n = e.unwrap().file_name().into_string().unwrap();
+                        if next(2) == 0 {
+                            text.push_str(&format!("{} :{}\n", uid + 1, base_name(&n)));
+                        }
+                    }
+                    fs::write(dir.join(UIDLIST_FILE), text).unwrap();
+                }
+            }
+            clock += 3;
+            let indexed = load_at(&dir, &place, &format, later(clock)).unwrap();
+            let full = load_at(&dir, &IndexDir::Memory, &format, later(clock)).unwrap();
+            assert_eq!(seen(&indexed), seen(&full), "step {step}");
+            assert_eq!(indexed.total_octets(), full.total_octets());
+        }
+    }
+
+    #[test]
+    fn a_20000_message_snapshot_fits_in_2_mib() {
+        let (_tmp, dir) = maildir();
+        for n in 0..20_000u32 {
+            // Dovecot's own naming, with the sizes in the name.
+            let name = format!(
+                "{}.M{n:06}P{:05}.mail.example.net,S=2048,W=2100:2,S",
+                1_700_000_000 + n,
+                n % 99_999
+            );
+            File::create(dir.join("cur").join(name)).unwrap();
+        }
+        let format = UidlFormat::default();
+        let s = load_at(&dir, &IndexDir::Maildir, &format, later(3)).unwrap();
+        assert_eq!(s.messages.len(), 20_000);
+        assert_eq!(s.total_octets(), 20_000 * 2100);
+        assert!(s.heap_bytes() <= 2 << 20, "{} bytes", s.heap_bytes());
+        let again = load_at(&dir, &IndexDir::Maildir, &format, later(6)).unwrap();
+        assert!(
+            again.heap_bytes() <= 2 << 20,
+            "{} bytes",
+            again.heap_bytes()
+        );
+        assert_eq!(again.uidl(19_999), s.uidl(19_999));
     }
 }

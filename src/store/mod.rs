@@ -2,13 +2,16 @@
 //! mailbox locks and deletions at QUIT. It knows nothing of sockets.
 //!
 //! Snapshot semantics: a session sees the mailbox as it was at login; mail
-//! delivered later shows up in the next session. Every function here that
+//! delivered later shows up in the next session. A login reads the mailbox
+//! index ([`index`]) and the directories' identity, not the directories,
+//! unless they changed. Every function here that
 //! touches the disk is blocking and runs on the worker pool, except
 //! [`body::MessageMap::open`], which the shard calls for RETR (an open and an
 //! mmap of a file whose directory the login scan just read).
 
 pub mod body;
 pub mod commit;
+pub mod index;
 pub mod location;
 pub mod lock;
 pub mod maildir;
@@ -18,7 +21,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use location::{LocationError, MailLocation};
+pub use location::{IndexDir, LocationError, MailLocation, MailPaths};
 pub use lock::{LockError, MailboxLock};
 pub use maildir::{Message, Snapshot};
 pub use uidlist::{FormatError, UidlFormat};
@@ -41,8 +44,22 @@ pub enum OpenError {
 }
 
 impl Mailbox {
-    /// Creates the Maildir if needed, locks it, then takes the snapshot.
+    /// Creates the Maildir if needed, locks it, then takes the snapshot,
+    /// with the index in the Maildir.
     pub fn open(dir: &Path, format: &UidlFormat) -> Result<Mailbox, OpenError> {
+        Mailbox::open_paths(
+            &MailPaths {
+                maildir: dir.to_path_buf(),
+                index: IndexDir::Maildir,
+            },
+            format,
+        )
+    }
+
+    /// [`Mailbox::open`] with the index where `paths` says
+    /// ([`MailLocation::expand_paths`], honouring `:INDEX=`).
+    pub fn open_paths(paths: &MailPaths, format: &UidlFormat) -> Result<Mailbox, OpenError> {
+        let dir = paths.maildir.as_path();
         let lock_err = |e| match e {
             LockError::InUse => OpenError::InUse,
             LockError::Io(e) => OpenError::Io(e),
@@ -56,10 +73,10 @@ impl Mailbox {
             }
             other => other.map_err(lock_err)?,
         };
-        let snapshot = match maildir::scan(dir, format) {
+        let snapshot = match maildir::load(dir, &paths.index, format) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 maildir::create(dir).map_err(OpenError::Io)?;
-                maildir::scan(dir, format)
+                maildir::load(dir, &paths.index, format)
             }
             other => other,
         }

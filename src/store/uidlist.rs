@@ -201,6 +201,12 @@ impl UidlFormat {
         Ok(UidlFormat { parts })
     }
 
+    /// A checksum of the parsed template, stored in the mailbox index: an
+    /// index built with another template is not used.
+    pub fn fingerprint(&self) -> u32 {
+        crc32fast::hash(format!("{:?}", self.parts).as_bytes())
+    }
+
     /// True when the template needs the uidlist (uses `%u` or `%v`).
     pub fn needs_uidlist(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Number { .. }))

@@ -1,0 +1,679 @@
+//! The persistent mailbox index: one file per Maildir holding, in POP3 order,
+//! what a session needs (file name, RFC 1939 size, size on disk, UIDL), and
+//! the identity of `cur/`, `new/` and `dovecot-uidlist` it was built from.
+//! A login whose directories still have that identity reads this file and no
+//! directory at all (see [`super::maildir::load`]).
+//!
+//! The index is a cache: it may be stale or absent, never trusted when wrong.
+//! - Written whole to a temporary name in the same directory, then renamed
+//!   over the old one: readers see the old file or the new one, never a mix.
+//!   No fsync: a file torn by a power loss fails its checksum and is rebuilt.
+//! - Versioned and checksummed (CRC-32 over everything after the checksum).
+//!   A truncated, torn, foreign or corrupt file is reported by [`parse`],
+//!   logged once, and rebuilt from the directories. Deleting it is always safe.
+//! - Directory times are trusted only once they are older than the check
+//!   that recorded them by [`DIRTY_WINDOW`] (Dovecot's maildir sync calls such
+//!   directories dirty): a change made within the file system's timestamp
+//!   granularity of the check could leave the time unchanged.
+//!
+//! File layout, little-endian (`HEADER_BYTES` then `count` entries then the
+//! names):
+//!
+//! ```text
+//!   0  magic "SPOPIDX\0"          8  version u32        12  crc32 of [16..]
+//!  16  file length u64            24  UIDL format fingerprint u32
+//!  28  message count u32          32  total RFC 1939 octets u64
+//!  40  names length u32           44  reserved (0) u32
+//!  48  checked at: sec i64, nsec u32, reserved u32
+//!  64  identity of new/   112  of cur/   160  of dovecot-uidlist (all zero: absent)
+//!      each: dev u64, ino u64, size u64, mtime sec i64, ctime sec i64,
+//!            mtime nsec u32, ctime nsec u32
+//! 208  entries, 24 bytes each: octets u64, bytes on disk u64 (all ones:
+//!      unknown), name offset u32, name length u8, base name length u8,
+//!      UIDL length u8 (0: the UIDL is the base name; else it follows the
+//!      name), flags u8 (bit 0: the file is in new/)
+//!      then the names (UTF-8)
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use super::maildir::{FLAG_IN_NEW, Message, Snapshot};
+
+/// The index file's name: a dot file, which no Maildir reader takes for mail.
+pub const INDEX_FILE: &str = ".shardpop-pop3.index";
+
+/// The format this build reads and writes. Any other is rebuilt.
+pub const VERSION: u32 = 1;
+
+/// Directory and file times closer than this to the check that recorded
+/// them (or later than it) are not trusted: the next login reads again.
+/// Two seconds cover file systems with one-second times (NFS, ext3) and
+/// coarse kernel clocks, as Dovecot's maildir sync does.
+pub const DIRTY_WINDOW: Duration = Duration::from_secs(2);
+
+const MAGIC: [u8; 8] = *b"SPOPIDX\0";
+const HEADER_BYTES: usize = 208;
+const ENTRY_BYTES: usize = 24;
+const IDENTITY_BYTES: usize = 48;
+/// The bytes-on-disk value of an entry whose size on disk is unknown.
+pub(crate) const UNKNOWN_BYTES: u64 = u64::MAX;
+
+/// A wall-clock time as the file system stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp {
+    /// Seconds since the epoch (negative before it).
+    pub sec: i64,
+    /// Nanoseconds, 0..1e9.
+    pub nsec: u32,
+}
+
+impl Stamp {
+    /// The wall clock now.
+    pub fn now() -> Stamp {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => Stamp {
+                sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
+            },
+            // A clock before 1970 is a broken clock: every time looks recent,
+            // so nothing is trusted.
+            Err(_) => Stamp::default(),
+        }
+    }
+
+    fn nanos(self) -> i128 {
+        i128::from(self.sec) * 1_000_000_000 + i128::from(self.nsec)
+    }
+}
+
+/// What identifies one state of a directory or file: if any of this changed,
+/// so may have its content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Device.
+    pub dev: u64,
+    /// Inode (never 0 for a file that exists).
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last content change.
+    pub mtime: Stamp,
+    /// Last inode change (renames into and out of a directory set it too,
+    /// and `utime` cannot set it back).
+    pub ctime: Stamp,
+}
+
+impl Identity {
+    /// A file that does not exist.
+    pub const ABSENT: Identity = Identity {
+        dev: 0,
+        ino: 0,
+        size: 0,
+        mtime: Stamp { sec: 0, nsec: 0 },
+        ctime: Stamp { sec: 0, nsec: 0 },
+    };
+
+    /// The identity of `path` (which must exist).
+    pub fn stat(path: &Path) -> io::Result<Identity> {
+        let m = fs::metadata(path)?;
+        let stamp = |sec: i64, nsec: i64| Stamp {
+            sec,
+            nsec: u32::try_from(nsec).unwrap_or(0),
+        };
+        Ok(Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: stamp(m.mtime(), m.mtime_nsec()),
+            ctime: stamp(m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// The identity of `path`, or [`Identity::ABSENT`] when there is none.
+    pub fn stat_optional(path: &Path) -> io::Result<Identity> {
+        match Identity::stat(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Identity::ABSENT),
+            other => other,
+        }
+    }
+
+    /// True when nothing can have changed unseen since a check at
+    /// `checked_at` found this identity: its times are older than the check
+    /// by at least [`DIRTY_WINDOW`].
+    pub fn settled_at(&self, checked_at: Stamp) -> bool {
+        if *self == Identity::ABSENT {
+            return true;
+        }
+        let window = DIRTY_WINDOW.as_nanos() as i128;
+        let latest = self.mtime.nanos().max(self.ctime.nanos());
+        latest + window <= checked_at.nanos()
+    }
+}
+
+/// What the index was built from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    /// [`super::UidlFormat::fingerprint`] of the template the UIDLs were made with.
+    pub format: u32,
+    /// When the identities below were taken (before any of them).
+    pub checked_at: Stamp,
+    /// `new/` before it was read.
+    pub new: Identity,
+    /// `cur/` before it was read.
+    pub cur: Identity,
+    /// `dovecot-uidlist` before it was read, or absent.
+    pub uidlist: Identity,
+}
+
+/// Which parts of a Maildir a login must read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stale {
+    /// `new/` changed (or may have).
+    pub new: bool,
+    /// `cur/` changed (or may have).
+    pub cur: bool,
+    /// UIDLs and order must be made again (uidlist or format changed).
+    pub uidls: bool,
+}
+
+impl Stale {
+    /// Nothing to read: the index is the mailbox.
+    pub fn none(&self) -> bool {
+        !(self.new || self.cur || self.uidls)
+    }
+}
+
+impl Header {
+    /// Compares what this index was built from with the Maildir `now`.
+    pub fn stale(&self, now: &Header) -> Stale {
+        // A clock that went backwards since the check makes every stored
+        // time suspect.
+        let clock_ok = self.checked_at <= now.checked_at;
+        let fresh = |then: &Identity, now: &Identity| {
+            clock_ok && then == now && then.settled_at(self.checked_at)
+        };
+        Stale {
+            new: !fresh(&self.new, &now.new),
+            cur: !fresh(&self.cur, &now.cur),
+            uidls: !fresh(&self.uidlist, &now.uidlist) || self.format != now.format,
+        }
+    }
+}
+
+/// Why an index file was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexError {
+    /// Shorter than its header or than the length it states (a torn write).
+    Truncated,
+    /// Not an index file at all.
+    Foreign,
+    /// An index of another format version.
+    Version(u32),
+    /// The checksum does not match: corrupt or torn.
+    Checksum,
+    /// Checksummed but inconsistent (written by a broken writer).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for IndexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexError::Truncated => f.write_str("truncated"),
+            IndexError::Foreign => f.write_str("not a shardpop index"),
+            IndexError::Version(v) => write!(f, "version {v}, this server reads {VERSION}"),
+            IndexError::Checksum => f.write_str("checksum mismatch"),
+            IndexError::Malformed(why) => write!(f, "malformed: {why}"),
+        }
+    }
+}
+
+/// A parsed index: its header and the messages, in POP3 order.
+#[derive(Debug)]
+pub struct Parsed {
+    /// What it was built from.
+    pub header: Header,
+    /// The entries.
+    pub messages: Vec<Message>,
+    /// The names the entries point into.
+    pub names: Box<str>,
+    /// Sum of the entries' octets.
+    pub total_octets: u64,
+}
+
+impl Parsed {
+    /// The header and the snapshot of the Maildir `dir` this index describes.
+    pub fn into_snapshot(self, dir: &Path) -> (Header, Snapshot) {
+        let snapshot = Snapshot::from_parts(dir, self.messages, self.names, self.total_octets);
+        (self.header, snapshot)
+    }
+}
+
+/// Little-endian reader over a slice whose length was checked first.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0; N];
+        out.copy_from_slice(&self.bytes[self.at..self.at + N]);
+        self.at += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take())
+    }
+    fn identity(&mut self) -> Identity {
+        let dev = self.u64();
+        let ino = self.u64();
+        let size = self.u64();
+        let mtime_sec = self.i64();
+        let ctime_sec = self.i64();
+        let mtime_nsec = self.u32();
+        let ctime_nsec = self.u32();
+        Identity {
+            dev,
+            ino,
+            size,
+            mtime: Stamp {
+                sec: mtime_sec,
+                nsec: mtime_nsec,
+            },
+            ctime: Stamp {
+                sec: ctime_sec,
+                nsec: ctime_nsec,
+            },
+        }
+    }
+}
+
+/// Parses and checks an index file. Any bytes give an answer, never a panic.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
+    if bytes.len() < 16 {
+        return Err(if MAGIC.starts_with(bytes) {
+            IndexError::Truncated
+        } else {
+            IndexError::Foreign
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(IndexError::Foreign);
+    }
+    let mut r = Reader { bytes, at: 8 };
+    let version = r.u32();
+    if version != VERSION {
+        return Err(IndexError::Version(version));
+    }
+    let crc = r.u32();
+    if bytes.len() < HEADER_BYTES {
+        return Err(IndexError::Truncated);
+    }
+    let file_len = r.u64();
+    if file_len != bytes.len() as u64 {
+        return Err(if file_len > bytes.len() as u64 {
+            IndexError::Truncated
+        } else {
+            IndexError::Malformed("longer than it says")
+        });
+    }
+    if crc32fast::hash(&bytes[16..]) != crc {
+        return Err(IndexError::Checksum);
+    }
+    let format = r.u32();
+    let count = r.u32() as usize;
+    let total_octets = r.u64();
+    let names_len = r.u32() as usize;
+    let _reserved = r.u32();
+    let checked_at = Stamp {
+        sec: r.i64(),
+        nsec: r.u32(),
+    };
+    let _reserved = r.u32();
+    let header = Header {
+        format,
+        checked_at,
+        new: r.identity(),
+        cur: r.identity(),
+        uidlist: r.identity(),
+    };
+    debug_assert_eq!(r.at, HEADER_BYTES);
+    let body = bytes.len() - HEADER_BYTES;
+    if count
+        .checked_mul(ENTRY_BYTES)
+        .and_then(|e| e.checked_add(names_len))
+        != Some(body)
+    {
+        return Err(IndexError::Malformed("sections do not add up"));
+    }
+    let names_at = HEADER_BYTES + count * ENTRY_BYTES;
+    let names = std::str::from_utf8(&bytes[names_at..])
+        .map_err(|_| IndexError::Malformed("names are not UTF-8"))?;
+    let mut messages = Vec::with_capacity(count);
+    let mut sum = 0u64;
+    for _ in 0..count {
+        let m = Message {
+            octets: r.u64(),
+            file_bytes: r.u64(),
+            name_at: r.u32(),
+            name_len: r.u8(),
+            base_len: r.u8(),
+            uidl_len: r.u8(),
+            flags: r.u8(),
+        };
+        check_entry(&m, names)?;
+        sum = sum
+            .checked_add(m.octets)
+            .ok_or(IndexError::Malformed("octets overflow"))?;
+        messages.push(m);
+    }
+    if sum != total_octets {
+        return Err(IndexError::Malformed("total octets"));
+    }
+    Ok(Parsed {
+        header,
+        messages,
+        names: names.into(),
+        total_octets,
+    })
+}
+
+/// Every range an entry names lies in `names` on character boundaries, and
+/// its UIDL is a valid RFC 1939 unique-id: the accessors of [`Snapshot`] can
+/// then slice without checks.
+fn check_entry(m: &Message, names: &str) -> Result<(), IndexError> {
+    let at = m.name_at as usize;
+    let name = names
+        .get(at..at + usize::from(m.name_len))
+        .ok_or(IndexError::Malformed("name out of range"))?;
+    let base = name
+        .get(..usize::from(m.base_len))
+        .ok_or(IndexError::Malformed("base name out of range"))?;
+    if name.is_empty() || base.is_empty() || base.contains(':') || m.flags & !FLAG_IN_NEW != 0 {
+        return Err(IndexError::Malformed("entry"));
+    }
+    let end = at + usize::from(m.name_len);
+    let uidl = match m.uidl_len {
+        0 => base,
+        n => names
+            .get(end..end + usize::from(n))
+            .ok_or(IndexError::Malformed("UIDL out of range"))?,
+    };
+    if !super::maildir::is_valid_uidl(uidl) {
+        return Err(IndexError::Malformed("UIDL"));
+    }
+    Ok(())
+}
+
+/// The bytes of the index of `snapshot`, built as `header` says.
+pub fn encode(header: &Header, snapshot: &Snapshot) -> Vec<u8> {
+    let (messages, names) = snapshot.table();
+    let len = HEADER_BYTES + messages.len() * ENTRY_BYTES + names.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // checksum, set last
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out.extend_from_slice(&header.format.to_le_bytes());
+    out.extend_from_slice(&(messages.len() as u32).to_le_bytes());
+    out.extend_from_slice(&snapshot.total_octets().to_le_bytes());
+    out.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&header.checked_at.sec.to_le_bytes());
+    out.extend_from_slice(&header.checked_at.nsec.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for id in [&header.new, &header.cur, &header.uidlist] {
+        let start = out.len();
+        out.extend_from_slice(&id.dev.to_le_bytes());
+        out.extend_from_slice(&id.ino.to_le_bytes());
+        out.extend_from_slice(&id.size.to_le_bytes());
+        out.extend_from_slice(&id.mtime.sec.to_le_bytes());
+        out.extend_from_slice(&id.ctime.sec.to_le_bytes());
+        out.extend_from_slice(&id.mtime.nsec.to_le_bytes());
+        out.extend_from_slice(&id.ctime.nsec.to_le_bytes());
+        debug_assert_eq!(out.len() - start, IDENTITY_BYTES);
+    }
+    debug_assert_eq!(out.len(), HEADER_BYTES);
+    for m in messages {
+        out.extend_from_slice(&m.octets.to_le_bytes());
+        out.extend_from_slice(&m.file_bytes.to_le_bytes());
+        out.extend_from_slice(&m.name_at.to_le_bytes());
+        out.extend_from_slice(&[m.name_len, m.base_len, m.uidl_len, m.flags]);
+    }
+    out.extend_from_slice(names.as_bytes());
+    let crc = crc32fast::hash(&out[16..]);
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads the index at `path`: `None` when there is none or it cannot be
+/// used (the reason is logged once).
+pub fn read(path: &Path) -> Option<Parsed> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn_once(path, "read", &e);
+            return None;
+        }
+    };
+    match parse(&bytes) {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            warn_once(path, "parse", &e);
+            None
+        }
+    }
+}
+
+/// Writes the index of `snapshot` to `path` through a temporary file in the
+/// same directory and a rename. The directory is created when missing
+/// (`:INDEX=` directories are made at first login).
+pub fn write(path: &Path, header: &Header, snapshot: &Snapshot) -> io::Result<()> {
+    let bytes = encode(header, snapshot);
+    let tmp = temp_name(path);
+    let result = match fs::write(&tmp, &bytes) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+            Some(parent) => {
+                fs::create_dir_all(parent)?;
+                fs::write(&tmp, &bytes)
+            }
+            None => Err(e),
+        },
+        other => other,
+    }
+    .and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `<index>.<token>.tmp`: the token is random per process, so two nodes on
+/// one shared Maildir never write the same temporary file (one process
+/// writes a mailbox's index only while it holds the mailbox lock).
+fn temp_name(path: &Path) -> PathBuf {
+    static TOKEN: OnceLock<u64> = OnceLock::new();
+    let token = TOKEN.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => u64::from(std::process::id()) << 32 | u64::from(Stamp::now().nsec),
+        }
+    });
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{token:016x}.tmp"));
+    PathBuf::from(name)
+}
+
+/// How many distinct (index, cause) pairs are remembered before the memory
+/// of what was logged starts over.
+const LOGGED_MAX: usize = 4096;
+
+/// Logs a problem with an index once per file and kind of problem, so an
+/// unwritable Maildir does not log at every login.
+pub fn warn_once(path: &Path, what: &str, error: &dyn fmt::Display) {
+    static LOGGED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+    let mut h = DefaultHasher::new();
+    (path, what).hash(&mut h);
+    let key = h.finish();
+    let first = {
+        let mut logged = LOGGED.lock();
+        let set = logged.get_or_insert_with(HashSet::new);
+        if set.len() >= LOGGED_MAX {
+            set.clear();
+        }
+        set.insert(key)
+    };
+    if first {
+        tracing::warn!(index = %path.display(), error = %error, "mailbox index: cannot {what}; the Maildir is read instead");
+    } else {
+        tracing::debug!(index = %path.display(), error = %error, "mailbox index: cannot {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::location::IndexDir;
+    use crate::store::maildir;
+    use crate::store::uidlist::UidlFormat;
+
+    /// A real index: two messages, one with a digest UIDL and one in new/.
+    fn sample() -> Vec<u8> {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        maildir::create(dir).unwrap();
+        fs::write(dir.join("cur/1.a,S=2,W=3:2,S"), b"x\n").unwrap();
+        fs::write(dir.join(format!("cur/2.{}:2,", "b".repeat(80))), b"yy\n").unwrap();
+        maildir::load(dir, &IndexDir::Maildir, &UidlFormat::parse("%f").unwrap()).unwrap();
+        fs::read(dir.join(INDEX_FILE)).unwrap()
+    }
+
+    #[test]
+    fn encode_and_parse_agree() {
+        let bytes = sample();
+        let parsed = parse(&bytes).unwrap();
+        assert_eq!(parsed.messages.len(), 2);
+        assert_eq!(parsed.total_octets, 3 + 4);
+        let snapshot = Snapshot::from_parts(
+            Path::new("/m"),
+            parsed.messages,
+            parsed.names,
+            parsed.total_octets,
+        );
+        assert_eq!(snapshot.file_name(0), "1.a,S=2,W=3:2,S");
+        assert_eq!(snapshot.file_bytes(0), Some(2));
+        assert_eq!(snapshot.uidl(1).len(), 40, "over 70 bytes: a digest");
+        assert_eq!(encode(&parsed.header, &snapshot), bytes);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_bit_is_refused() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(parse(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        for at in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[at] ^= 1 << bit;
+                assert!(parse(&b).is_err(), "bit {bit} of byte {at}");
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(parse(&longer).is_err());
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let bytes = sample();
+        assert_eq!(parse(&bytes[..100]).unwrap_err(), IndexError::Truncated);
+        assert_eq!(parse(b"SPOP").unwrap_err(), IndexError::Truncated);
+        assert_eq!(
+            parse(b"dovecot.index....").unwrap_err(),
+            IndexError::Foreign
+        );
+        let mut v2 = bytes.clone();
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(parse(&v2).unwrap_err(), IndexError::Version(2));
+        let mut torn = bytes.clone();
+        torn[HEADER_BYTES] ^= 1;
+        assert_eq!(parse(&torn).unwrap_err(), IndexError::Checksum);
+        // A consistent checksum over inconsistent content (a broken writer).
+        let mut bad = bytes.clone();
+        bad[HEADER_BYTES + 16..HEADER_BYTES + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&bad[16..]);
+        bad[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(parse(&bad), Err(IndexError::Malformed(_))));
+    }
+
+    #[test]
+    fn identities_settle_after_the_dirty_window() {
+        let id = Identity {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: Stamp { sec: 100, nsec: 5 },
+            ctime: Stamp { sec: 101, nsec: 0 },
+        };
+        assert!(!id.settled_at(Stamp {
+            sec: 102,
+            nsec: 999_999_999
+        }));
+        assert!(id.settled_at(Stamp { sec: 103, nsec: 0 }));
+        assert!(
+            !id.settled_at(Stamp { sec: 50, nsec: 0 }),
+            "a time in the future"
+        );
+        assert!(Identity::ABSENT.settled_at(Stamp::default()));
+        let then = Header {
+            format: 1,
+            checked_at: Stamp { sec: 200, nsec: 0 },
+            new: id,
+            cur: id,
+            uidlist: Identity::ABSENT,
+        };
+        assert!(
+            then.stale(&Header {
+                checked_at: Stamp { sec: 300, nsec: 0 },
+                ..then
+            })
+            .none()
+        );
+        let back = then.stale(&Header {
+            checked_at: Stamp { sec: 199, nsec: 0 },
+            ..then
+        });
+        assert!(
+            back.new && back.cur && back.uidls,
+            "the clock went backwards"
+        );
+        let moved = Identity { ino: 9, ..id };
+        let s = then.stale(&Header { cur: moved, ..then });
+        assert!(s.cur && !s.new && !s.uidls);
+        let s = then.stale(&Header { format: 2, ..then });
+        assert!(s.uidls && !s.cur);
+    }
+}

@@ -1,0 +1,339 @@
+//! The mailbox index end to end, against the real binary: a login on an
+//! unchanged Maildir reads no directory (across restarts too), mail delivered
+//! or removed by other programs between sessions is seen in the next one
+//! every time, broken index files are rebuilt, and a Maildir the server may
+//! not write is served without one.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, Engine, Opts, Server, Tree};
+use shardpop::store::index::{self, INDEX_FILE};
+
+/// Logs the store's debug lines: one "maildir read" per login that listed
+/// a directory.
+fn opts(engine: Engine) -> Opts {
+    Opts {
+        env: vec![("RUST_LOG", "info,shardpop::store=debug")],
+        ..Opts::new(engine)
+    }
+}
+
+/// Directory times within two seconds of a check are not trusted (the
+/// dirty window): let a freshly made tree settle, as a real one has.
+fn settle() {
+    thread::sleep(index::DIRTY_WINDOW + Duration::from_millis(200));
+}
+
+/// UIDL and LIST of one session, by UIDL.
+fn listing(c: &mut Client) -> BTreeMap<String, u64> {
+    assert!(c.cmd("UIDL").starts_with("+OK"));
+    let (uidl, _) = c.multiline();
+    assert!(c.cmd("LIST").starts_with("+OK"));
+    let (list, _) = c.multiline();
+    let uidl = String::from_utf8(uidl).unwrap();
+    let list = String::from_utf8(list).unwrap();
+    let mut out = BTreeMap::new();
+    for (u, l) in uidl.lines().zip(list.lines()) {
+        let (n, id) = u.split_once(' ').unwrap();
+        let (m, octets) = l.split_once(' ').unwrap();
+        assert_eq!(n, m);
+        assert!(
+            out.insert(id.to_string(), octets.parse().unwrap())
+                .is_none(),
+            "UIDL {id} listed twice"
+        );
+    }
+    assert_eq!(uidl.lines().count(), list.lines().count());
+    out
+}
+
+fn session(server: &Server, user: &str) -> BTreeMap<String, u64> {
+    let mut c = server.connect();
+    c.login(user, "pw");
+    let seen = listing(&mut c);
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    seen
+}
+
+fn reads(server: &Server) -> usize {
+    server.log().matches("maildir read").count()
+}
+
+engine_test!(an_unchanged_mailbox_is_served_from_its_index);
+fn an_unchanged_mailbox_is_served_from_its_index(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw");
+    for n in 0..20 {
+        tree.deliver("alice", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
+    }
+    settle();
+    let server = Server::start_with(&tree, opts(engine));
+    let first = session(&server, "alice");
+    assert_eq!(first.len(), 20);
+    server.wait_log("maildir read");
+    assert!(tree.maildir("alice").join(INDEX_FILE).is_file());
+    for _ in 0..3 {
+        assert_eq!(session(&server, "alice"), first);
+    }
+    assert_eq!(reads(&server), 1, "{}", server.log());
+    // A restart keeps the index: the new process reads no directory either.
+    server.terminate();
+    let server = Server::start_with(&tree, opts(engine));
+    assert_eq!(session(&server, "alice"), first);
+    server.wait_log("pop3 logout");
+    assert_eq!(reads(&server), 0, "{}", server.log());
+}
+
+/// An MTA's delivery: write in tmp/, rename into new/. `None` once the
+/// Maildir is gone.
+fn deliver_new(md: &Path, n: u64) -> Option<String> {
+    let base = format!("{}.R{n}.race", 1_700_000_000 + n);
+    let tmp = md.join("tmp").join(&base);
+    fs::write(&tmp, body(n)).ok()?;
+    fs::rename(&tmp, md.join("new").join(&base)).ok()?;
+    Some(base)
+}
+
+/// A body whose RFC 1939 size tells which message it is.
+fn body(n: u64) -> Vec<u8> {
+    let mut b = format!("Subject: {n}\n\n").into_bytes();
+    b.extend(std::iter::repeat_n(b'y', (n % 97) as usize));
+    b.push(b'\n');
+    b
+}
+
+fn octets(n: u64) -> u64 {
+    let b = body(n);
+    b.len() as u64 + b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+/// Sessions in a row while another thread delivers into new/ and removes
+/// from cur/: every session sees all mail delivered before it connected,
+/// none removed before it connected, nothing twice, every size right.
+/// 1,000 sessions per engine (a few seconds each on a loaded debug build).
+const RACE_SESSIONS: usize = 1000;
+
+/// What the racing deliverer has finished.
+#[derive(Default)]
+struct RaceState {
+    /// Delivered and not removed (base names).
+    live: BTreeSet<String>,
+    /// Removed, with the removal's sequence number.
+    removed: std::collections::HashMap<String, u64>,
+    /// Removals so far.
+    removals: u64,
+}
+
+engine_test!(deliveries_and_removals_racing_logins_are_seen_by_the_next_session);
+fn deliveries_and_removals_racing_logins_are_seen_by_the_next_session(engine: Engine) {
+    let mut tree = Tree::new();
+    let md = tree.user("race", "pw");
+    let server = Server::start_with(&tree, Opts::new(engine));
+    let state = Arc::new(parking_lot::Mutex::new(RaceState::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let racer = {
+        let (md, state, stop, ops) = (
+            md.clone(),
+            Arc::clone(&state),
+            Arc::clone(&stop),
+            Arc::clone(&ops),
+        );
+        thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // The tree goes away when the test ends (or fails).
+                let Some(base) = deliver_new(&md, n) else {
+                    break;
+                };
+                state.lock().live.insert(base);
+                // Another program removes mail the server moved to cur/,
+                // keeping the mailbox near 20 messages.
+                let Ok(cur) = fs::read_dir(md.join("cur")) else {
+                    break;
+                };
+                let cur: Vec<_> = cur.flatten().collect();
+                if cur.len() >= 20 {
+                    let e = &cur[(n as usize * 7) % cur.len()];
+                    let name = e.file_name().into_string().unwrap();
+                    // Held across the unlink: a session's expectations are
+                    // taken, and checked, either before it or after it.
+                    let mut s = state.lock();
+                    if fs::remove_file(e.path()).is_ok() {
+                        let base = name.split(':').next().unwrap().to_string();
+                        s.live.remove(&base);
+                        s.removals += 1;
+                        let seq = s.removals;
+                        s.removed.insert(base, seq);
+                    }
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let started = Instant::now();
+    for i in 0..RACE_SESSIONS {
+        let (must, removals) = {
+            let s = state.lock();
+            (s.live.clone(), s.removals)
+        };
+        let seen = session(&server, "race");
+        let s = state.lock();
+        for base in &must {
+            assert!(
+                seen.contains_key(base) || s.removed.contains_key(base),
+                "session {i}: {base} delivered before login, not seen"
+            );
+        }
+        for (uidl, size) in &seen {
+            if let Some(&seq) = s.removed.get(uidl) {
+                assert!(
+                    seq > removals,
+                    "session {i}: {uidl} removed before login, seen"
+                );
+            }
+            let n: u64 = uidl
+                .split(".R")
+                .nth(1)
+                .and_then(|t| t.trim_end_matches(".race").parse().ok())
+                .unwrap_or_else(|| panic!("session {i}: a UIDL nobody delivered: {uidl}"));
+            assert_eq!(*size, octets(n), "session {i}: size of {uidl}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    assert!(ops.load(Ordering::Relaxed) > 50, "the racer ran");
+    eprintln!(
+        "{RACE_SESSIONS} sessions against {} deliveries in {:?}",
+        ops.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    // Once the racer stops, one more session sees exactly what is on disk.
+    let on_disk: BTreeSet<String> = tree
+        .files("race")
+        .iter()
+        .map(|n| n.split(':').next().unwrap().to_string())
+        .collect();
+    let seen: BTreeSet<String> = session(&server, "race").into_keys().collect();
+    assert_eq!(seen, on_disk);
+}
+
+engine_test!(a_broken_index_is_rebuilt_and_logged_once);
+fn a_broken_index_is_rebuilt_and_logged_once(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("bob", "pw");
+    for n in 0..5 {
+        tree.deliver("bob", n, b"no size in the name\n");
+    }
+    settle();
+    let server = Server::start_with(&tree, opts(engine));
+    let good = session(&server, "bob");
+    let path = tree.maildir("bob").join(INDEX_FILE);
+    let bytes = fs::read(&path).unwrap();
+    index::parse(&bytes).unwrap();
+    // Torn (half written) and then corrupt (one byte changed).
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(session(&server, "bob"), good);
+    index::parse(&fs::read(&path).unwrap()).expect("rebuilt");
+    let mut flipped = fs::read(&path).unwrap();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    fs::write(&path, &flipped).unwrap();
+    assert_eq!(session(&server, "bob"), good);
+    index::parse(&fs::read(&path).unwrap()).expect("rebuilt");
+    let log = server.wait_log("checksum mismatch");
+    assert_eq!(
+        log.matches("mailbox index: cannot parse").count(),
+        2,
+        "{log}"
+    );
+    // Deleting it is always safe.
+    fs::remove_file(&path).unwrap();
+    assert_eq!(session(&server, "bob"), good);
+}
+
+engine_test!(a_read_only_maildir_is_served_without_an_index);
+fn a_read_only_maildir_is_served_without_an_index(engine: Engine) {
+    // Only root can start the server as another user, who then may read
+    // the tree but not write it (root itself writes anywhere).
+    if effective_uid() != 0 {
+        eprintln!("skipped: needs root to run the server as nobody");
+        return;
+    }
+    let mut tree = Tree::new();
+    let md = tree.user("ro", "pw");
+    tree.deliver("ro", 1, b"in cur\n");
+    fs::write(md.join("new/1700000009.M9.test"), b"still in new\n").unwrap();
+    fs::set_permissions(
+        tree.root(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &tree,
+        Opts {
+            shards: 1,
+            toml: "[server]\nuser = \"nobody\"\n".into(),
+            ..Opts::new(engine)
+        },
+    );
+    server.wait_log("dropped root privileges");
+    for _ in 0..2 {
+        let mut c = server.connect();
+        c.login("ro", "pw");
+        assert_eq!(c.cmd("STAT"), "+OK 2 22");
+        assert!(c.cmd("RETR 2").starts_with("+OK"));
+        assert_eq!(c.multiline().0, b"still in new\r\n");
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+    }
+    assert!(!md.join(INDEX_FILE).exists());
+    assert!(md.join("new/1700000009.M9.test").exists(), "not moved");
+    let log = server.log();
+    assert_eq!(
+        log.matches("mailbox index: cannot write").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+#[test]
+fn an_index_dir_from_the_mail_location_is_used() {
+    for engine in [Engine::Epoll, Engine::Uring] {
+        let mut tree = Tree::new();
+        let md = tree.user("idx", "pw");
+        tree.deliver("idx", 1, b"x\n");
+        let index_dir = tree.root().join("index/idx");
+        // The user's own location (passwd-file `userdb_mail`) with :INDEX=.
+        fs::write(
+            tree.passwd(),
+            format!(
+                "idx:{{PLAIN}}pw:1000:1000::::userdb_mail=maildir:{}:INDEX={}\n",
+                md.display(),
+                index_dir.display()
+            ),
+        )
+        .unwrap();
+        let server = Server::start(&tree, engine);
+        assert_eq!(session(&server, "idx").len(), 1);
+        assert!(index_dir.join(INDEX_FILE).is_file(), "{}", server.log());
+        assert!(!md.join(INDEX_FILE).exists());
+    }
+}
+
+/// The effective uid, from /proc (no unsafe, no libc call).
+fn effective_uid() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
