@@ -30,12 +30,7 @@ fn plaintext_sent_after_stls_in_its_own_packet_is_never_a_command(engine: Engine
         &tree,
         Opts {
             toml: "[auth]\nfailure_delay_ms = 0\n".into(),
-            args: vec![
-                "--tls-cert".into(),
-                leaf.cert.display().to_string(),
-                "--tls-key".into(),
-                leaf.key.display().to_string(),
-            ],
+            args: leaf.serve_args(false),
             ..Opts::new(engine)
         },
     );

@@ -177,14 +177,7 @@ fn the_header_comes_before_the_client_hello_on_implicit_tls(engine: Engine) {
         &tree,
         Opts {
             toml: "[server]\nproxy_from = [\"127.0.0.0/8\"]\n".into(),
-            args: vec![
-                "--tls-listen".into(),
-                "127.0.0.1:0".into(),
-                "--tls-cert".into(),
-                leaf.cert.display().to_string(),
-                "--tls-key".into(),
-                leaf.key.display().to_string(),
-            ],
+            args: leaf.serve_args(true),
             ..Opts::new(engine)
         },
     );

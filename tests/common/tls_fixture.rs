@@ -41,6 +41,24 @@ pub struct Leaf {
     pub der: Vec<u8>,
 }
 
+impl Leaf {
+    /// The `serve` flags for this certificate; with `implicit_tls`, also an
+    /// implicit-TLS listener on a free loopback port.
+    pub fn serve_args(&self, implicit_tls: bool) -> Vec<String> {
+        let mut args = Vec::new();
+        if implicit_tls {
+            args.extend(["--tls-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        args.extend([
+            "--tls-cert".to_string(),
+            self.cert.display().to_string(),
+            "--tls-key".to_string(),
+            self.key.display().to_string(),
+        ]);
+        args
+    }
+}
+
 impl TestCa {
     /// Makes a CA and writes its certificate to `dir/ca.pem`.
     pub fn new(dir: &Path) -> TestCa {
