@@ -726,20 +726,43 @@ impl Config {
     /// and take effect only at a restart (what is bound, what runs), by
     /// their TOML names, so one log line can say which were not applied.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        let (a, b) = (&self.server, &new.server);
-        [
-            ("server.listen", a.listen != b.listen),
-            ("tls.listen", self.tls.listen != new.tls.listen),
-            ("server.shards", self.shards() != new.shards()),
-            ("server.workers", self.workers() != new.workers()),
-            ("server.engine", a.engine != b.engine),
-            ("server.user", a.user != b.user),
-            ("server.group", a.group != b.group),
-            ("metrics.listen", self.metrics.listen != new.metrics.listen),
-        ]
-        .into_iter()
-        .filter_map(|(name, differs)| differs.then_some(name))
-        .collect()
+        new.clone().keep_restart_only(self)
+    }
+
+    /// For a SIGHUP reload: puts the running values of the restart-only
+    /// settings back into `self` (the configuration read anew) and returns
+    /// the names of those that differed.
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($name:literal => $($field:ident).+),* $(,)?) => {$(
+                if self.$($field).+ != running.$($field).+ {
+                    changed.push($name);
+                    self.$($field).+ = running.$($field).+.clone();
+                }
+            )*};
+        }
+        keep!("server.listen" => server.listen, "tls.listen" => tls.listen);
+        // 0 means "per core": compare what would run.
+        if self.shards() != running.shards() {
+            changed.push("server.shards");
+        }
+        if self.workers() != running.workers() {
+            changed.push("server.workers");
+        }
+        self.server.shards = running.server.shards;
+        self.server.workers = running.server.workers;
+        keep!(
+            "server.engine" => server.engine,
+            "server.user" => server.user,
+            "server.group" => server.group,
+            "metrics.listen" => metrics.listen,
+            "tls.cert" => tls.cert,
+            "tls.key" => tls.key,
+            "tls.ticket_key_file" => tls.ticket_key_file,
+            "limits.worker_queue_max" => limits.worker_queue_max,
+        );
+        changed
     }
 
     /// Shards to run.

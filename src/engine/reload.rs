@@ -35,7 +35,7 @@ pub fn apply(
         Ok(ctx) => ctx,
         Err(e) => return refuse(&e.to_string()),
     };
-    for name in keep_restart_only(running, &mut next) {
+    for name in next.keep_restart_only(running) {
         tracing::warn!("SIGHUP: {name} changed; it takes effect at the next restart");
     }
     logins.replace(ctx);
@@ -69,33 +69,4 @@ pub fn tls(tls: Option<&crate::tls::TlsReloader>) {
         },
         None => tracing::info!("SIGHUP: no TLS certificate configured; nothing to reload"),
     }
-}
-
-/// Puts back into `next` the running values of what cannot change without
-/// a restart, and names those that differed.
-fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    macro_rules! keep {
-        ($($name:literal => $($field:ident).+),* $(,)?) => {$(
-            if next.$($field).+ != running.$($field).+ {
-                changed.push($name);
-                next.$($field).+ = running.$($field).+.clone();
-            }
-        )*};
-    }
-    keep!(
-        "server.listen" => server.listen,
-        "server.shards" => server.shards,
-        "server.workers" => server.workers,
-        "server.engine" => server.engine,
-        "server.user" => server.user,
-        "server.group" => server.group,
-        "tls.listen" => tls.listen,
-        "tls.cert" => tls.cert,
-        "tls.key" => tls.key,
-        "tls.ticket_key_file" => tls.ticket_key_file,
-        "metrics.listen" => metrics.listen,
-        "limits.worker_queue_max" => limits.worker_queue_max,
-    );
-    changed
 }
