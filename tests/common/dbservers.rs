@@ -320,6 +320,10 @@ impl Mariadb {
 
     pub fn start() -> Mariadb {
         let dir = open_tempdir("mariadb");
+        // A private tmpdir: with the default /tmp, a bootstrap once failed
+        // deleting its own Aria temp table while other servers started beside it.
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        chown(dir.path(), "mysql");
         run(Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -327,7 +331,8 @@ impl Mariadb {
                 "--auth-root-authentication-method=normal",
             ])
             .args(["--skip-test-db", "--skip-name-resolve"])
-            .arg(format!("--datadir={}", dir.path().join("data").display())));
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display())));
         chown(dir.path(), "mysql");
         let db = Mariadb {
             dir,
@@ -363,6 +368,7 @@ impl Mariadb {
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
