@@ -6,6 +6,8 @@
 
 #[macro_use]
 mod common;
+#[path = "common/scrape.rs"]
+mod scrape;
 #[path = "common/tls_fixture.rs"]
 mod tls_fixture;
 
@@ -200,41 +202,6 @@ t.sendall(b"PASS pw\r\n"); print(f.readline())
     server.wait_log("rip=192.0.2.44, shard=");
 }
 
-fn scrape(addr: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", &format!("http://{addr}/metrics")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl {addr}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The value of the sample `name` (with its labels as written), summed
-/// over shards.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let base = series.split('{').next()?;
-            let labels = series.strip_prefix(base)?;
-            let wanted_base = name.split('{').next()?;
-            let wanted = &name[wanted_base.len()..];
-            let matches = base == wanted_base
-                && wanted
-                    .trim_matches(|c| c == '{' || c == '}')
-                    .split(',')
-                    .filter(|w| !w.is_empty())
-                    .all(|w| labels.contains(w));
-            matches.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 engine_test!(metrics_count_known_traffic);
 fn metrics_count_known_traffic(engine: Engine) {
     let mut tree = Tree::new();
@@ -251,19 +218,7 @@ fn metrics_count_known_traffic(engine: Engine) {
             ..Opts::new(engine)
         },
     );
-    let log = server.wait_log("metrics listening");
-    let line = log
-        .lines()
-        .find(|l| l.contains("metrics listening"))
-        .unwrap();
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = scrape::metrics_addr(&server);
     for _ in 0..3 {
         let mut c = server.connect();
         c.login("bob", "pw");
@@ -288,9 +243,9 @@ fn metrics_count_known_traffic(engine: Engine) {
     let retr_octets = (status.len() + 2 + wire.len()) as f64;
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
-        let text = scrape(&addr);
-        if sample(&text, "shardpop_deleted_messages_total") == 1.0
-            && sample(&text, "shardpop_connections_open") == 0.0
+        let text = scrape::scrape(&addr);
+        if scrape::sample(&text, "shardpop_deleted_messages_total") == 1.0
+            && scrape::sample(&text, "shardpop_connections_open") == 0.0
         {
             break text;
         }
@@ -298,26 +253,29 @@ fn metrics_count_known_traffic(engine: Engine) {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
-        sample(&text, "shardpop_connections_accepted_total"),
+        scrape::sample(&text, "shardpop_connections_accepted_total"),
         6.0,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "shardpop_logins_total{result=\"ok\"}"),
+        scrape::sample(&text, "shardpop_logins_total{result=\"ok\"}"),
         4.0,
         "{text}"
     );
     assert_eq!(
-        sample(&text, "shardpop_logins_total{result=\"failed\"}"),
+        scrape::sample(&text, "shardpop_logins_total{result=\"failed\"}"),
         2.0
     );
-    assert_eq!(sample(&text, "shardpop_retr_messages_total"), 1.0);
+    assert_eq!(scrape::sample(&text, "shardpop_retr_messages_total"), 1.0);
     assert_eq!(
-        sample(&text, "shardpop_retr_bytes_total"),
+        scrape::sample(&text, "shardpop_retr_bytes_total"),
         retr_octets,
         "{text}"
     );
-    assert_eq!(sample(&text, "shardpop_login_duration_seconds_count"), 6.0);
+    assert_eq!(
+        scrape::sample(&text, "shardpop_login_duration_seconds_count"),
+        6.0
+    );
     let engine_label = format!("engine=\"{}\"", engine.arg());
     assert!(text.contains(&engine_label), "{text}");
     // Prometheus's own linter on the real output (.ci/run installs it).

@@ -5,6 +5,8 @@
 
 #[macro_use]
 mod common;
+#[path = "common/scrape.rs"]
+mod scrape;
 #[path = "common/tls_fixture.rs"]
 mod tls_fixture;
 
@@ -41,6 +43,7 @@ fn keys() -> Keys {
 /// in order) and extra TOML.
 fn start(k: &Keys, engine: Engine, leaves: &[&Leaf], toml: &str) -> Server {
     let mut args: Vec<String> = vec!["--tls-listen".into(), "127.0.0.1:0".into()];
+    args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
     for leaf in leaves {
         args.push("--tls-cert".into());
         args.push(leaf.cert.display().to_string());
@@ -108,13 +111,24 @@ fn each_client_gets_the_certificate_its_sigalgs_allow(engine: Engine) {
     let k = keys();
     // RSA given first: a modern client still gets ECDSA.
     let server = start(&k, engine, &[&k.rsa, &k.ecdsa], "");
+    let metrics = scrape::metrics_addr(&server);
+    let offloaded = || {
+        scrape::sample(
+            &scrape::scrape(&metrics),
+            "shardpop_tls_handshakes_offloaded_total",
+        )
+    };
     let ca = &k.ca.ca_pem;
-    for version in ["-tls1_3", "-tls1_2"] {
+    for (round, version) in ["-tls1_3", "-tls1_2"].into_iter().enumerate() {
+        // ECDSA P-256 signs on the shard; RSA signs on the worker pool.
         assert_ecdsa(&s_client(&server, ca, &[version]));
+        assert_eq!(offloaded(), round as f64, "{version}");
         assert_rsa(&s_client(&server, ca, &[version, "-sigalgs", RSA_SIGALGS]));
+        assert_eq!(offloaded(), round as f64 + 1.0, "{version}");
         let ecdsa_only = "ECDSA+SHA256:ECDSA+SHA384";
         assert_ecdsa(&s_client(&server, ca, &[version, "-sigalgs", ecdsa_only]));
     }
+    assert_eq!(offloaded(), 2.0);
 }
 
 engine_test!(both_certificates_from_the_toml_list_and_sighup);

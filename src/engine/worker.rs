@@ -1,5 +1,5 @@
 //! The worker pool: blocking work (password hashing, Maildir scans, unlinks)
-//! runs here, never on a shard thread. Jobs come in on one bounded crossbeam
+//! and costly CPU work (RSA signatures of TLS handshakes) runs here, never on a shard thread. Jobs come in on one bounded crossbeam
 //! channel shared by all workers; each result goes back to the shard that
 //! asked, on that shard's bounded completion channel, and its waker wakes
 //! the shard's event loop.
@@ -58,6 +58,13 @@ pub enum Job {
         reply: Reply,
         /// The proven user.
         entry: UserEntry,
+    },
+    /// Answer a TLS ClientHello whose signature is too costly for a shard.
+    TlsAnswer {
+        /// Reply here.
+        reply: Reply,
+        /// The ClientHello and config.
+        answer: Box<crate::tls::CostlyAnswer>,
     },
     /// Remove the messages a session marked (UPDATE state).
     Commit {
@@ -167,6 +174,8 @@ pub enum Outcome {
         /// Fresh random bytes for the server nonce.
         nonce: Vec<u8>,
     },
+    /// The ClientHello's answer, for the connection's TLS layer.
+    TlsAnswered(Box<crate::tls::Answer>),
     /// UPDATE finished; this many files could not be removed.
     Committed {
         /// Files left behind.
@@ -270,6 +279,7 @@ fn run(ctx: &LoginContext, job: Job) {
             };
             (reply, outcome)
         }
+        Job::TlsAnswer { reply, answer } => (reply, Outcome::TlsAnswered(Box::new(answer.run()))),
         Job::Commit {
             reply,
             snapshot,

@@ -121,6 +121,7 @@ pub struct ShardCells {
     deleted_messages: Counter,
     auth_penalties: Counter,
     tls_handshakes: [Counter; TlsResult::ALL.len()],
+    tls_offloaded: Counter,
 }
 
 impl ShardCells {
@@ -167,6 +168,12 @@ impl ShardCells {
     /// A TLS handshake (implicit TLS or STLS) ended.
     pub fn tls_handshake(&self, result: TlsResult) {
         self.tls_handshakes[result as usize].add(1);
+    }
+
+    /// A ClientHello's answer (its costly signature) went to the worker
+    /// pool instead of running on the shard.
+    pub fn tls_offloaded(&self) {
+        self.tls_offloaded.add(1);
     }
 }
 

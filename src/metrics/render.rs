@@ -108,7 +108,7 @@ pub(super) fn render(m: &Metrics) -> String {
 type CounterFamily = (&'static str, &'static str, fn(&ShardCells) -> &Counter);
 
 fn counter_families(out: &mut String, shards: &[&ShardCells]) {
-    let plain: [CounterFamily; 4] = [
+    let plain: [CounterFamily; 5] = [
         (
             "shardpop_retr_messages_total",
             "Messages sent by RETR and TOP, per shard.",
@@ -128,6 +128,11 @@ fn counter_families(out: &mut String, shards: &[&ShardCells]) {
             "shardpop_auth_penalties_total",
             "Failed logins that earned their address a penalty (delay or block), per shard.",
             |c| &c.auth_penalties,
+        ),
+        (
+            "shardpop_tls_handshakes_offloaded_total",
+            "TLS handshakes whose costly signature (RSA, ECDSA P-384) ran on the worker pool, per shard.",
+            |c| &c.tls_offloaded,
         ),
     ];
     for (name, help, cell) in plain {

@@ -43,7 +43,7 @@ pub use config::{
     CERTIFICATES_MAX, PEM_FILE_BYTES_MAX, SESSION_CACHE_ENTRIES_MAX, TLS13_TICKETS_PER_HANDSHAKE,
     TlsFiles, load_server_config,
 };
-pub use layer::{PLAINTEXT_BUFFERED_BYTES_MAX, TlsLayer};
+pub use layer::{Answer, CostlyAnswer, PLAINTEXT_BUFFERED_BYTES_MAX, TlsLayer};
 pub use reload::TlsReloader;
 pub use resolve::ByKeyType;
 pub use ticket::{

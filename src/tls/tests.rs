@@ -64,6 +64,8 @@ struct Pair {
     server_got: Vec<u8>,
     client_got: Vec<u8>,
     client_saw_close: bool,
+    /// ClientHellos whose answer the layer left to the caller (costly keys).
+    costly_answers: usize,
 }
 
 impl Pair {
@@ -76,6 +78,7 @@ impl Pair {
             server_got: Vec::new(),
             client_got: Vec::new(),
             client_saw_close: false,
+            costly_answers: 0,
         }
     }
 
@@ -91,6 +94,13 @@ impl Pair {
             while !offered.is_empty() {
                 let taken = self.server.receive(offered).expect("server receive");
                 offered = &offered[taken..];
+                if let Some(answer) = self.server.take_costly_answer() {
+                    // As the worker pool would, here on the test's thread.
+                    self.costly_answers += 1;
+                    self.server.answered(answer.run()).expect("answer");
+                    assert!(!self.server.is_answering());
+                    continue;
+                }
                 let drained = self.drain_server();
                 assert!(taken > 0 || drained > 0, "receive stalled");
             }
@@ -663,9 +673,16 @@ fn is_rsa(scheme: rustls::SignatureScheme) -> bool {
 
 /// The leaf certificate a client with `client` config is served.
 fn served_leaf(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Vec<u8> {
+    served(server, client).0
+}
+
+/// The leaf the client got, and how many ClientHellos the layer left to
+/// the caller to answer off the shard.
+fn served(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> (Vec<u8>, usize) {
     let mut pair = Pair::new(server, client, 1 << 20);
     pair.handshake();
-    pair.client.peer_certificates().unwrap()[0].to_vec()
+    let leaf = pair.client.peer_certificates().unwrap()[0].to_vec();
+    (leaf, pair.costly_answers)
 }
 
 #[test]
@@ -679,24 +696,30 @@ fn each_client_gets_the_certificate_its_signature_schemes_allow() {
     };
     let server = load_server_config(&files).unwrap();
     for (version, _) in VERSIONS {
+        // An ECDSA P-256 signature is answered in place; an RSA one is left
+        // for the worker pool.
         let modern = fx.client_config(version);
         assert_eq!(
-            served_leaf(server.clone(), modern),
-            fx.leaf.der,
+            served(server.clone(), modern),
+            (fx.leaf.der.clone(), 0),
             "{version:?}"
         );
         let old = client_offering(&fx, version, is_rsa);
-        assert_eq!(served_leaf(server.clone(), old), rsa.der, "{version:?}");
+        assert_eq!(
+            served(server.clone(), old),
+            (rsa.der.clone(), 1),
+            "{version:?}"
+        );
         let ecdsa_only = client_offering(&fx, version, |s| !is_rsa(s));
         assert_eq!(served_leaf(server.clone(), ecdsa_only), fx.leaf.der);
     }
 
     // One RSA certificate alone serves everyone who offers RSA, and a client
     // that offers none of its schemes fails the handshake (an alert, no
-    // panic), as with any server.
+    // panic), as with any server: at once, not through the pool.
     let rsa_only = load_server_config(&TlsFiles::single(&rsa.cert, &rsa.key)).unwrap();
     let modern = fx.client_config(&version::TLS13);
-    assert_eq!(served_leaf(rsa_only.clone(), modern), rsa.der);
+    assert_eq!(served(rsa_only.clone(), modern), (rsa.der.clone(), 1));
     let ecdsa_client = client_offering(&fx, &version::TLS13, |s| !is_rsa(s));
     let name = ServerName::try_from("localhost").unwrap();
     let mut client = ClientConnection::new(ecdsa_client, name).unwrap();
@@ -704,8 +727,57 @@ fn each_client_gets_the_certificate_its_signature_schemes_allow() {
     let mut hello = Vec::new();
     client.write_tls(&mut hello).unwrap();
     assert!(matches!(layer.receive(&hello), Err(TlsError::Peer(_))));
+    assert!(layer.take_costly_answer().is_none());
     let mut alert = Vec::new();
     assert!(layer.write_ciphertext(&mut alert) > 0);
+}
+
+#[test]
+fn a_costly_answer_holds_input_and_plaintext_until_it_is_handed_back() {
+    let fx = Fixture::new();
+    let rsa = fx.ca.issue_rsa(fx.dir.path(), "rsa");
+    let server = load_server_config(&TlsFiles::single(&rsa.cert, &rsa.key)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(fx.client_config(&version::TLS13), name).unwrap();
+    let mut layer = TlsLayer::new(server).unwrap();
+    // The greeting, queued before the handshake, as on an implicit-TLS port.
+    layer.send_plaintext(b"+OK ready\r\n").unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    assert_eq!(layer.receive(&hello).unwrap(), hello.len());
+    assert!(layer.is_answering());
+    assert!(!layer.wants_write(), "nothing to send before the answer");
+    // While the answer is out, input waits in the caller's buffer.
+    assert_eq!(layer.receive(b"more").unwrap(), 0);
+    let answer = layer
+        .take_costly_answer()
+        .expect("an RSA signature is costly");
+    assert!(layer.take_costly_answer().is_none(), "taken once");
+    // Computed on another thread, as the worker pool does.
+    let answer = std::thread::spawn(move || answer.run()).join().unwrap();
+    layer.answered(answer).unwrap();
+    assert!(!layer.is_answering());
+    let mut flight = Vec::new();
+    assert!(layer.write_ciphertext(&mut flight) > 0);
+    let mut rest = &flight[..];
+    while !rest.is_empty() {
+        client.read_tls(&mut rest).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    let mut finished = Vec::new();
+    client.write_tls(&mut finished).unwrap();
+    layer.receive(&finished).unwrap();
+    assert!(!layer.is_handshaking());
+    let mut records = Vec::new();
+    layer.write_ciphertext(&mut records);
+    let mut rest = &records[..];
+    while !rest.is_empty() {
+        client.read_tls(&mut rest).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    let mut got = [0u8; 64];
+    let n = client.reader().read(&mut got).unwrap();
+    assert_eq!(&got[..n], b"+OK ready\r\n");
 }
 
 #[test]

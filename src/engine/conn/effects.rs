@@ -46,6 +46,8 @@ impl Conn {
             }
             Job::ScramLookup { user, .. } => self.login_failed(LoginFailure::Temporary, &user, cx),
             Job::Open { entry, .. } => self.login_failed(LoginFailure::Temporary, &entry.user, cx),
+            // Correct anywhere, only slow: this one handshake runs here.
+            Job::TlsAnswer { answer, .. } => self.tls_answered(answer.run(), cx),
         }
     }
 
@@ -194,6 +196,7 @@ impl Conn {
                 };
                 return self.scram_next(next, cx);
             }
+            Outcome::TlsAnswered(answer) => return self.tls_answered(*answer, cx),
             Outcome::Committed { failed } => {
                 let removed = self.commit_marked.saturating_sub(failed);
                 cx.cells().deleted(removed as u64);
@@ -201,6 +204,36 @@ impl Conn {
             }
         };
         self.complete(completion, cx);
+    }
+
+    /// Sends a ClientHello whose answer signs with a costly key to the pool,
+    /// so the shard's other connections do not wait for the signature.
+    pub(super) fn offload_tls_answer(&mut self, cx: &Cx<'_>) {
+        let Some(answer) = self.tls.as_deref_mut().and_then(|t| t.take_costly_answer()) else {
+            return;
+        };
+        cx.cells().tls_offloaded();
+        let reply = self.reply_to(cx);
+        self.submit(
+            Job::TlsAnswer {
+                reply,
+                answer: Box::new(answer),
+            },
+            cx,
+        );
+    }
+
+    /// The ClientHello is answered: the handshake goes on, or its alert is
+    /// sent and the connection closes.
+    fn tls_answered(&mut self, answer: crate::tls::Answer, cx: &Cx<'_>) {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return;
+        };
+        if let Err(e) = tls.answered(answer) {
+            tls.count_handshake(cx.cells(), false);
+            crate::engine::error::ConnError::from(e).log(self.peer);
+            self.closing = true;
+        }
     }
 
     /// Logs a failed login and answers it, after the address's penalty delay

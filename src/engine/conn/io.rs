@@ -69,6 +69,27 @@ impl Tls {
         self.starting.is_none()
     }
 
+    /// A ClientHello whose answer is too costly for the shard, once.
+    pub(super) fn take_costly_answer(&mut self) -> Option<crate::tls::CostlyAnswer> {
+        self.layer.take_costly_answer()
+    }
+
+    /// The pool's answer to the ClientHello.
+    pub(super) fn answered(
+        &mut self,
+        answer: crate::tls::Answer,
+    ) -> Result<(), crate::tls::TlsError> {
+        self.layer.answered(answer)
+    }
+
+    /// Counts the handshake's end, once.
+    pub(super) fn count_handshake(&mut self, cells: &ShardCells, ok: bool) {
+        if !self.handshake_counted {
+            self.handshake_counted = true;
+            cells.tls_handshake(if ok { TlsResult::Ok } else { TlsResult::Failed });
+        }
+    }
+
     /// A description for the login line ("TLSv1.3 ...").
     pub(super) fn describe(&self) -> Option<String> {
         self.layer.describe()
@@ -166,18 +187,14 @@ impl Conn {
                 let taken = match tls.layer.receive(tls.cipher_in.filled()) {
                     Ok(taken) => taken,
                     Err(e) => {
-                        if !tls.handshake_counted {
-                            tls.handshake_counted = true;
-                            cells.tls_handshake(TlsResult::Failed);
-                        }
+                        tls.count_handshake(cells, false);
                         return Err(e.into());
                     }
                 };
                 tls.cipher_in.consume(taken);
                 moved |= taken > 0;
-                if !tls.handshake_counted && !tls.layer.is_handshaking() {
-                    tls.handshake_counted = true;
-                    cells.tls_handshake(TlsResult::Ok);
+                if !tls.layer.is_handshaking() {
+                    tls.count_handshake(cells, true);
                 }
             }
             let got = tls.layer.read_plaintext(self.recv.space());

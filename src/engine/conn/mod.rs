@@ -212,6 +212,7 @@ impl Conn {
         }
         loop {
             let decrypted = self.tls_input(cx.cells())?;
+            self.offload_tls_answer(cx);
             let answered = self.run_session(cx);
             let filled = self.fill_body(cx)?;
             if !decrypted && !answered && !filled {
