@@ -6,8 +6,8 @@
 //! index ([`index`]) and the directories' identity, not the directories,
 //! unless they changed. Every function here that
 //! touches the disk is blocking and runs on the worker pool, except
-//! [`body::MessageMap::open`], which the shard calls for RETR (an open and an
-//! mmap of a file whose directory the login scan just read).
+//! [`Mailbox::open_message`], which the shard calls for RETR (an open by
+//! name in a directory the login just looked at, and a read or mmap).
 
 pub mod body;
 pub mod commit;
@@ -32,6 +32,9 @@ pub struct Mailbox {
     /// What the session sees (shared with the protocol layer as its maildrop).
     pub snapshot: Arc<Snapshot>,
     _lock: MailboxLock,
+    /// `cur/` and `new/`, opened at the first RETR that needs each, so a
+    /// message is opened by its name alone.
+    dirs: [std::cell::OnceCell<std::fs::File>; 2],
 }
 
 /// Why a mailbox could not be opened.
@@ -84,7 +87,33 @@ impl Mailbox {
         Ok(Mailbox {
             snapshot: Arc::new(snapshot),
             _lock: lock,
+            dirs: Default::default(),
         })
+    }
+
+    /// Reads or maps message `index` (0-based) for RETR/TOP: opened by name
+    /// in its directory, read into memory when small
+    /// ([`body::MessageMap::open_in`]). Runs on the shard (see the module
+    /// comment).
+    pub fn open_message(&self, index: usize) -> io::Result<body::MessageMap> {
+        let snapshot = &self.snapshot;
+        let (slot, sub) = if snapshot.in_new(index) {
+            (1, "new")
+        } else {
+            (0, "cur")
+        };
+        let dir = match self.dirs[slot].get() {
+            Some(dir) => dir,
+            None => {
+                let dir = std::fs::File::open(snapshot.dir.join(sub))?;
+                self.dirs[slot].get_or_init(|| dir)
+            }
+        };
+        // A file is never longer than its RFC 1939 size.
+        let at_most = snapshot
+            .file_bytes(index)
+            .unwrap_or(snapshot.messages[index].octets);
+        body::MessageMap::open_in(dir, snapshot.file_name(index), at_most)
     }
 }
 

@@ -116,7 +116,8 @@ impl Resumption {
 }
 
 /// Reads `files` and builds a config: TLS 1.2 and 1.3 with the ring
-/// provider's default suites and groups, no client certificates, no ALPN,
+/// provider's suites in the server's order ([`preferred_suites`]) and its
+/// default groups, no client certificates, no ALPN,
 /// fresh resumption state. Every error names the file at fault.
 pub fn load_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     build(files, &Resumption::new()?)
@@ -127,7 +128,10 @@ pub(super) fn build(
     files: &TlsFiles,
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(CryptoProvider {
+        cipher_suites: preferred_suites(),
+        ..rustls::crypto::ring::default_provider()
+    });
     let mut certified = Vec::with_capacity(files.cert.len());
     for (cert, key) in files.pairs()? {
         certified.push(certified_key(cert, key, &provider)?);
@@ -140,7 +144,32 @@ pub(super) fn build(
     config.session_storage = resumption.cache.clone();
     config.ticketer = resumption.ticketer.clone();
     config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// The suites in the server's order of preference, which the server follows
+/// rather than the client's: AES-128-GCM first, then AES-256-GCM, then
+/// ChaCha20-Poly1305. Why: AES-128 has 128-bit security like X25519 and
+/// P-256 (what the keys give anyway), encrypts in 10 rounds instead of 14,
+/// and its SHA-256 key schedule runs on the SHA extensions of current x86
+/// CPUs, while ring computes SHA-384 in software: a handshake then spends
+/// several percent of its CPU in SHA-512 blocks. Mozilla's "modern" and
+/// "intermediate" profiles list the suites in this order. ChaCha20 stays for
+/// clients without AES (they offer nothing else).
+fn preferred_suites() -> Vec<rustls::SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as suite;
+    vec![
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+        suite::TLS13_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
 }
 
 /// One chain and its key, checked to belong together.

@@ -376,7 +376,7 @@ impl TlsLayer {
     }
 
     /// Negotiated version and cipher suite for the login log line, e.g.
-    /// `"TLSv1.3 TLS13_AES_256_GCM_SHA384"`; `None` while handshaking.
+    /// `"TLSv1.3 TLS13_AES_128_GCM_SHA256"`; `None` while handshaking.
     pub fn describe(&self) -> Option<String> {
         let State::Connected(conn) = &self.state else {
             return None;

@@ -989,3 +989,43 @@ fn from_config_reads_the_tls_section() {
     );
     assert_eq!(handshake_kind(b.current(), client), HandshakeKind::Resumed);
 }
+
+#[test]
+fn the_server_picks_aes_128_whatever_the_client_prefers() {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).unwrap();
+    for (version, prefix) in VERSIONS {
+        // rustls' own client lists AES-256 first, as OpenSSL and Schannel do.
+        let mut pair = Pair::new(server.clone(), fx.client_config(version), 1 << 20);
+        pair.handshake();
+        let described = pair.server.describe().unwrap();
+        assert!(described.starts_with(prefix), "{described}");
+        assert!(described.contains("AES_128_GCM_SHA256"), "{described}");
+    }
+    // A client without AES offers only ChaCha20 and gets it.
+    let chacha_only = |version: &'static SupportedProtocolVersion| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider
+            .cipher_suites
+            .retain(|s| format!("{:?}", s.suite()).contains("CHACHA20"));
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(fx.ca.der())).unwrap();
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    for (version, _) in VERSIONS {
+        let mut pair = Pair::new(server.clone(), chacha_only(version), 1 << 20);
+        pair.handshake();
+        assert!(
+            pair.server
+                .describe()
+                .unwrap()
+                .contains("CHACHA20_POLY1305")
+        );
+    }
+}

@@ -9,11 +9,10 @@ use crate::engine::body::BodyStream;
 use crate::engine::context::Cx;
 use crate::engine::error::ConnError;
 use crate::protocol::BodyError;
-use crate::store::body::MessageMap;
 use crate::wire::Extent;
 
 impl Conn {
-    /// Maps the message file for RETR/TOP. The open and mmap run on the
+    /// Reads or maps the message file for RETR/TOP. The open runs on the
     /// shard: the login scan just read this directory, so the dentry is hot,
     /// and it saves a round trip through the pool per message.
     pub(super) fn open_body(&mut self, index: usize, top_lines: Option<u64>) {
@@ -22,10 +21,10 @@ impl Conn {
                 .body_ready(Err(BodyError::Temporary), &mut self.out);
             return;
         };
-        let path = mailbox.snapshot.path(index);
-        let map = match MessageMap::open(&path) {
+        let map = match mailbox.open_message(index) {
             Ok(map) => map,
             Err(e) => {
+                let path = mailbox.snapshot.path(index);
                 let why = if e.kind() == io::ErrorKind::NotFound {
                     BodyError::Vanished
                 } else {
@@ -50,6 +49,7 @@ impl Conn {
                 self.session.body_ready(Ok(()), &mut self.out);
             }
             Err(_) => {
+                let path = mailbox.snapshot.path(index);
                 tracing::warn!(file = %path.display(), "message file truncated before it was sent");
                 self.session
                     .body_ready(Err(BodyError::Temporary), &mut self.out);
