@@ -7,6 +7,8 @@
 
 #[macro_use]
 mod common;
+#[path = "common/tls_fixture.rs"]
+mod tls_fixture;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -102,14 +104,19 @@ struct Haproxy {
 }
 
 fn haproxy(dir: &Path, nodes: [&Server; 2], send_proxy: &str) -> Haproxy {
+    haproxy_to(dir, [nodes[0].addr, nodes[1].addr], send_proxy)
+}
+
+/// [`haproxy`] in front of the given node ports (e.g. implicit-TLS ones).
+fn haproxy_to(dir: &Path, nodes: [SocketAddr; 2], send_proxy: &str) -> Haproxy {
     let (both, to_a, to_b) = (free_port(), free_port(), free_port());
     let cfg = dir.join(format!("haproxy-{both}.cfg"));
-    let backend = |name: &str, servers: &[(&str, &Server)]| {
+    let backend = |name: &str, servers: &[(&str, SocketAddr)]| {
         let mut b = format!(
             "backend {name}\n    balance roundrobin\n    default-server check inter 300ms check-send-proxy {send_proxy}\n"
         );
         for (id, node) in servers {
-            b += &format!("    server {id} {}\n", node.addr);
+            b += &format!("    server {id} {node}\n");
         }
         b
     };
@@ -446,5 +453,82 @@ fn nodes_taking_turns_on_one_mailbox_agree_on_every_message(engine: Engine) {
             deleted_uidls.push(uidls[0].clone());
         }
         assert!(c.cmd("QUIT").starts_with("+OK"));
+    }
+}
+
+engine_test!(tls_sessions_resume_on_either_node_behind_haproxy);
+/// Issue 14's cluster case: two nodes sharing a ticket key file behind
+/// HAProxy's round robin, so a client's next connection lands on the other
+/// node; a real load generator that keeps its sessions resumes (nearly)
+/// every one of them wherever it lands.
+fn tls_sessions_resume_on_either_node_behind_haproxy(engine: Engine) {
+    let tree = tree(8);
+    let ca = tls_fixture::TestCa::new(tree.root());
+    let leaf = ca.issue(tree.root(), "node");
+    let keys = tree.root().join("tickets.key");
+    std::fs::write(&keys, format!("{}\n", "5a".repeat(64))).unwrap();
+    let opts = || Opts {
+        toml: format!(
+            "[server]\nproxy_from = [\"127.0.0.1/32\"]\n[auth]\nfailure_delay_ms = 0\n\
+             [tls]\nticket_key_file = \"{}\"\n",
+            keys.display()
+        ),
+        args: vec![
+            "--tls-listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            leaf.cert.display().to_string(),
+            "--tls-key".into(),
+            leaf.key.display().to_string(),
+        ],
+        ..Opts::new(engine)
+    };
+    let (a, b) = (
+        Server::start_with(&tree, opts()),
+        Server::start_with(&tree, opts()),
+    );
+    let h = haproxy_to(tree.root(), [a.tls_addr(), b.tls_addr()], "send-proxy-v2");
+    let users = tree.root().join("users.txt");
+    let list: String = (0..8).map(|i| format!("u{i} pw\n")).collect();
+    std::fs::write(&users, list).unwrap();
+    let out = Command::new(loadtest_binary())
+        .arg("login")
+        .args(["--addr", &format!("127.0.0.1:{}", h.both)])
+        .arg("--users")
+        .arg(&users)
+        .args(["--mail-location", &tree.location()])
+        .args(["--tls", "--tls-resume", "--tls-ca"])
+        .arg(&ca.ca_pem)
+        .args(["--concurrency", "4", "--duration", "2", "--warmup", "0"])
+        .args(["--threads", "1", "--no-progress"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{json}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = json.lines().last().unwrap();
+    assert!(line.contains("\"errors\":0,"), "{line}");
+    let count = |key: &str| -> u64 {
+        let at = line.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (full, resumed) = (count("full"), count("resumed"));
+    assert!(full >= 1 && full + resumed >= 20, "{line}");
+    assert!(
+        resumed * 100 >= 95 * (full + resumed),
+        "only {resumed} of {} handshakes resumed: {line}",
+        full + resumed
+    );
+    // Both nodes served logins: the sessions did cross between them.
+    for node in [&a, &b] {
+        assert!(node.log().contains("pop3 login: user=<u"), "{}", node.log());
     }
 }
