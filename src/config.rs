@@ -521,7 +521,7 @@ impl<'de> Deserialize<'de> for ExpireDays {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExpireDays, E> {
                 crate::protocol::Expire::parse(v)
                     .map(ExpireDays)
-                    .map_err(|e| E::custom(format!("expire_days: {e}")))
+                    .map_err(|e| E::custom(format!("expire_days {e}")))
             }
         }
         d.deserialize_any(Visitor)

@@ -275,3 +275,66 @@ print("alice again", err)
     assert!(left[0].contains(".M2."), "{left:?}");
     assert_eq!(tree.files("alice").len(), 3);
 }
+
+fn check_config(tree: &Tree, pop3: &str) -> (bool, String, String) {
+    let path = tree.root().join("check.toml");
+    fs::write(
+        &path,
+        format!(
+            "[auth]\npasswd_file = {:?}\n[mail]\nlocation = {:?}\n[pop3]\n{pop3}\n",
+            tree.passwd().to_str().unwrap(),
+            tree.location()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        .args(["check-config", "--listen", "127.0.0.1:1110", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_validates_the_pop3_keys() {
+    let tree = tree();
+    let (ok, stdout, stderr) =
+        check_config(&tree, "login_delay_secs = 300\nexpire_days = \"never\"");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("[pop3]\nlogin_delay_secs = 300\nexpire_days = \"never\""),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = check_config(&tree, "expire_days = 30");
+    assert!(ok && stdout.contains("expire_days = 30"), "{stdout}");
+    for (pop3, line, reason) in [
+        (
+            "expire_days = \"nevr\"",
+            6,
+            "expire_days \"nevr\": expected a whole number of days",
+        ),
+        (
+            "expire_days = -3",
+            6,
+            "expire_days \"-3\": expected a whole number of days",
+        ),
+        (
+            "login_delay_secs = 90000",
+            6,
+            "pop3.login_delay_secs must be at most 86400",
+        ),
+        ("login_delay = 60", 6, "unknown field"),
+    ] {
+        let (ok, stdout, stderr) = check_config(&tree, pop3);
+        assert!(!ok && stdout.is_empty(), "{pop3}: {stdout}");
+        assert!(
+            stderr.contains(&format!("check.toml:{line}:")),
+            "{pop3}: {stderr}"
+        );
+        assert!(stderr.contains(reason), "{pop3}: {stderr}");
+    }
+}

@@ -24,13 +24,18 @@ pub enum Expire {
     Never,
 }
 
-/// An `expire_days` value that is neither a number of days nor `never`.
+/// A policy value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BadPolicyValue(pub String);
+pub struct BadPolicyValue {
+    /// The value as given.
+    pub value: String,
+    /// What was expected instead.
+    pub expected: &'static str,
+}
 
 impl fmt::Display for BadPolicyValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} is not a whole number", self.0)
+        write!(f, "{:?}: expected {}", self.value, self.expected)
     }
 }
 
@@ -47,7 +52,10 @@ impl Expire {
         }
         match text.parse::<u32>() {
             Ok(days) if days <= Expire::DAYS_MAX => Ok(Expire::Days(days)),
-            _ => Err(BadPolicyValue(format!("{text} (days, or \"never\")"))),
+            _ => Err(BadPolicyValue {
+                value: text.to_owned(),
+                expected: "a whole number of days (at most 10000) or \"never\"",
+            }),
         }
     }
 
@@ -80,11 +88,10 @@ impl SitePolicy {
     pub fn parse_login_delay(text: &str) -> Result<u32, BadPolicyValue> {
         match text.trim().parse::<u32>() {
             Ok(secs) if secs <= SitePolicy::LOGIN_DELAY_SECS_MAX => Ok(secs),
-            _ => Err(BadPolicyValue(format!(
-                "{} (seconds, at most {})",
-                text.trim(),
-                SitePolicy::LOGIN_DELAY_SECS_MAX
-            ))),
+            _ => Err(BadPolicyValue {
+                value: text.trim().to_owned(),
+                expected: "a whole number of seconds (at most 86400)",
+            }),
         }
     }
 
