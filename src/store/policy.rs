@@ -165,7 +165,7 @@ pub fn parse_login(bytes: &[u8]) -> Result<u64, ParseError> {
             why: "not a shardpop login stamp (version 1)",
         });
     }
-    let stamp = lines.next().and_then(|l| parse_secs(l)).ok_or(ParseError {
+    let stamp = lines.next().and_then(parse_secs).ok_or(ParseError {
         line: 2,
         why: "expected the Unix time in seconds",
     })?;
