@@ -22,6 +22,8 @@ pub struct Config {
     pub auth: Auth,
     /// Where mail lives.
     pub mail: Mail,
+    /// RFC 2449 site policy: LOGIN-DELAY and EXPIRE.
+    pub pop3: Pop3,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Certificates and implicit-TLS listeners.
@@ -462,6 +464,70 @@ impl Default for Mail {
     }
 }
 
+/// `[pop3]`: the RFC 2449 policy, announced by CAPA and enforced. A user's
+/// `pop3_login_delay_secs` / `pop3_expire_days` field in the user database
+/// wins over these (see `docs/operations.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// LOGIN-DELAY: a login sooner than this after the user's last one is
+    /// refused with `-ERR [LOGIN-DELAY]`; 0 (the default) is off.
+    pub login_delay_secs: u32,
+    /// EXPIRE: a message retrieved at least this many days ago is deleted
+    /// at the end of a later session (0: at the end of the session that
+    /// retrieved it), or `"never"`. Absent (the default): not announced,
+    /// nothing deleted by policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_days: Option<ExpireDays>,
+}
+
+impl Pop3 {
+    /// The site policy the sessions announce and the workers enforce.
+    pub fn policy(&self) -> crate::protocol::SitePolicy {
+        crate::protocol::SitePolicy {
+            login_delay_secs: self.login_delay_secs,
+            expire: self.expire_days.map(|e| e.0),
+        }
+    }
+}
+
+/// `expire_days`: a whole number of days or `"never"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpireDays(pub crate::protocol::Expire);
+
+impl Serialize for ExpireDays {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            crate::protocol::Expire::Days(days) => s.serialize_u32(days),
+            crate::protocol::Expire::Never => s.serialize_str("never"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpireDays {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ExpireDays;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number of days or \"never\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExpireDays, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExpireDays, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExpireDays, E> {
+                crate::protocol::Expire::parse(v)
+                    .map(ExpireDays)
+                    .map_err(|e| E::custom(format!("expire_days {e}")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `[limits]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -653,6 +719,9 @@ impl Config {
         MailLocation::parse(location).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         crate::store::UidlFormat::parse(&self.mail.pop3_uidl_format)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.pop3.login_delay_secs > crate::protocol::SitePolicy::LOGIN_DELAY_SECS_MAX {
+            return invalid("pop3.login_delay_secs must be at most 86400 (one day)");
+        }
         let l = &self.limits;
         if !(16..=8192).contains(&l.line_bytes_max) {
             return invalid("limits.line_bytes_max must be between 16 and 8192");
@@ -1027,6 +1096,47 @@ mod tests {
         c.validate().unwrap();
         c.limits.recv_buffer_bytes = 100;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn pop3_policy_keys_parse_and_validate() {
+        use crate::protocol::{Expire, SitePolicy};
+        let policy = |toml: &str| toml::from_str::<Config>(toml).map(|c| c.pop3.policy());
+        assert_eq!(policy("").unwrap(), SitePolicy::default());
+        assert_eq!(
+            policy("[pop3]\nlogin_delay_secs = 900\nexpire_days = 30\n").unwrap(),
+            SitePolicy {
+                login_delay_secs: 900,
+                expire: Some(Expire::Days(30)),
+            }
+        );
+        for never in ["\"never\"", "\"NEVER\""] {
+            let toml = format!("[pop3]\nexpire_days = {never}\n");
+            assert_eq!(policy(&toml).unwrap().expire, Some(Expire::Never));
+        }
+        assert_eq!(
+            policy("[pop3]\nexpire_days = 0\n").unwrap().expire,
+            Some(Expire::Days(0))
+        );
+        for bad in [
+            "expire_days = -1",
+            "expire_days = \"nevr\"",
+            "expire_days = 1.5",
+            "expire_days = 10001",
+            "login_delay_secs = -1",
+            "login_delay = 5",
+        ] {
+            assert!(policy(&format!("[pop3]\n{bad}\n")).is_err(), "{bad}");
+        }
+        let mut c = valid();
+        c.pop3.login_delay_secs = 86_401;
+        assert!(c.validate().is_err());
+        c.pop3.login_delay_secs = 86_400;
+        c.validate().unwrap();
+        // What `toml::to_string` writes reads back the same.
+        c.pop3.expire_days = Some(ExpireDays(Expire::Never));
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.pop3, c.pop3);
     }
 
     fn valid() -> Config {

@@ -274,13 +274,15 @@ impl Harness {
                 assert_eq!(self.model.last, Some(asked));
                 Pending::Body { streaming: false }
             }
-            Effect::Commit(indices) => {
+            Effect::Commit(update) => {
                 assert!(self.model.logged_in, "commit before login");
                 assert_eq!(self.model.last, Some(Last::Quit), "commit without QUIT");
                 let want: Vec<usize> = self.model.deleted.iter().copied().collect();
-                assert_eq!(indices, want, "commit of the wrong messages");
-                assert!(!indices.is_empty());
-                assert_eq!(self.session.summary().deleted, indices.len());
+                assert_eq!(update.deleted, want, "commit of the wrong messages");
+                assert!(!update.deleted.is_empty());
+                // No EXPIRE here: no retrieval is ever recorded.
+                assert!(update.retrieved.is_empty(), "retrievals without EXPIRE");
+                assert_eq!(self.session.summary().deleted, update.deleted.len());
                 Pending::Commit
             }
             // A SASL step is answered like a login (or, for SCRAM, with a
@@ -308,10 +310,11 @@ impl Harness {
         match self.pending {
             Pending::Login => {
                 self.pending = Pending::Nothing;
-                let completion = match choice % 4 {
+                let completion = match choice % 5 {
                     0 => Completion::LoginFailed(LoginFailure::BadCredentials),
                     1 => Completion::LoginFailed(LoginFailure::InUse),
                     2 => Completion::LoginFailed(LoginFailure::Temporary),
+                    3 => Completion::LoginFailed(LoginFailure::LoginDelay),
                     _ => {
                         let drop = maildrop(script);
                         self.model = Model {

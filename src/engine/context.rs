@@ -59,6 +59,7 @@ impl Settings {
                 bad_commands_max: config.limits.bad_commands_max,
                 commands_before_login_max: config.limits.commands_before_login_max,
                 output_high_water_bytes: config.limits.output_buffer_bytes,
+                policy: config.pop3.policy(),
             },
             apop: config.auth.apop,
             plaintext_auth: config.auth.plaintext_auth,

@@ -194,6 +194,7 @@ fn login_context(config: &Config) -> Result<worker::LoginContext, StartError> {
         passdb,
         location,
         uidl_format,
+        policy: config.pop3.policy(),
     })
 }
 

@@ -21,7 +21,7 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::{Passdb, UserEntry};
-use crate::protocol::{Credential, LoginFailure};
+use crate::protocol::{Credential, LoginFailure, SitePolicy, Update};
 use crate::store::{self, MailLocation, Mailbox, OpenError, Snapshot};
 
 /// Which connection a job belongs to: the slab slot and the connection's
@@ -72,8 +72,8 @@ pub enum Job {
         reply: Reply,
         /// The session's snapshot.
         snapshot: Arc<Snapshot>,
-        /// 0-based indices.
-        deleted: Vec<usize>,
+        /// What QUIT marked and what RETR retrieved.
+        update: Update,
     },
 }
 
@@ -191,6 +191,9 @@ pub struct LoginContext {
     pub location: MailLocation,
     /// How UIDLs are made (Dovecot's `pop3_uidl_format`).
     pub uidl_format: store::UidlFormat,
+    /// The site's LOGIN-DELAY and EXPIRE (`[pop3]`), which a user's
+    /// database fields override.
+    pub policy: SitePolicy,
 }
 
 /// The login context the workers use, replaced whole by SIGHUP (a new
@@ -283,9 +286,14 @@ fn run(ctx: &LoginContext, job: Job) {
         Job::Commit {
             reply,
             snapshot,
-            deleted,
+            update,
         } => {
-            let failed = store::commit::commit(&snapshot, &deleted);
+            let failed = store::policy::update(
+                &snapshot,
+                &update.deleted,
+                &update.retrieved,
+                store::policy::unix_now(),
+            );
             (reply, Outcome::Committed { failed })
         }
     };
@@ -348,13 +356,25 @@ fn open(ctx: &LoginContext, entry: &UserEntry) -> Outcome {
             return failed(LoginFailure::Temporary);
         }
     };
+    let policy = match store::policy::for_user(ctx.policy, |key| entry.extra(key)) {
+        Ok(policy) => policy,
+        Err(e) => {
+            tracing::error!(user = %entry.user, error = %e, "bad RFC 2449 field in the user database");
+            return failed(LoginFailure::Temporary);
+        }
+    };
     let dir = &paths.maildir;
-    match Mailbox::open_paths(&paths, &ctx.uidl_format) {
+    let now = store::policy::unix_now();
+    match Mailbox::open_for(&paths, &ctx.uidl_format, policy, now) {
         Ok(mailbox) => Outcome::LoggedIn {
             user: entry.user.clone(),
             mailbox,
         },
         Err(OpenError::InUse) => failed(LoginFailure::InUse),
+        Err(OpenError::LoginDelay { wait_secs }) => {
+            tracing::info!(user = %entry.user, wait_secs, "login refused: LOGIN-DELAY");
+            failed(LoginFailure::LoginDelay)
+        }
         Err(OpenError::Io(e)) => {
             tracing::error!(user = %entry.user, dir = %dir.display(), error = %e, "cannot open the mailbox");
             failed(LoginFailure::Temporary)

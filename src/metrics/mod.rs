@@ -57,8 +57,9 @@ pub enum LoginResult {
     Failed,
     /// The credentials were right but the mailbox is held (`[IN-USE]`).
     InUse,
-    /// Refused by policy before the password was judged: plaintext not
-    /// allowed here, the address is blocked by penalties, a limit.
+    /// Refused by policy: before the password was judged (plaintext not
+    /// allowed here, the address is blocked by penalties, a limit), or
+    /// after it, by the user's LOGIN-DELAY (RFC 2449).
     Rejected,
     /// The passdb or the store failed (`[SYS/TEMP]`).
     TempFail,

@@ -11,9 +11,9 @@ pub mod proxy;
 pub mod reply;
 pub mod session;
 
-pub use capa::Offer;
+pub use capa::{Expire, Offer, SitePolicy};
 pub use command::{Command, ErrorKind, ParseError, Status, parse};
 pub use session::{
     BodyError, Completion, Credential, Effect, Limits, LoginFailure, Maildrop, Session, Step,
-    Summary,
+    Summary, Update,
 };

@@ -78,6 +78,10 @@ pub mod text {
     pub const AUTH_FAILED: &str = "[AUTH] Authentication failed.";
     /// The mailbox is held by another session.
     pub const IN_USE: &str = "[IN-USE] Mailbox is locked by another POP3 session.";
+    /// RFC 2449 §8.1.1: the user's last login is more recent than their
+    /// LOGIN-DELAY.
+    pub const LOGIN_DELAY: &str =
+        "[LOGIN-DELAY] Minimum time between logins has not passed, try again later.";
     /// Disk or other transient trouble; the cause is in the log.
     pub const SYS_TEMP: &str = "[SYS/TEMP] Temporary server failure, try again later.";
     /// A command that exists but not in this state.

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use super::capa::{self, Offer};
+use super::capa::{self, Offer, SitePolicy};
 use super::command::{self, Command, ErrorKind, MsgNum, Status};
 use super::reply::{self, text};
 
@@ -23,6 +23,11 @@ pub trait Maildrop: Send {
     fn octets(&self, index: usize) -> u64;
     /// The unique-id of message `index`: 1–70 bytes in 0x21..=0x7E.
     fn uidl(&self, index: usize) -> &[u8];
+    /// The owner's RFC 2449 policy (the site's with the user's overrides),
+    /// resolved at login; `None`: the site's ([`Limits::policy`]).
+    fn policy(&self) -> Option<SitePolicy> {
+        None
+    }
 }
 
 /// Limits and choices fixed for every session of a listener.
@@ -37,6 +42,8 @@ pub struct Limits {
     pub commands_before_login_max: u32,
     /// Stop answering pipelined commands while this much output is queued.
     pub output_high_water_bytes: usize,
+    /// The site's LOGIN-DELAY and EXPIRE, announced by CAPA before login.
+    pub policy: SitePolicy,
 }
 
 impl Default for Limits {
@@ -46,6 +53,7 @@ impl Default for Limits {
             bad_commands_max: 20,
             commands_before_login_max: 30,
             output_high_water_bytes: 64 * 1024,
+            policy: SitePolicy::default(),
         }
     }
 }
@@ -92,9 +100,10 @@ pub enum Effect {
         /// `None` for RETR; `Some(n)` for TOP with n body lines.
         top_lines: Option<u64>,
     },
-    /// UPDATE state: remove these messages (0-based indices), then answer
-    /// with [`Completion::Committed`].
-    Commit(Vec<usize>),
+    /// UPDATE state: remove the marked messages and those the policy
+    /// expires, record the retrievals, then answer with
+    /// [`Completion::Committed`].
+    Commit(Update),
     /// A SASL response for the mechanism the engine holds (SCRAM-SHA-256):
     /// `first` for the client-first-message. Answer with
     /// [`Completion::SaslChallenge`], or with a login result.
@@ -120,6 +129,21 @@ pub enum LoginFailure {
     InUse,
     /// The store or passdb failed; the cause is in the engine's log.
     Temporary,
+    /// RFC 2449 §8.1.1: the user logged in less than their LOGIN-DELAY ago
+    /// (answered only after the credentials were proven).
+    LoginDelay,
+}
+
+/// What QUIT in TRANSACTION hands to the UPDATE state (0-based indices,
+/// ascending).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// Marked with DELE.
+    pub deleted: Vec<usize>,
+    /// Retrieved with RETR this session and not marked: their first
+    /// retrieval time is recorded when the user's policy expires messages
+    /// (RFC 2449 §6.7); messages only seen with TOP do not count.
+    pub retrieved: Vec<usize>,
 }
 
 /// Why a body could not be opened for RETR or TOP.
@@ -222,7 +246,11 @@ enum Sasl {
 
 struct Transaction {
     maildrop: Box<dyn Maildrop>,
+    /// The user's policy (CAPA in TRANSACTION, QUIT's UPDATE).
+    policy: SitePolicy,
     deleted: Bitset,
+    /// Messages whose body RETR started sending.
+    retrieved: Bitset,
     deleted_count: usize,
     deleted_octets: u64,
     total_octets: u64,
@@ -390,11 +418,12 @@ impl Session {
     /// (`Err`): writes the status line. After `Ok` the engine streams the
     /// body and then calls [`Session::body_sent`]; after `Err` input resumes.
     pub fn body_ready(&mut self, opened: Result<(), BodyError>, out: &mut Vec<u8>) {
-        let State::Transaction(t) = &self.state else {
+        let State::Transaction(t) = &mut self.state else {
             return;
         };
         match (opened, t.pending_body) {
             (Ok(()), Some((index, None))) => {
+                t.retrieved.set(index);
                 out.extend_from_slice(b"+OK ");
                 reply::push_u64(out, t.maildrop.octets(index));
                 out.extend_from_slice(b" octets\r\n");
@@ -432,7 +461,9 @@ impl Session {
                 let total_octets = (0..count).map(|i| maildrop.octets(i)).sum();
                 self.summary.messages = count;
                 self.state = State::Transaction(Transaction {
+                    policy: maildrop.policy().unwrap_or(self.limits.policy),
                     deleted: Bitset::new(count),
+                    retrieved: Bitset::new(count),
                     maildrop,
                     deleted_count: 0,
                     deleted_octets: 0,
@@ -451,6 +482,7 @@ impl Session {
                         LoginFailure::BadCredentials => text::AUTH_FAILED,
                         LoginFailure::InUse => text::IN_USE,
                         LoginFailure::Temporary => text::SYS_TEMP,
+                        LoginFailure::LoginDelay => text::LOGIN_DELAY,
                     },
                 );
                 None
@@ -467,7 +499,9 @@ impl Session {
                 None
             }
             (Completion::Committed(all_removed), State::Update) => {
-                if all_removed {
+                if all_removed && self.summary.deleted == 0 {
+                    reply::ok(out, "Logging out.");
+                } else if all_removed {
                     reply::ok(out, "Logging out, messages deleted.");
                 } else {
                     reply::err(out, "[SYS/TEMP] Some deleted messages were not removed.");
@@ -594,7 +628,11 @@ impl Session {
             }
         }
         if let Command::Capa = cmd {
-            capa::write(out, self.offer, self.is_authorized());
+            let policy = match &self.state {
+                State::Transaction(t) => &t.policy,
+                _ => &self.limits.policy,
+            };
+            capa::write(out, self.offer, self.is_authorized(), policy);
             return None;
         }
         match &mut self.state {
@@ -815,15 +853,23 @@ impl Session {
             }
             Command::Quit => {
                 let deleted: Vec<usize> = t.deleted.iter().collect();
-                if deleted.is_empty() {
+                // With EXPIRE n the UPDATE state runs at every QUIT: it
+                // records this session's retrievals and removes what
+                // expired, even when nothing was marked.
+                if deleted.is_empty() && !t.policy.expires() {
                     reply::ok(out, "Logging out.");
                     self.state = State::Closed;
                     return Some(Effect::Close);
                 }
+                let retrieved = if t.policy.expires() {
+                    t.retrieved.iter().filter(|&i| !t.deleted.get(i)).collect()
+                } else {
+                    Vec::new()
+                };
                 self.summary.deleted = deleted.len();
                 self.state = State::Update;
                 self.waiting = true;
-                Some(Effect::Commit(deleted))
+                Some(Effect::Commit(Update { deleted, retrieved }))
             }
             _ => self.bad_command(text::WRONG_STATE, out),
         }

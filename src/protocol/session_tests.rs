@@ -2,9 +2,28 @@
 //! server bytes and effects out, no socket.
 
 use super::*;
+use crate::protocol::Expire;
 
 /// An in-memory maildrop: (octets, uidl) per message.
 struct MemDrop(Vec<(u64, &'static str)>);
+
+/// A maildrop whose owner has their own RFC 2449 policy.
+struct PolicyDrop(MemDrop, SitePolicy);
+
+impl Maildrop for PolicyDrop {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+    fn octets(&self, index: usize) -> u64 {
+        self.0.octets(index)
+    }
+    fn uidl(&self, index: usize) -> &[u8] {
+        self.0.uidl(index)
+    }
+    fn policy(&self) -> Option<SitePolicy> {
+        Some(self.1)
+    }
+}
 
 impl Maildrop for MemDrop {
     fn count(&self) -> usize {
@@ -128,6 +147,10 @@ fn failed_logins_give_rfc3206_codes_and_allow_retry() {
         (
             LoginFailure::Temporary,
             "-ERR [SYS/TEMP] Temporary server failure, try again later.\r\n",
+        ),
+        (
+            LoginFailure::LoginDelay,
+            "-ERR [LOGIN-DELAY] Minimum time between logins has not passed, try again later.\r\n",
         ),
     ] {
         let mut s = new_session();
@@ -303,7 +326,13 @@ fn quit_commits_exactly_the_marked_messages() {
     let (out, effect) = feed(&mut s, "QUIT\r\n");
     assert_eq!(out, "");
     match effect {
-        Some(Effect::Commit(list)) => assert_eq!(list, vec![0, 2]),
+        Some(Effect::Commit(update)) => assert_eq!(
+            update,
+            Update {
+                deleted: vec![0, 2],
+                retrieved: vec![]
+            }
+        ),
         other => panic!("{other:?}"),
     }
     let mut out = Vec::new();
@@ -796,4 +825,176 @@ fn scram_failure_and_cancel_end_the_exchange() {
     );
     assert!(say(&mut s, "CAPA\r\n").contains("\r\nSASL SCRAM-SHA-256\r\n"));
     assert_eq!(say(&mut s, "AUTH SCRAM-SHA-256\r\n"), "+ \r\n");
+}
+
+// RFC 2449 §6.5 / §6.7: LOGIN-DELAY and EXPIRE.
+
+fn site() -> SitePolicy {
+    SitePolicy {
+        login_delay_secs: 300,
+        expire: Some(Expire::Days(30)),
+    }
+}
+
+/// A session under the site policy `site()`, logged in as a user whose own
+/// policy is `user` (`None`: the site's).
+fn logged_in_with(user: Option<SitePolicy>) -> Session {
+    let limits = Limits {
+        policy: site(),
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    say(&mut s, "USER alice\r\n");
+    assert!(feed(&mut s, "PASS secret\r\n").1.is_some());
+    let records = MemDrop(vec![(120, "uid-a"), (200, "uid-b"), (5, "uid-c")]);
+    let maildrop: Box<dyn Maildrop> = match user {
+        Some(policy) => Box::new(PolicyDrop(records, policy)),
+        None => Box::new(records),
+    };
+    let mut out = Vec::new();
+    assert!(
+        s.complete(Completion::LoggedIn(maildrop), &mut out)
+            .is_none()
+    );
+    s
+}
+
+/// Sends RETR n and plays the engine: body opened, streamed, sent.
+fn retr(s: &mut Session, n: u32) {
+    let (_, effect) = feed(s, &format!("RETR {n}\r\n"));
+    assert!(matches!(
+        effect,
+        Some(Effect::SendBody {
+            top_lines: None,
+            ..
+        })
+    ));
+    let mut out = Vec::new();
+    s.body_ready(Ok(()), &mut out);
+    s.body_sent();
+}
+
+#[test]
+fn capa_shows_the_site_policy_before_login_and_the_users_after() {
+    let limits = Limits {
+        policy: site(),
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    let before = say(&mut s, "CAPA\r\n");
+    assert!(before.contains("\r\nLOGIN-DELAY 300 USER\r\n"), "{before}");
+    assert!(before.contains("\r\nEXPIRE 30 USER\r\n"), "{before}");
+
+    let mut s = logged_in_with(Some(SitePolicy {
+        login_delay_secs: 900,
+        expire: Some(Expire::Never),
+    }));
+    let after = say(&mut s, "CAPA\r\n");
+    assert!(after.contains("\r\nLOGIN-DELAY 900\r\n"), "{after}");
+    assert!(after.contains("\r\nEXPIRE NEVER\r\n"), "{after}");
+    assert!(!after.contains(" USER\r\n"), "{after}");
+
+    // A maildrop without its own policy: the site's, without USER.
+    let mut s = logged_in_with(None);
+    let after = say(&mut s, "CAPA\r\n");
+    assert!(
+        after.contains("\r\nLOGIN-DELAY 300\r\nEXPIRE 30\r\n"),
+        "{after}"
+    );
+}
+
+#[test]
+fn quit_with_expire_always_updates_and_reports_retrievals() {
+    let mut s = logged_in_with(None);
+    retr(&mut s, 2);
+    retr(&mut s, 1);
+    // TOP is not a retrieval.
+    assert!(matches!(
+        feed(&mut s, "TOP 3 0\r\n").1,
+        Some(Effect::SendBody {
+            top_lines: Some(0),
+            ..
+        })
+    ));
+    let mut out = Vec::new();
+    s.body_ready(Ok(()), &mut out);
+    s.body_sent();
+    say(&mut s, "DELE 1\r\n");
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert_eq!(
+            update,
+            Update {
+                deleted: vec![0],
+                retrieved: vec![1]
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Nothing retrieved or marked: UPDATE still runs (older retrievals may
+    // have expired), and says only that it logged out.
+    let mut s = logged_in_with(None);
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert_eq!(update, Update::default()),
+        other => panic!("{other:?}"),
+    }
+    let mut out = Vec::new();
+    s.complete(Completion::Committed(true), &mut out);
+    assert_eq!(out, b"+OK Logging out.\r\n");
+}
+
+#[test]
+fn expire_zero_reports_what_this_session_retrieved() {
+    let mut s = logged_in_with(Some(SitePolicy {
+        login_delay_secs: 0,
+        expire: Some(Expire::Days(0)),
+    }));
+    retr(&mut s, 3);
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert_eq!(update.retrieved, vec![2]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn expire_never_or_absent_quits_without_update_and_records_nothing() {
+    for policy in [
+        SitePolicy {
+            login_delay_secs: 60,
+            expire: Some(Expire::Never),
+        },
+        SitePolicy::default(),
+    ] {
+        let mut s = logged_in_with(Some(policy));
+        retr(&mut s, 1);
+        let (out, effect) = feed(&mut s, "QUIT\r\n");
+        assert_eq!(out, "+OK Logging out.\r\n");
+        assert!(matches!(effect, Some(Effect::Close)), "{policy:?}");
+        // With a DELE, UPDATE runs but no retrieval is recorded.
+        let mut s = logged_in_with(Some(policy));
+        retr(&mut s, 1);
+        say(&mut s, "DELE 2\r\n");
+        match feed(&mut s, "QUIT\r\n").1 {
+            Some(Effect::Commit(update)) => assert_eq!(
+                update,
+                Update {
+                    deleted: vec![1],
+                    retrieved: vec![]
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_retr_is_not_a_retrieval() {
+    let mut s = logged_in_with(None);
+    assert!(feed(&mut s, "RETR 1\r\n").1.is_some());
+    let mut out = Vec::new();
+    s.body_ready(Err(BodyError::Vanished), &mut out);
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert!(update.retrieved.is_empty()),
+        other => panic!("{other:?}"),
+    }
 }

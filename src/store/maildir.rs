@@ -72,6 +72,9 @@ pub struct Snapshot {
     /// the builder, and by [`index::parse`] for entries read from disk).
     names: Box<str>,
     total_octets: u64,
+    /// The owner's RFC 2449 policy, set by [`super::Mailbox::open_for`]
+    /// (`None`: the site's applies).
+    pub policy: Option<crate::protocol::SitePolicy>,
 }
 
 impl Snapshot {
@@ -86,6 +89,7 @@ impl Snapshot {
             messages,
             names,
             total_octets,
+            policy: None,
         }
     }
 
@@ -161,6 +165,9 @@ impl Maildrop for Arc<Snapshot> {
     }
     fn uidl(&self, index: usize) -> &[u8] {
         Snapshot::uidl(self, index)
+    }
+    fn policy(&self) -> Option<crate::protocol::SitePolicy> {
+        self.as_ref().policy
     }
 }
 

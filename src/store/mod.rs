@@ -1,5 +1,6 @@
 //! The mail store: Maildir scanning, message order, sizes, UIDLs, memory maps,
-//! mailbox locks and deletions at QUIT. It knows nothing of sockets.
+//! mailbox locks, deletions at QUIT and the RFC 2449 policy state
+//! ([`policy`]: last logins, retrieval times). It knows nothing of sockets.
 //!
 //! Snapshot semantics: a session sees the mailbox as it was at login; mail
 //! delivered later shows up in the next session. A login reads the mailbox
@@ -15,6 +16,7 @@ pub mod index;
 pub mod location;
 pub mod lock;
 pub mod maildir;
+pub mod policy;
 pub mod uidlist;
 
 use std::io;
@@ -44,6 +46,12 @@ pub enum OpenError {
     InUse,
     /// The disk said no: `-ERR [SYS/TEMP]`, cause logged.
     Io(io::Error),
+    /// The owner logged in less than their LOGIN-DELAY ago:
+    /// `-ERR [LOGIN-DELAY]`. Nothing was read or written.
+    LoginDelay {
+        /// Seconds until a login is allowed.
+        wait_secs: u64,
+    },
 }
 
 impl Mailbox {
@@ -62,6 +70,30 @@ impl Mailbox {
     /// [`Mailbox::open`] with the index where `paths` says
     /// ([`MailLocation::expand_paths`], honouring `:INDEX=`).
     pub fn open_paths(paths: &MailPaths, format: &UidlFormat) -> Result<Mailbox, OpenError> {
+        Mailbox::open_inner(paths, format, None)
+    }
+
+    /// [`Mailbox::open_paths`] for a login under the owner's RFC 2449
+    /// `policy` at `now` (Unix seconds): once the mailbox is locked, a
+    /// login within the LOGIN-DELAY of the last one is refused before the
+    /// maildrop is read (RFC 2449 §8.1.1: the server still saves the cost
+    /// of opening it); an allowed one is stamped after the snapshot is
+    /// taken, so a login that fails never counts. A stamp that cannot be
+    /// written is logged once; the login goes on.
+    pub fn open_for(
+        paths: &MailPaths,
+        format: &UidlFormat,
+        policy: crate::protocol::SitePolicy,
+        now: u64,
+    ) -> Result<Mailbox, OpenError> {
+        Mailbox::open_inner(paths, format, Some((policy, now)))
+    }
+
+    fn open_inner(
+        paths: &MailPaths,
+        format: &UidlFormat,
+        policy: Option<(crate::protocol::SitePolicy, u64)>,
+    ) -> Result<Mailbox, OpenError> {
         let dir = paths.maildir.as_path();
         let lock_err = |e| match e {
             LockError::InUse => OpenError::InUse,
@@ -76,7 +108,14 @@ impl Mailbox {
             }
             other => other.map_err(lock_err)?,
         };
-        let snapshot = match maildir::load(dir, &paths.index, format) {
+        let delay_secs = policy.map_or(0, |(p, _)| p.login_delay_secs);
+        if let Some((_, now)) = policy
+            && let policy::LoginCheck::TooSoon { wait_secs } =
+                policy::check_login(dir, delay_secs, now)
+        {
+            return Err(OpenError::LoginDelay { wait_secs });
+        }
+        let mut snapshot = match maildir::load(dir, &paths.index, format) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 maildir::create(dir).map_err(OpenError::Io)?;
                 maildir::load(dir, &paths.index, format)
@@ -84,6 +123,14 @@ impl Mailbox {
             other => other,
         }
         .map_err(OpenError::Io)?;
+        if let Some((user_policy, now)) = policy {
+            if delay_secs > 0
+                && let Err(e) = policy::record_login(dir, now)
+            {
+                index::warn_once(&dir.join(policy::LOGIN_FILE), "write", &e);
+            }
+            snapshot.policy = Some(user_policy);
+        }
         Ok(Mailbox {
             snapshot: Arc::new(snapshot),
             _lock: lock,

@@ -58,6 +58,7 @@ impl Conn {
             Completion::LoginFailed(LoginFailure::BadCredentials) => Some(LoginResult::Failed),
             Completion::LoginFailed(LoginFailure::InUse) => Some(LoginResult::InUse),
             Completion::LoginFailed(LoginFailure::Temporary) => Some(LoginResult::TempFail),
+            Completion::LoginFailed(LoginFailure::LoginDelay) => Some(LoginResult::Rejected),
             Completion::Committed(_) | Completion::SaslChallenge(_) => None,
         };
         if let Some(result) = login {
@@ -91,19 +92,19 @@ impl Conn {
                 self.retr_started = Some((cx.now, before));
                 self.open_body(index, top_lines);
             }
-            Effect::Commit(deleted) => {
+            Effect::Commit(update) => {
                 let Some(mailbox) = &self.mailbox else {
                     debug_assert!(false, "commit without a mailbox");
                     return self.complete(Completion::Committed(false), cx);
                 };
                 let snapshot = Arc::clone(&mailbox.snapshot);
-                self.commit_marked = deleted.len();
+                self.commit_marked = update.deleted.len();
                 let reply = self.reply_to(cx);
                 self.submit(
                     Job::Commit {
                         reply,
                         snapshot,
-                        deleted,
+                        update,
                     },
                     cx,
                 );
