@@ -48,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use super::maildir::{FLAG_IN_NEW, Message, Snapshot};
+use super::maildir::{self, FLAG_IN_NEW, Message, Snapshot};
 
 /// The index file's name: a dot file, which no Maildir reader takes for mail.
 pub const INDEX_FILE: &str = ".shardpop-pop3.index";
@@ -440,19 +440,25 @@ fn check_entry(m: &Message, names: &str) -> Result<(), IndexError> {
         return Err(IndexError::Malformed("not on a character boundary"));
     }
     let base = &bytes[at..base_end];
-    // A base name holds no ':' (that starts the info suffix). Folded, not
-    // searched: names are short and this runs for every message.
-    let colon = base.iter().fold(false, |seen, &b| seen | (b == b':'));
-    if m.name_len == 0 || base.is_empty() || colon || m.flags & !FLAG_IN_NEW != 0 {
+    // A base name holds no ':' (that starts the info suffix); one pass
+    // classifies its bytes for that and, when it is the UIDL, for that too.
+    let base_classes = maildir::byte_classes(base);
+    if m.name_len == 0
+        || base.is_empty()
+        || base_classes & maildir::COLON != 0
+        || m.flags & !FLAG_IN_NEW != 0
+    {
         return Err(IndexError::Malformed("entry"));
     }
-    let uidl = match m.uidl_len {
-        0 => base,
-        n => bytes
+    let uidl_classes = match m.uidl_len {
+        0 if base.len() <= UIDL_BYTES_MAX => base_classes,
+        0 => maildir::NOT_PRINTABLE,
+        n if usize::from(n) <= UIDL_BYTES_MAX => bytes
             .get(end..end + usize::from(n))
-            .ok_or(IndexError::Malformed("UIDL out of range"))?,
+            .map_or(maildir::NOT_PRINTABLE, maildir::byte_classes),
+        _ => maildir::NOT_PRINTABLE,
     };
-    if uidl.len() > UIDL_BYTES_MAX || !super::maildir::all_printable(uidl) {
+    if uidl_classes & maildir::NOT_PRINTABLE != 0 {
         return Err(IndexError::Malformed("UIDL"));
     }
     Ok(())
@@ -660,6 +666,42 @@ mod tests {
         let crc = crc32fast::hash(&bad[16..]);
         bad[12..16].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(parse(&bad), Err(IndexError::Malformed(_))));
+    }
+
+    #[test]
+    fn entries_a_broken_writer_could_make_are_refused() {
+        let bytes = sample();
+        let e0 = HEADER_BYTES;
+        let e1 = HEADER_BYTES + ENTRY_BYTES;
+        let names_at = HEADER_BYTES + 2 * ENTRY_BYTES;
+        let base0 = "1.a,S=2,W=3".len() as u8;
+        let with_crc = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = bytes.clone();
+            edit(&mut b);
+            let crc = crc32fast::hash(&b[16..]);
+            b[12..16].copy_from_slice(&crc.to_le_bytes());
+            parse(&b)
+        };
+        assert_eq!(bytes[e0 + 21], base0, "the sample is as this test thinks");
+        let cases: [(&str, &dyn Fn(&mut Vec<u8>)); 8] = [
+            ("a base name with ':'", &|b| b[e0 + 21] = b[e0 + 20]),
+            ("an empty name", &|b| b[e0 + 20] = 0),
+            ("an empty base name", &|b| b[e1 + 21] = 0),
+            ("a base longer than the name", &|b| {
+                b[e0 + 21] = b[e0 + 20] + 1
+            }),
+            ("a UIDL over 70 bytes", &|b| b[e1 + 22] = 71),
+            ("a UIDL past the names", &|b| b[e1 + 22] = 60),
+            ("a space in a base-name UIDL", &|b| b[names_at + 1] = b' '),
+            ("an unknown flag", &|b| b[e0 + 23] = 2),
+        ];
+        for (what, edit) in cases {
+            assert!(
+                matches!(with_crc(edit), Err(IndexError::Malformed(_))),
+                "{what}"
+            );
+        }
+        assert!(with_crc(&|_| {}).is_ok());
     }
 
     #[test]
