@@ -48,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use super::maildir::{self, FLAG_IN_NEW, Message, Snapshot};
+use super::maildir::{FLAG_IN_NEW, Message, Snapshot};
 
 /// The index file's name: a dot file, which no Maildir reader takes for mail.
 pub const INDEX_FILE: &str = ".shardpop-pop3.index";
@@ -440,25 +440,19 @@ fn check_entry(m: &Message, names: &str) -> Result<(), IndexError> {
         return Err(IndexError::Malformed("not on a character boundary"));
     }
     let base = &bytes[at..base_end];
-    // A base name holds no ':' (that starts the info suffix); one pass
-    // classifies its bytes for that and, when it is the UIDL, for that too.
-    let base_classes = maildir::byte_classes(base);
-    if m.name_len == 0
-        || base.is_empty()
-        || base_classes & maildir::COLON != 0
-        || m.flags & !FLAG_IN_NEW != 0
-    {
+    // A base name holds no ':' (that starts the info suffix). Folded, not
+    // searched: names are short and this runs for every message.
+    let colon = base.iter().fold(false, |seen, &b| seen | (b == b':'));
+    if m.name_len == 0 || base.is_empty() || colon || m.flags & !FLAG_IN_NEW != 0 {
         return Err(IndexError::Malformed("entry"));
     }
-    let uidl_classes = match m.uidl_len {
-        0 if base.len() <= UIDL_BYTES_MAX => base_classes,
-        0 => maildir::NOT_PRINTABLE,
-        n if usize::from(n) <= UIDL_BYTES_MAX => bytes
+    let uidl = match m.uidl_len {
+        0 => base,
+        n => bytes
             .get(end..end + usize::from(n))
-            .map_or(maildir::NOT_PRINTABLE, maildir::byte_classes),
-        _ => maildir::NOT_PRINTABLE,
+            .ok_or(IndexError::Malformed("UIDL out of range"))?,
     };
-    if uidl_classes & maildir::NOT_PRINTABLE != 0 {
+    if uidl.len() > UIDL_BYTES_MAX || !super::maildir::all_printable(uidl) {
         return Err(IndexError::Malformed("UIDL"));
     }
     Ok(())

@@ -658,23 +658,12 @@ pub(crate) fn is_valid_uidl(uidl: &str) -> bool {
     !uidl.is_empty() && uidl.len() <= UIDL_BYTES_MAX && all_printable(uidl.as_bytes())
 }
 
-/// True when every byte is in 0x21..=0x7E.
+/// True when every byte is in 0x21..=0x7E. No early exit, so the loop
+/// vectorizes: a login checks every UIDL of the index it reads.
 pub(crate) fn all_printable(bytes: &[u8]) -> bool {
-    byte_classes(bytes) & NOT_PRINTABLE == 0
-}
-
-/// [`byte_classes`]: a byte outside 0x21..=0x7E was seen.
-pub(crate) const NOT_PRINTABLE: u8 = 1;
-/// [`byte_classes`]: a `:` was seen.
-pub(crate) const COLON: u8 = 2;
-
-/// What kinds of bytes `bytes` holds ([`NOT_PRINTABLE`], [`COLON`]), in one
-/// pass with no early exit, so the loop vectorizes: a login checks every
-/// name and UIDL of the index it reads.
-pub(crate) fn byte_classes(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |seen, &b| {
-        seen | u8::from(b.wrapping_sub(0x21) > 0x7e - 0x21) | (u8::from(b == b':') << 1)
-    })
+    bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x7f - 0x21))
 }
 
 /// `uidl` if it is a valid RFC 1939 unique-id, else a stable digest of it.
