@@ -677,7 +677,8 @@ mod tests {
             parse(&b)
         };
         assert_eq!(bytes[e0 + 21], base0, "the sample is as this test thinks");
-        let cases: [(&str, &dyn Fn(&mut Vec<u8>)); 8] = [
+        type Edit<'a> = &'a dyn Fn(&mut Vec<u8>);
+        let cases: [(&str, Edit<'_>); 8] = [
             ("a base name with ':'", &|b| b[e0 + 21] = b[e0 + 20]),
             ("an empty name", &|b| b[e0 + 20] = 0),
             ("an empty base name", &|b| b[e1 + 21] = 0),
