@@ -28,6 +28,12 @@ pub trait Maildrop: Send {
     fn policy(&self) -> Option<SitePolicy> {
         None
     }
+    /// The sum of every message's RFC 1939 size (STAT right after login).
+    /// A store that keeps it (the mailbox index header) says so here and
+    /// spares the session a walk over every message.
+    fn total_octets(&self) -> u64 {
+        (0..self.count()).map(|i| self.octets(i)).sum()
+    }
 }
 
 /// Limits and choices fixed for every session of a listener.
@@ -458,7 +464,7 @@ impl Session {
         match (completion, &self.state) {
             (Completion::LoggedIn(maildrop), State::Authorization(_)) => {
                 let count = maildrop.count();
-                let total_octets = (0..count).map(|i| maildrop.octets(i)).sum();
+                let total_octets = maildrop.total_octets();
                 self.summary.messages = count;
                 self.state = State::Transaction(Transaction {
                     policy: maildrop.policy().unwrap_or(self.limits.policy),
@@ -896,25 +902,48 @@ impl Transaction {
         }
     }
 
+    /// Writes listing lines until the output reaches `high_water` (or the
+    /// listing ends). The output grows once per call, to `high_water` plus
+    /// one line, so a long listing costs one buffer per chunk and no
+    /// allocation per message; each line is assembled in place.
     fn continue_listing(&mut self, out: &mut Vec<u8>, high_water: usize) {
         let Some(listing) = &mut self.listing else {
             return;
         };
+        if out.len() >= high_water {
+            return;
+        }
+        let line_max = match listing.kind {
+            ListingKind::List => reply::LIST_LINE_BYTES_MAX,
+            ListingKind::Uidl => reply::UIDL_LINE_BYTES_MAX,
+        };
+        out.reserve(high_water - out.len() + line_max);
         let count = self.maildrop.count();
-        while listing.next < count {
-            if out.len() >= high_water {
-                return;
+        let maildrop = &*self.maildrop;
+        let deleted = &self.deleted;
+        let mut i = listing.next;
+        // One loop per kind: the choice is made once, not per line.
+        match listing.kind {
+            ListingKind::List => {
+                while i < count && out.len() < high_water {
+                    if !deleted.get(i) {
+                        reply::pair_line(out, b"", i as u64 + 1, maildrop.octets(i));
+                    }
+                    i += 1;
+                }
             }
-            let i = listing.next;
-            listing.next += 1;
-            if self.deleted.get(i) {
-                continue;
+            ListingKind::Uidl => {
+                while i < count && out.len() < high_water {
+                    if !deleted.get(i) {
+                        reply::uidl_line(out, b"", i as u64 + 1, maildrop.uidl(i));
+                    }
+                    i += 1;
+                }
             }
-            let n = i as u64 + 1;
-            match listing.kind {
-                ListingKind::List => reply::pair_line(out, b"", n, self.maildrop.octets(i)),
-                ListingKind::Uidl => reply::uidl_line(out, b"", n, self.maildrop.uidl(i)),
-            }
+        }
+        listing.next = i;
+        if i < count {
+            return;
         }
         out.extend_from_slice(reply::END);
         self.listing = None;

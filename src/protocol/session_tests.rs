@@ -998,3 +998,106 @@ fn a_failed_retr_is_not_a_retrieval() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A big maildrop that counts how often a size is asked for and keeps its
+/// total, as the mailbox index does.
+struct IndexedDrop {
+    count: usize,
+    octets_asked: std::sync::atomic::AtomicUsize,
+}
+
+impl Maildrop for IndexedDrop {
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn octets(&self, _: usize) -> u64 {
+        self.octets_asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        100
+    }
+    fn uidl(&self, _: usize) -> &[u8] {
+        b"u"
+    }
+    fn total_octets(&self) -> u64 {
+        self.count as u64 * 100
+    }
+}
+
+#[test]
+fn stat_after_login_takes_the_stored_total_without_a_walk() {
+    let drop = std::sync::Arc::new(IndexedDrop {
+        count: 20_000,
+        octets_asked: Default::default(),
+    });
+    struct Shared(std::sync::Arc<IndexedDrop>);
+    impl Maildrop for Shared {
+        fn count(&self) -> usize {
+            self.0.count()
+        }
+        fn octets(&self, i: usize) -> u64 {
+            self.0.octets(i)
+        }
+        fn uidl(&self, i: usize) -> &[u8] {
+            self.0.uidl(i)
+        }
+        fn total_octets(&self) -> u64 {
+            self.0.total_octets()
+        }
+    }
+    let mut s = new_session();
+    say(&mut s, "USER a\r\n");
+    feed(&mut s, "PASS b\r\n");
+    let mut out = Vec::new();
+    s.complete(
+        Completion::LoggedIn(Box::new(Shared(std::sync::Arc::clone(&drop)))),
+        &mut out,
+    );
+    assert_eq!(say(&mut s, "STAT\r\n"), "+OK 20000 2000000\r\n");
+    let asked = || drop.octets_asked.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(asked(), 0, "login and STAT walk no message");
+    // DELE and RSET keep the total right from there.
+    say(&mut s, "DELE 7\r\n");
+    assert_eq!(say(&mut s, "STAT\r\n"), "+OK 19999 1999900\r\n");
+    assert_eq!(asked(), 1);
+}
+
+#[test]
+fn a_listing_grows_its_buffer_once_per_chunk() {
+    let uidl: &'static str = "x".repeat(70).leak();
+    let many: Vec<(u64, &'static str)> = (0..5_000).map(|_| (7, uidl)).collect();
+    let high_water = 16 * 1024;
+    let limits = Limits {
+        output_high_water_bytes: high_water,
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    say(&mut s, "USER a\r\n");
+    feed(&mut s, "PASS b\r\n");
+    let mut out = Vec::new();
+    s.complete(Completion::LoggedIn(Box::new(MemDrop(many))), &mut out);
+    for (command, line_max) in [
+        ("UIDL\r\n", reply::UIDL_LINE_BYTES_MAX),
+        ("LIST\r\n", reply::LIST_LINE_BYTES_MAX),
+    ] {
+        let mut out = Vec::new();
+        s.handle_input(command.as_bytes(), &mut out);
+        let mut text = Vec::new();
+        let mut chunks = 0;
+        loop {
+            // Reserved once, exactly: a buffer that grew line by line
+            // would have doubled past this.
+            assert_eq!(out.capacity(), high_water + line_max, "{command}");
+            text.extend_from_slice(&out);
+            chunks += 1;
+            if !s.has_pending_output() {
+                break;
+            }
+            out = Vec::new();
+            s.continue_output(&mut out);
+        }
+        assert_eq!(chunks, text.len().div_ceil(high_water), "{command}");
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(text.lines().count(), 5_000 + 2, "{command}");
+        assert!(text.ends_with(".\r\n"));
+    }
+}

@@ -66,6 +66,8 @@ const MAGIC: [u8; 8] = *b"SPOPIDX\0";
 const HEADER_BYTES: usize = 208;
 const ENTRY_BYTES: usize = 24;
 const IDENTITY_BYTES: usize = 48;
+/// RFC 1939's longest unique-id.
+const UIDL_BYTES_MAX: usize = 70;
 /// The bytes-on-disk value of an entry whose size on disk is unknown.
 pub(crate) const UNKNOWN_BYTES: u64 = u64::MAX;
 
@@ -272,9 +274,6 @@ impl Reader<'_> {
         self.at += N;
         out
     }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
     fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.take())
     }
@@ -371,16 +370,10 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
         .map_err(|_| IndexError::Malformed("names are not UTF-8"))?;
     let mut messages = Vec::with_capacity(count);
     let mut sum = 0u64;
-    for _ in 0..count {
-        let m = Message {
-            octets: r.u64(),
-            file_bytes: r.u64(),
-            name_at: r.u32(),
-            name_len: r.u8(),
-            base_len: r.u8(),
-            uidl_len: r.u8(),
-            flags: r.u8(),
-        };
+    // Fixed-size chunks: each field read has no bounds check of its own.
+    for e in bytes[HEADER_BYTES..names_at].chunks_exact(ENTRY_BYTES) {
+        let e: &[u8; ENTRY_BYTES] = e.try_into().expect("chunks_exact");
+        let m = decode_entry(e);
         check_entry(&m, names)?;
         sum = sum
             .checked_add(m.octets)
@@ -398,28 +391,68 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
     })
 }
 
+/// One 24-byte entry (see the layout in the module comment).
+fn decode_entry(e: &[u8; ENTRY_BYTES]) -> Message {
+    let u64_at = |i: usize| {
+        u64::from_le_bytes([
+            e[i],
+            e[i + 1],
+            e[i + 2],
+            e[i + 3],
+            e[i + 4],
+            e[i + 5],
+            e[i + 6],
+            e[i + 7],
+        ])
+    };
+    Message {
+        octets: u64_at(0),
+        file_bytes: u64_at(8),
+        name_at: u32::from_le_bytes([e[16], e[17], e[18], e[19]]),
+        name_len: e[20],
+        base_len: e[21],
+        uidl_len: e[22],
+        flags: e[23],
+    }
+}
+
 /// Every range an entry names lies in `names` on character boundaries, and
 /// its UIDL is a valid RFC 1939 unique-id: the accessors of [`Snapshot`] can
-/// then slice without checks.
+/// then slice without checks. Works on bytes (one pass per range, no
+/// per-character decoding): it runs for every message at every login.
 fn check_entry(m: &Message, names: &str) -> Result<(), IndexError> {
+    let bytes = names.as_bytes();
     let at = m.name_at as usize;
-    let name = names
-        .get(at..at + usize::from(m.name_len))
-        .ok_or(IndexError::Malformed("name out of range"))?;
-    let base = name
-        .get(..usize::from(m.base_len))
-        .ok_or(IndexError::Malformed("base name out of range"))?;
-    if name.is_empty() || base.is_empty() || base.contains(':') || m.flags & !FLAG_IN_NEW != 0 {
+    let end = at + usize::from(m.name_len);
+    let base_end = at + usize::from(m.base_len);
+    if end > bytes.len() {
+        return Err(IndexError::Malformed("name out of range"));
+    }
+    if base_end > end {
+        return Err(IndexError::Malformed("base name out of range"));
+    }
+    // `names` is UTF-8, so a range is on character boundaries when the
+    // bytes at its ends do not continue a character.
+    if [at, end, base_end]
+        .iter()
+        .any(|&i| !names.is_char_boundary(i))
+    {
+        return Err(IndexError::Malformed("not on a character boundary"));
+    }
+    let base = &bytes[at..base_end];
+    // A base name holds no ':' (that starts the info suffix). Folded, not
+    // searched: names are short and this runs for every message.
+    let colon = base.iter().fold(false, |seen, &b| seen | (b == b':'));
+    if m.name_len == 0 || base.is_empty() || colon || m.flags & !FLAG_IN_NEW != 0 {
         return Err(IndexError::Malformed("entry"));
     }
-    let end = at + usize::from(m.name_len);
     let uidl = match m.uidl_len {
         0 => base,
-        n => names
+        n => bytes
             .get(end..end + usize::from(n))
             .ok_or(IndexError::Malformed("UIDL out of range"))?,
     };
-    if !super::maildir::is_valid_uidl(uidl) {
+    if uidl.len() > UIDL_BYTES_MAX || !super::maildir::all_printable(uidl) {
         return Err(IndexError::Malformed("UIDL"));
     }
     Ok(())
@@ -627,6 +660,43 @@ mod tests {
         let crc = crc32fast::hash(&bad[16..]);
         bad[12..16].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(parse(&bad), Err(IndexError::Malformed(_))));
+    }
+
+    #[test]
+    fn entries_a_broken_writer_could_make_are_refused() {
+        let bytes = sample();
+        let e0 = HEADER_BYTES;
+        let e1 = HEADER_BYTES + ENTRY_BYTES;
+        let names_at = HEADER_BYTES + 2 * ENTRY_BYTES;
+        let base0 = "1.a,S=2,W=3".len() as u8;
+        let with_crc = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = bytes.clone();
+            edit(&mut b);
+            let crc = crc32fast::hash(&b[16..]);
+            b[12..16].copy_from_slice(&crc.to_le_bytes());
+            parse(&b)
+        };
+        assert_eq!(bytes[e0 + 21], base0, "the sample is as this test thinks");
+        type Edit<'a> = &'a dyn Fn(&mut Vec<u8>);
+        let cases: [(&str, Edit<'_>); 8] = [
+            ("a base name with ':'", &|b| b[e0 + 21] = b[e0 + 20]),
+            ("an empty name", &|b| b[e0 + 20] = 0),
+            ("an empty base name", &|b| b[e1 + 21] = 0),
+            ("a base longer than the name", &|b| {
+                b[e0 + 21] = b[e0 + 20] + 1
+            }),
+            ("a UIDL over 70 bytes", &|b| b[e1 + 22] = 71),
+            ("a UIDL past the names", &|b| b[e1 + 22] = 60),
+            ("a space in a base-name UIDL", &|b| b[names_at + 1] = b' '),
+            ("an unknown flag", &|b| b[e0 + 23] = 2),
+        ];
+        for (what, edit) in cases {
+            assert!(
+                matches!(with_crc(edit), Err(IndexError::Malformed(_))),
+                "{what}"
+            );
+        }
+        assert!(with_crc(&|_| {}).is_ok());
     }
 
     #[test]

@@ -109,6 +109,9 @@ impl Uidlist {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UidlFormat {
     parts: Vec<Part>,
+    /// [`UidlFormat::fingerprint`], computed once: every login compares it
+    /// with the index's.
+    fingerprint: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,13 +201,14 @@ impl UidlFormat {
         if parts.is_empty() {
             return Err(FormatError("empty template".into()));
         }
-        Ok(UidlFormat { parts })
+        let fingerprint = crc32fast::hash(format!("{parts:?}").as_bytes());
+        Ok(UidlFormat { parts, fingerprint })
     }
 
     /// A checksum of the parsed template, stored in the mailbox index: an
     /// index built with another template is not used.
     pub fn fingerprint(&self) -> u32 {
-        crc32fast::hash(format!("{:?}", self.parts).as_bytes())
+        self.fingerprint
     }
 
     /// True when the template needs the uidlist (uses `%u` or `%v`).
@@ -255,6 +259,10 @@ impl Default for UidlFormat {
 mod tests {
     use super::*;
 
+    // crc32 of the templates' `Debug` text, as every earlier build computed them.
+    const FP_DEFAULT: u32 = 1_029_586_962;
+    const FP_FILE_NAME: u32 = 4_252_758_074;
+
     const LIST: &str = "3 V1655390361 N4 Gbe88b9389940ab62f7580b00ce89bbd1\n\
         1 :1655390418.M100238P743770.host,S=3734\n\
         2 W3800 :1655390420.M2P7.host,S=3700,W=3800\n\
@@ -302,5 +310,14 @@ mod tests {
         assert_eq!(f.render("b", Some(255), None).unwrap(), "000000ff");
         assert!(UidlFormat::parse("%m").is_err());
         assert!(UidlFormat::parse("").is_err());
+    }
+
+    #[test]
+    fn fingerprints_stay_what_existing_indexes_hold() {
+        // Computed once at parse time now; the values must not move, or
+        // every index on disk would be rebuilt for nothing.
+        assert_eq!(UidlFormat::default().fingerprint(), FP_DEFAULT);
+        assert_eq!(UidlFormat::parse("%f").unwrap().fingerprint(), FP_FILE_NAME);
+        assert_ne!(FP_DEFAULT, FP_FILE_NAME);
     }
 }
