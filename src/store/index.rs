@@ -1,6 +1,7 @@
 //! The persistent mailbox index: one file per Maildir holding, in POP3 order,
 //! what a session needs (file name, RFC 1939 size, size on disk, UIDL), and
-//! the identity of `cur/`, `new/` and `dovecot-uidlist` it was built from.
+//! the identity of `cur/`, `new/` and the UIDL source files (`dovecot-uidlist`,
+//! or Courier's) it was built from.
 //! A login whose directories still have that identity reads this file and no
 //! directory at all (see [`super::maildir::load`]).
 //!
@@ -172,7 +173,8 @@ pub struct Header {
     pub new: Identity,
     /// `cur/` before it was read.
     pub cur: Identity,
-    /// `dovecot-uidlist` before it was read, or absent.
+    /// The UIDL source files before they were read (`dovecot-uidlist`, or
+    /// Courier's two folded into one), or absent.
     pub uidlist: Identity,
 }
 

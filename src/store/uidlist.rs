@@ -67,6 +67,18 @@ impl Uidlist {
         }
     }
 
+    /// The UID source of a Maildir: `dovecot-uidlist` when there is one
+    /// (what the last server wrote wins, and Dovecot's migration script
+    /// writes its conversions there), else Courier's files
+    /// ([`super::courier`]); `Ok(None)` when there is neither.
+    pub fn read_any(dir: &Path) -> io::Result<Option<Uidlist>> {
+        match Uidlist::read(dir)? {
+            Some(list) => Ok(Some(list)),
+            None if dir.join(UIDLIST_FILE).exists() => Ok(None),
+            None => super::courier::read(dir),
+        }
+    }
+
     /// Parses the text of a version 3 uidlist.
     pub fn parse(text: &str) -> Option<Uidlist> {
         let mut lines = text.lines();
@@ -204,7 +216,11 @@ impl UidlFormat {
     /// A checksum of the parsed template, stored in the mailbox index: an
     /// index built with another template is not used.
     pub fn fingerprint(&self) -> u32 {
-        crc32fast::hash(format!("{:?}", self.parts).as_bytes())
+        // The rules version: bumped when UIDLs are made differently for the
+        // same template (2: mail no imported list knows avoids imported
+        // forms), so indexes built by an older build are rebuilt.
+        const RULES: u32 = 2;
+        crc32fast::hash(format!("{RULES} {:?}", self.parts).as_bytes())
     }
 
     /// True when the template needs the uidlist (uses `%u` or `%v`).
