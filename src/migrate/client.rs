@@ -91,10 +91,16 @@ fn io_error(e: io::Error) -> ClientError {
     }
 }
 
-/// Plaintext or TLS over one TCP connection.
+/// A byte stream a session can run over besides TCP (tests and fuzzing
+/// drive the client through one).
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// Plaintext or TLS over one TCP connection, or another stream.
 enum Transport {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Other(Box<dyn Stream>),
 }
 
 impl Read for Transport {
@@ -102,6 +108,7 @@ impl Read for Transport {
         match self {
             Transport::Plain(s) => s.read(buf),
             Transport::Tls(s) => s.read(buf),
+            Transport::Other(s) => s.read(buf),
         }
     }
 }
@@ -111,12 +118,14 @@ impl Write for Transport {
         match self {
             Transport::Plain(s) => s.write(buf),
             Transport::Tls(s) => s.write(buf),
+            Transport::Other(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => s.flush(),
             Transport::Tls(s) => s.flush(),
+            Transport::Other(s) => s.flush(),
         }
     }
 }
@@ -181,6 +190,21 @@ impl Session {
             };
             session.transport = tls(config, name, tcp)?;
         }
+        Ok(session)
+    }
+
+    /// A session over `stream` (already connected, no TLS): reads the
+    /// greeting. `session_timeout` bounds the whole session.
+    pub fn over(
+        stream: Box<dyn Stream>,
+        session_timeout: Duration,
+    ) -> Result<Session, ClientError> {
+        let mut session = Session {
+            transport: Transport::Other(stream),
+            buf: Vec::with_capacity(4096),
+            deadline: Instant::now() + session_timeout,
+        };
+        session.expect_ok("greeting")?;
         Ok(session)
     }
 
@@ -392,9 +416,79 @@ fn tls(
     Ok(Transport::Tls(Box::new(stream)))
 }
 
+/// Runs a whole read-only session (greeting, login, STAT, LIST, UIDL,
+/// RETR of every message, QUIT) against `server_bytes` as the server's
+/// side of the conversation: what the fuzz target and the tests feed.
+pub fn script(server_bytes: &[u8]) -> Result<Maildrop, ClientError> {
+    let stream = Scripted {
+        input: io::Cursor::new(server_bytes.to_vec()),
+    };
+    let mut session = Session::over(Box::new(stream), Duration::from_secs(60))?;
+    session.login("user", "password")?;
+    let drop = session.maildrop(true)?;
+    session.quit();
+    Ok(drop)
+}
+
+/// Reads come from a script; writes are dropped.
+struct Scripted {
+    input: io::Cursor<Vec<u8>>,
+}
+
+impl Read for Scripted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl Write for Scripted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOOD: &[u8] = b"+OK hi\r\n+OK\r\n+OK\r\n+OK 2 9\r\n\
+        +OK\r\n1 4\r\n2 5\r\n.\r\n+OK\r\n1 a\r\n2 b\r\n.\r\n\
+        +OK\r\nab\r\n.\r\n+OK\r\n..x\r\n.\r\n+OK bye\r\n";
+
+    #[test]
+    fn a_scripted_session_reads_the_maildrop() {
+        let drop = script(GOOD).unwrap();
+        assert_eq!((drop.stat_count, drop.stat_octets), (2, 9));
+        let uidls: Vec<&[u8]> = drop.messages.iter().map(|m| &*m.uidl).collect();
+        assert_eq!(uidls, [&b"a"[..], b"b"]);
+        let digest = ring::digest::digest(&ring::digest::SHA256, b".x\r\n");
+        assert_eq!(drop.messages[1].body_sha256.unwrap(), digest.as_ref());
+    }
+
+    #[test]
+    fn every_prefix_and_garbage_is_an_error_not_a_panic() {
+        for cut in 0..GOOD.len() - b"+OK bye\r\n".len() {
+            assert!(script(&GOOD[..cut]).is_err(), "cut {cut}");
+        }
+        let refused = script(b"+OK\r\n+OK\r\n-ERR [AUTH] no\r\n").unwrap_err();
+        assert_eq!(refused.to_string(), "PASS refused: -ERR [AUTH] no");
+        for garbage in [
+            &b"* OK IMAP4rev1\r\n"[..],
+            b"+OK\r\n+OK\r\n+OK\r\n+OK x y\r\n",
+            b"+OK\r\n+OK\r\n+OK\r\n+OK 1 1\r\n+OK\r\n1\r\n.\r\n",
+            b"+OK\r\n+OK\r\n+OK\r\n+OK 1 1\r\n+OK\r\n1 1\r\n.\r\n+OK\r\n7 a\r\n.\r\n",
+            &[b'+'; 10_000][..],
+        ] {
+            assert!(
+                script(garbage).is_err(),
+                "{:?}",
+                garbage.escape_ascii().to_string()
+            );
+        }
+    }
 
     fn l(n: u32, a: &str) -> (u32, Vec<u8>) {
         (n, a.as_bytes().to_vec())

@@ -316,6 +316,16 @@ mod tests {
         assert_eq!(f.render("b", Some(42), Some(7)).unwrap(), "7.42-%");
         let f = UidlFormat::parse("%08xu").unwrap();
         assert_eq!(f.render("b", Some(255), None).unwrap(), "000000ff");
+        // Cyrus's uidl_format values: cyrus, uidonly, courier.
+        let cyrus = UidlFormat::parse("%v.%u").unwrap();
+        assert_eq!(
+            cyrus.render("b", Some(42), Some(1_600_000_000)).unwrap(),
+            "1600000000.42"
+        );
+        let uid_only = UidlFormat::parse("%u").unwrap();
+        assert_eq!(uid_only.render("b", Some(42), Some(7)).unwrap(), "42");
+        let courier = UidlFormat::parse("%v-%u").unwrap();
+        assert_eq!(courier.render("b", Some(42), Some(7)).unwrap(), "7-42");
         assert!(UidlFormat::parse("%m").is_err());
         assert!(UidlFormat::parse("").is_err());
     }
