@@ -201,8 +201,21 @@ pub fn compare(old: &Maildrop, new: &Maildrop) -> Vec<Difference> {
             });
         }
     }
+    let duplicates = out
+        .iter()
+        .any(|d| matches!(d, Difference::Duplicate { .. }));
+    uidl_differences(old, new, &mut out);
+    // With a UIDL listed twice the order has no meaning of its own.
+    if let Some(first_at) = order_difference(old, new).filter(|_| !duplicates) {
+        out.push(Difference::Order { first_at });
+    }
+    out
+}
+
+/// UIDLs on one side only, and sizes and bodies of the UIDLs on both.
+fn uidl_differences(old: &Maildrop, new: &Maildrop, out: &mut Vec<Difference>) {
     let (old_by, new_by) = (by_uidl(old), by_uidl(new));
-    let only = |a: &Maildrop, other: &HashMap<&[u8], _>| {
+    let only = |a: &Maildrop, other: &HashMap<&[u8], &Listed>| {
         let missing: Vec<&[u8]> = a
             .messages
             .iter()
@@ -225,49 +238,37 @@ pub fn compare(old: &Maildrop, new: &Maildrop) -> Vec<Difference> {
             examples: ex,
         });
     }
-    let common: Vec<(&[u8], _, _)> = old
+    let common: Vec<(&[u8], &Listed, &Listed)> = old
         .messages
         .iter()
         .filter_map(|m| new_by.get(&*m.uidl).map(|n| (&*m.uidl, m, *n)))
         .collect();
-    let sized: Vec<&[u8]> = common
-        .iter()
-        .filter(|(_, o, n)| o.octets != n.octets)
-        .map(|(u, _, _)| *u)
-        .collect();
+    let differing = |differ: fn(&Listed, &Listed) -> bool| -> Vec<(&[u8], &Listed, &Listed)> {
+        common
+            .iter()
+            .copied()
+            .filter(|(_, o, n)| differ(o, n))
+            .collect()
+    };
+    let sized = differing(|o, n| o.octets != n.octets);
     if !sized.is_empty() {
         let examples = sized
             .iter()
             .take(EXAMPLES_MAX)
-            .map(|u| {
-                let (o, n) = (old_by[u].octets, new_by[u].octets);
-                format!("{} ({o} vs {n})", show(u))
-            })
+            .map(|(u, o, n)| format!("{} ({} vs {})", show(u), o.octets, n.octets))
             .collect();
         out.push(Difference::Size {
             total: sized.len(),
             examples,
         });
     }
-    let bodies: Vec<&[u8]> = common
-        .iter()
-        .filter(|(_, o, n)| o.body_sha256 != n.body_sha256)
-        .map(|(u, _, _)| *u)
-        .collect();
+    let bodies = differing(|o, n| o.body_sha256 != n.body_sha256);
     if !bodies.is_empty() {
         out.push(Difference::Body {
             total: bodies.len(),
-            examples: examples(bodies.iter().copied()),
+            examples: examples(bodies.iter().map(|(u, _, _)| *u)),
         });
     }
-    // With a UIDL listed twice the order has no meaning of its own.
-    let duplicates = out
-        .iter()
-        .any(|d| matches!(d, Difference::Duplicate { .. }));
-    if let Some(first_at) = order_difference(old, new).filter(|_| !duplicates) {
-        out.push(Difference::Order { first_at });
-    }
-    out
 }
 
 /// UIDL → message (the first, when a server lists one twice).
