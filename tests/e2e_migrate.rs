@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/dovecot.rs"]
 mod dovecot;
+#[path = "common/tls_fixture.rs"]
+mod tls_fixture;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +17,7 @@ use std::process::{Command, Output};
 
 use common::{Engine, Opts, Server, Tree};
 use dovecot::Dovecot;
+use tls_fixture::TestCa;
 
 /// Runs `shardpop migrate verify` with these flags.
 fn verify(old: SocketAddr, new: SocketAddr, users: &Path, extra: &[&str]) -> Output {
@@ -216,4 +219,48 @@ fn a_courier_tree_is_served_with_courier_uidls(engine: Engine) {
         );
         assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
     }
+}
+
+engine_test!(verify_speaks_implicit_tls_and_stls_and_checks_certificates);
+fn verify_speaks_implicit_tls_and_stls_and_checks_certificates(engine: Engine) {
+    let (tree, users) = tree();
+    let ca = TestCa::new(tree.root());
+    let leaf = ca.issue(tree.root(), "server");
+    let start = || {
+        let mut opts = Opts::new(engine);
+        opts.args = leaf.serve_args(true);
+        Server::start_with(&tree, opts)
+    };
+    let (a, b) = (start(), start());
+    let ca_pem = ca.ca_pem.to_str().unwrap();
+    let out = verify(
+        a.tls_addr(),
+        b.tls_addr(),
+        users.path(),
+        &["--tls", "--tls-ca", ca_pem],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("summary: 2 users, 2 identical"));
+    let out = verify(
+        a.addr,
+        b.addr,
+        users.path(),
+        &["--stls", "--tls-ca", ca_pem],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A certificate from another CA is a failed TLS handshake for that user.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = TestCa::new(other.path());
+    let out = verify(
+        a.tls_addr(),
+        b.tls_addr(),
+        users.path(),
+        &["--tls", "--tls-ca", other_ca.ca_pem.to_str().unwrap()],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("alice: DIFFERENT: old server: protocol error: TLS handshake:"),
+        "{text}"
+    );
 }
