@@ -26,7 +26,8 @@
 //!  28  message count u32          32  total RFC 1939 octets u64
 //!  40  names length u32           44  reserved (0) u32
 //!  48  checked at: sec i64, nsec u32, reserved u32
-//!  64  identity of new/   112  of cur/   160  of dovecot-uidlist (all zero: absent)
+//!  64  identity of new/   112  of cur/   160  of the UIDL source files
+//!      (dovecot-uidlist, or Courier's two folded into one; all zero: absent)
 //!      each: dev u64, ino u64, size u64, mtime sec i64, ctime sec i64,
 //!            mtime nsec u32, ctime nsec u32
 //! 208  entries, 24 bytes each: octets u64, bytes on disk u64 (all ones:
