@@ -421,6 +421,7 @@ impl State {
                 for line in BufReader::new(f).split(b'\n') {
                     let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
                     let Some((user, kinds)) = parse_state_line(&line) else {
+                        // A line cut short by a crash: that user is checked again.
                         continue;
                     };
                     if done.insert(user.to_owned()) {
@@ -432,15 +433,17 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        // A line cut short by a crash is ignored on resume; start on a
-        // fresh line so the next record is whole.
-        let mut file = file;
-        let _ = file.write_all(b"\n");
+        if ends_mid_line(&file) {
+            // End a line cut short by a crash so the next record is whole.
+            file.write_all(b"\n")
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         Ok(State {
             file: Some(Mutex::new(file)),
             done,
@@ -457,6 +460,14 @@ impl State {
         let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
         file.write_all(line.as_bytes())
     }
+}
+
+/// True when the file's last byte is not a line end.
+fn ends_mid_line(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut last = [b'\n'];
+    len > 0 && file.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
 }
 
 /// One state line: the user and the difference kinds; `None` for a line
@@ -680,6 +691,33 @@ mod tests {
         ] {
             assert_eq!(parse_state_line(torn), None, "{torn:?}");
         }
+    }
+
+    #[test]
+    fn the_state_file_resumes_after_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::write(&path, "alice\tok\t\nbob\tdiff\tcount\ncarol\tdi").unwrap();
+        let mut summary = Summary::default();
+        let state = State::open(Some(&path), &mut summary).unwrap();
+        assert_eq!(state.done.len(), 2);
+        assert!(state.done.contains("bob") && !state.done.contains("carol"));
+        assert_eq!((summary.users, summary.identical, summary.resumed), (2, 1, 2));
+        let report = UserReport {
+            user: "carol".into(),
+            old_size: None,
+            differences: vec![Difference::Count { old: 1, new: 2 }],
+        };
+        state.record(&report).unwrap();
+        drop(state);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "alice\tok\t\nbob\tdiff\tcount\ncarol\tdi\ncarol\tdiff\tcount\n"
+        );
+        let mut again = Summary::default();
+        let state = State::open(Some(&path), &mut again).unwrap();
+        assert_eq!(state.done.len(), 3);
+        assert_eq!(std::fs::read(&path).unwrap().last(), Some(&b'\n'));
     }
 
     #[test]
