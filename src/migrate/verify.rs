@@ -702,7 +702,10 @@ mod tests {
         let state = State::open(Some(&path), &mut summary).unwrap();
         assert_eq!(state.done.len(), 2);
         assert!(state.done.contains("bob") && !state.done.contains("carol"));
-        assert_eq!((summary.users, summary.identical, summary.resumed), (2, 1, 2));
+        assert_eq!(
+            (summary.users, summary.identical, summary.resumed),
+            (2, 1, 2)
+        );
         let report = UserReport {
             user: "carol".into(),
             old_size: None,
