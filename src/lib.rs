@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod metrics;
+pub mod migrate;
 pub mod notify;
 pub mod protocol;
 pub mod store;

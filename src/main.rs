@@ -1,4 +1,5 @@
-//! The `shardpop` command line: `serve`, `check-config`, `demo`, `passwd`.
+//! The `shardpop` command line: `serve`, `check-config`, `demo`, `passwd`,
+//! `migrate verify`.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Read};
@@ -56,6 +57,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         shards: usize,
     },
+    /// Moving users from another POP3 server (see docs/migration.md).
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Print a password hash for a passwd-file, like `doveadm pw`.
     Passwd {
         /// Scheme: SHA512-CRYPT, ARGON2ID, SSHA256, SSHA512, SHA256, SHA512, PLAIN, ...
@@ -65,6 +71,15 @@ enum Command {
         #[arg(short = 'p', long)]
         password: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Log in to the old and the new server as each user and compare
+    /// message count, sizes and UIDLs (read-only: never DELE). Exit status
+    /// 0: every user identical; 1: differences (reported); 2: the run could
+    /// not start.
+    Verify(shardpop::migrate::verify::VerifyArgs),
 }
 
 #[derive(Args, Clone)]
@@ -138,6 +153,18 @@ fn main() -> ExitCode {
             shards,
         } => demo(dir, listen, shards),
         Command::Passwd { scheme, password } => passwd(&scheme, password),
+        Command::Migrate {
+            command: MigrateCommand::Verify(args),
+        } => {
+            return match shardpop::migrate::verify::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("shardpop migrate verify: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,7 +35,7 @@ pub struct TlsArgs {
     /// STLS (RFC 2595): plaintext greeting, then STLS and TLS before USER.
     #[arg(long)]
     pub stls: bool,
-    /// Reuse TLS sessions (tickets, session ids) across each load thread's
+    /// Reuse TLS sessions (tickets, session ids) across each thread's
     /// connections; the JSON line counts full and resumed handshakes.
     #[arg(long)]
     pub tls_resume: bool,
@@ -47,7 +47,8 @@ pub struct TlsArgs {
     /// verified, so the cryptographic work is the same.
     #[arg(long, conflicts_with = "tls_ca")]
     pub tls_insecure: bool,
-    /// The name the server's certificate must carry (default: the --addr IP).
+    /// The name the server's certificate must carry (default: the IP of
+    /// --addr; for `shardpop migrate verify`, the host as given).
     #[arg(long)]
     pub tls_server_name: Option<String>,
 }

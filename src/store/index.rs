@@ -1,6 +1,7 @@
 //! The persistent mailbox index: one file per Maildir holding, in POP3 order,
 //! what a session needs (file name, RFC 1939 size, size on disk, UIDL), and
-//! the identity of `cur/`, `new/` and `dovecot-uidlist` it was built from.
+//! the identity of `cur/`, `new/` and the UIDL source files (`dovecot-uidlist`,
+//! or Courier's) it was built from.
 //! A login whose directories still have that identity reads this file and no
 //! directory at all (see [`super::maildir::load`]).
 //!
@@ -25,7 +26,8 @@
 //!  28  message count u32          32  total RFC 1939 octets u64
 //!  40  names length u32           44  reserved (0) u32
 //!  48  checked at: sec i64, nsec u32, reserved u32
-//!  64  identity of new/   112  of cur/   160  of dovecot-uidlist (all zero: absent)
+//!  64  identity of new/   112  of cur/   160  of the UIDL source files
+//!      (dovecot-uidlist, or Courier's two folded into one; all zero: absent)
 //!      each: dev u64, ino u64, size u64, mtime sec i64, ctime sec i64,
 //!            mtime nsec u32, ctime nsec u32
 //! 208  entries, 24 bytes each: octets u64, bytes on disk u64 (all ones:
@@ -174,7 +176,8 @@ pub struct Header {
     pub new: Identity,
     /// `cur/` before it was read.
     pub cur: Identity,
-    /// `dovecot-uidlist` before it was read, or absent.
+    /// The UIDL source files before they were read (`dovecot-uidlist`, or
+    /// Courier's two folded into one), or absent.
     pub uidlist: Identity,
 }
 

@@ -14,9 +14,14 @@
 //!   CRLF line ends) when present; otherwise the file is read once and the
 //!   result is kept in the index (or, when no index can be written, in a
 //!   process-wide cache keyed by base name).
-//! - The UIDL follows `pop3_uidl_format` (see [`super::uidlist`]); a name that
+//! - UIDLs and order come from `dovecot-uidlist`, or when there is none
+//!   from Courier's `courierpop3dsizelist` and `courierimapuiddb` (see
+//!   [`super::courier`]): a UIDL an old server gave is kept. Otherwise the
+//!   UIDL follows `pop3_uidl_format` (see [`super::uidlist`]). A name that
 //!   is not a valid UIDL (over 70 bytes, or bytes outside 0x21..=0x7E) is
-//!   replaced by a stable digest of it.
+//!   replaced by a stable digest of it, and so is a UIDL of mail no list
+//!   knows that has a form an imported list gives (`UID7-…`, `+2B`): new
+//!   mail never collides with imported UIDLs.
 //! - A snapshot is two allocations however many messages it holds: fixed
 //!   24-byte entries and one string table of names and UIDLs.
 #![forbid(unsafe_code)]
@@ -32,6 +37,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::body::MessageMap;
+use super::courier::{self, has_imported_form};
 use super::index::{self, Header, INDEX_FILE, Identity, Stale, Stamp, UNKNOWN_BYTES};
 use super::location::IndexDir;
 use super::uidlist::{Record, UIDLIST_FILE, UidlFormat, Uidlist};
@@ -322,7 +328,7 @@ pub fn load_at(
     at.set_file_name("cur");
     let cur = Identity::stat(&at)?;
     at.set_file_name(UIDLIST_FILE);
-    let uidlist = Identity::stat_optional(&at)?;
+    let uidlist = uidl_sources_identity(dir, Identity::stat_optional(&at)?)?;
     let now = Header {
         format: format.fingerprint(),
         checked_at,
@@ -486,7 +492,7 @@ fn entries<'a>(
     // Mail the old index never saw may be in the uidlist: read it then, and
     // when the uidlist or the UIDL format changed.
     let fresh = uidls_stale || old.is_none() || found.iter().any(|f| known(f).is_none());
-    let uidlist = if fresh { Uidlist::read(dir)? } else { None };
+    let uidlist = if fresh { Uidlist::read_any(dir)? } else { None };
     let mut measured = Vec::new();
     let mut scratch = Vec::new();
     let mut out = Vec::with_capacity(found.len());
@@ -563,10 +569,47 @@ fn uidl<'a>(
     if let Some(saved) = record.and_then(|r| r.pop3_uidl.as_deref()) {
         return Cow::Owned(valid_uidl(saved).into_owned());
     }
-    match format.render(base, record.map(|r| r.uid), uid_validity) {
+    let own = match format.render(base, record.map(|r| r.uid), uid_validity) {
         Some(rendered) => Cow::Owned(valid_uidl(&rendered).into_owned()),
         None => valid_uidl(base),
+    };
+    // Mail no list knows (delivered after the switch) never takes a UIDL of
+    // a form an imported list gives, so it cannot collide with one, now or
+    // after later imports; the rule depends on the name alone, so the UIDL
+    // is stable across sessions.
+    if record.is_none() && has_imported_form(&own) {
+        return Cow::Owned(digest_uidl(&own));
     }
+    own
+}
+
+/// The identity of the files UIDLs are made from: `dovecot-uidlist` when it
+/// exists (then Courier's files are not read, so they are not looked at);
+/// else Courier's two files, folded into one identity that changes when
+/// either changes (any write or rename sets a file's ctime to now, and the
+/// latest of the times is kept; inode and size are mixed in). Absent when
+/// there is none of them, so an index of a plain Maildir is unaffected.
+fn uidl_sources_identity(dir: &Path, dovecot: Identity) -> io::Result<Identity> {
+    if dovecot != Identity::ABSENT {
+        return Ok(dovecot);
+    }
+    let pop3 = Identity::stat_optional(&dir.join(courier::POP3_LIST_FILE))?;
+    let imap = Identity::stat_optional(&dir.join(courier::IMAP_UIDDB_FILE))?;
+    Ok(match (pop3 == Identity::ABSENT, imap == Identity::ABSENT) {
+        (_, true) => pop3,
+        (true, false) => Identity {
+            // Not the same identity as a sizelist with equal numbers.
+            dev: !imap.dev,
+            ..imap
+        },
+        (false, false) => Identity {
+            dev: pop3.dev ^ imap.dev.rotate_left(29),
+            ino: pop3.ino ^ imap.ino.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15,
+            size: pop3.size ^ imap.size.rotate_left(32),
+            mtime: pop3.mtime.max(imap.mtime),
+            ctime: pop3.ctime.max(imap.ctime),
+        },
+    })
 }
 
 /// File names in a Maildir subdirectory, without dot files.
@@ -678,13 +721,18 @@ fn valid_uidl(uidl: &str) -> Cow<'_, str> {
     if is_valid_uidl(uidl) {
         return Cow::Borrowed(uidl);
     }
+    Cow::Owned(digest_uidl(uidl))
+}
+
+/// A stable digest of `uidl`: 40 lower-case hex digits.
+fn digest_uidl(uidl: &str) -> String {
     // Stable across sessions and restarts: a digest of the name, in hex.
     let digest = ring::digest::digest(&ring::digest::SHA256, uidl.as_bytes());
     let mut hex = String::with_capacity(40);
     for b in &digest.as_ref()[..20] {
         hex.push_str(&format!("{b:02x}"));
     }
-    Cow::Owned(hex)
+    hex
 }
 
 /// How many measured sizes the process keeps before starting over. At about
@@ -1036,6 +1084,75 @@ mod tests {
         let by_name = f();
         let s = load_at(&dir, &place, &by_name, later(9)).unwrap();
         assert_eq!(s.uidl(0), b"1700000006.M6.h");
+    }
+
+    #[test]
+    fn a_courier_tree_keeps_courier_uidls_and_new_mail_cannot_collide() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000002.22_1.host:2,S", b"two\n");
+        write(&dir, "cur", "1700000001.11_1.host:2,", b"one\n");
+        write(&dir, "cur", "1700000003.33_1.host:2,", b"imap only\n");
+        // Delivered after the switch; one name has an imported form.
+        write(&dir, "new", "1700000009.99_1.host", b"new\n");
+        write(&dir, "new", "UID7-1690000000", b"odd\n");
+        fs::write(
+            dir.join(courier::POP3_LIST_FILE),
+            "/3 3 1690000000\n1700000001.11_1.host:2, 5 1:1690000000:0\n\
+             1700000002.22_1.host:2,S 5 2:1690000000:0\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join(courier::IMAP_UIDDB_FILE),
+            "1 1650000000 40\n31 1700000001.11_1.host\n33 1700000003.33_1.host\n",
+        )
+        .unwrap();
+        let format = UidlFormat::default();
+        let place = IndexDir::Maildir;
+        let uidls = |s: &Snapshot| -> Vec<String> {
+            (0..s.messages.len())
+                .map(|i| String::from_utf8(s.uidl(i).to_vec()).unwrap())
+                .collect()
+        };
+        let s = load_at(&dir, &place, &format, later(3)).unwrap();
+        let got = uidls(&s);
+        assert_eq!(
+            &got[..4],
+            [
+                "UID1-1690000000",
+                "UID2-1690000000",
+                // IMAP UID 33 (0x21), UIDVALIDITY 1650000000 (0x62590080).
+                "0000002162590080",
+                "1700000009.99_1.host",
+            ]
+        );
+        assert_eq!(got[4], digest_uidl("UID7-1690000000"));
+        assert_eq!(
+            seen(&s),
+            seen(&scan(&dir, &format).unwrap()),
+            "index == scan"
+        );
+        // Stable across logins (from the index) ...
+        let again = load_at(&dir, &place, &format, later(6)).unwrap();
+        assert_eq!(uidls(&again), got);
+        // ... and a changed list is seen through the index.
+        fs::write(
+            dir.join(courier::POP3_LIST_FILE),
+            "/3 3 1690000000\n1700000001.11_1.host:2, 5 1:1690000000:0\n",
+        )
+        .unwrap();
+        let changed = load_at(&dir, &place, &format, later(9)).unwrap();
+        assert_eq!(uidls(&changed)[0], "UID1-1690000000");
+        assert_ne!(uidls(&changed)[1], "UID2-1690000000");
+        assert_eq!(seen(&changed), seen(&scan(&dir, &format).unwrap()));
+        // A dovecot-uidlist, once written, is the source and wins.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V5 N2 G0\n1 Pkept :1700000001.11_1.host\n",
+        )
+        .unwrap();
+        let dovecot = load_at(&dir, &place, &format, later(12)).unwrap();
+        assert_eq!(dovecot.uidl(0), b"kept");
+        assert_eq!(seen(&dovecot), seen(&scan(&dir, &format).unwrap()));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod commit;
+pub mod courier;
 pub mod index;
 pub mod location;
 pub mod lock;

@@ -67,6 +67,18 @@ impl Uidlist {
         }
     }
 
+    /// The UID source of a Maildir: `dovecot-uidlist` when there is one
+    /// (what the last server wrote wins, and Dovecot's migration script
+    /// writes its conversions there), else Courier's files
+    /// ([`super::courier`]); `Ok(None)` when there is neither.
+    pub fn read_any(dir: &Path) -> io::Result<Option<Uidlist>> {
+        match Uidlist::read(dir)? {
+            Some(list) => Ok(Some(list)),
+            None if dir.join(UIDLIST_FILE).exists() => Ok(None),
+            None => super::courier::read(dir),
+        }
+    }
+
     /// Parses the text of a version 3 uidlist.
     pub fn parse(text: &str) -> Option<Uidlist> {
         let mut lines = text.lines();
@@ -201,7 +213,11 @@ impl UidlFormat {
         if parts.is_empty() {
             return Err(FormatError("empty template".into()));
         }
-        let fingerprint = crc32fast::hash(format!("{parts:?}").as_bytes());
+        // The rules version: bumped when UIDLs are made differently for the
+        // same template (2: mail no imported list knows avoids imported
+        // forms), so indexes built by an older build are rebuilt.
+        const RULES: u32 = 2;
+        let fingerprint = crc32fast::hash(format!("{RULES} {parts:?}").as_bytes());
         Ok(UidlFormat { parts, fingerprint })
     }
 
@@ -260,8 +276,8 @@ mod tests {
     use super::*;
 
     // crc32 of the templates' `Debug` text, as every earlier build computed them.
-    const FP_DEFAULT: u32 = 1_029_586_962;
-    const FP_FILE_NAME: u32 = 4_252_758_074;
+    const FP_DEFAULT: u32 = 3_391_309_355;
+    const FP_FILE_NAME: u32 = 464_157_039;
 
     const LIST: &str = "3 V1655390361 N4 Gbe88b9389940ab62f7580b00ce89bbd1\n\
         1 :1655390418.M100238P743770.host,S=3734\n\
@@ -308,14 +324,25 @@ mod tests {
         assert_eq!(f.render("b", Some(42), Some(7)).unwrap(), "7.42-%");
         let f = UidlFormat::parse("%08xu").unwrap();
         assert_eq!(f.render("b", Some(255), None).unwrap(), "000000ff");
+        // Cyrus's uidl_format values: cyrus, uidonly, courier.
+        let cyrus = UidlFormat::parse("%v.%u").unwrap();
+        assert_eq!(
+            cyrus.render("b", Some(42), Some(1_600_000_000)).unwrap(),
+            "1600000000.42"
+        );
+        let uid_only = UidlFormat::parse("%u").unwrap();
+        assert_eq!(uid_only.render("b", Some(42), Some(7)).unwrap(), "42");
+        let courier = UidlFormat::parse("%v-%u").unwrap();
+        assert_eq!(courier.render("b", Some(42), Some(7)).unwrap(), "7-42");
         assert!(UidlFormat::parse("%m").is_err());
         assert!(UidlFormat::parse("").is_err());
     }
 
     #[test]
     fn fingerprints_stay_what_existing_indexes_hold() {
-        // Computed once at parse time now; the values must not move, or
-        // every index on disk would be rebuilt for nothing.
+        // Computed once at parse time; the values must not move by accident,
+        // or every index on disk would be rebuilt for nothing. They moved
+        // once on purpose, with the rules version 2 (imported UIDL forms).
         assert_eq!(UidlFormat::default().fingerprint(), FP_DEFAULT);
         assert_eq!(UidlFormat::parse("%f").unwrap().fingerprint(), FP_FILE_NAME);
         assert_ne!(FP_DEFAULT, FP_FILE_NAME);

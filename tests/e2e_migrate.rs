@@ -1,0 +1,266 @@
+//! Migration end to end: `shardpop migrate verify` against a real Dovecot
+//! (Debian's dovecot-pop3d, tests/common/dovecot.rs) and the real shardpop
+//! binary serving the same Maildir tree; and a tree Courier left behind
+//! (`courierpop3dsizelist`, `courierimapuiddb`) served with Courier's UIDLs.
+
+#[macro_use]
+mod common;
+#[path = "common/dovecot.rs"]
+mod dovecot;
+#[path = "common/tls_fixture.rs"]
+mod tls_fixture;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Engine, Opts, Server, Tree};
+use dovecot::Dovecot;
+use tls_fixture::TestCa;
+
+/// Runs `shardpop migrate verify` with these flags.
+fn verify(old: SocketAddr, new: SocketAddr, users: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        .args(["migrate", "verify", "--old"])
+        .arg(old.to_string())
+        .arg("--new")
+        .arg(new.to_string())
+        .arg("--users")
+        .arg(users)
+        .args(["--rate", "0", "--timeout-secs", "10"])
+        .args(extra)
+        .output()
+        .expect("run migrate verify")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two users with mail in cur/ and new/, one with a dot-led line, and a
+/// users file for them.
+fn tree() -> (Tree, tempfile::NamedTempFile) {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw-a");
+    tree.user("bob", "pw-b");
+    tree.deliver("alice", 1, b"Subject: one\n\nhello\n");
+    tree.deliver("alice", 2, b"Subject: two\r\n\r\n.dot\r\nline\r\n");
+    fs::write(
+        tree.maildir("alice").join("new/1700000003.M3.test"),
+        b"Subject: three\n\nnew mail\n",
+    )
+    .unwrap();
+    tree.deliver("bob", 1, b"Subject: b\n\nbob\n");
+    let users = tempfile::NamedTempFile::new().unwrap();
+    fs::write(users.path(), "# verify users\nalice pw-a\n\nbob pw-b\n").unwrap();
+    (tree, users)
+}
+
+engine_test!(dovecot_and_shardpop_on_one_tree_verify_identical_then_differences_are_named);
+fn dovecot_and_shardpop_on_one_tree_verify_identical_then_differences_are_named(engine: Engine) {
+    let (tree, users) = tree();
+    let dovecot = Dovecot::start(&tree.root().join("mail"), &tree.users);
+    let server = Server::start(&tree, engine);
+    let out = verify(dovecot.addr, server.addr, users.path(), &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", dovecot.log());
+    assert!(text.contains("alice: identical (3 messages,"), "{text}");
+    assert!(text.contains("bob: identical (1 messages,"), "{text}");
+    assert!(
+        text.contains("summary: 2 users, 2 identical, 0 with differences"),
+        "{text}"
+    );
+    // Dovecot numbered the mail; shardpop gave its UIDLs, not base names.
+    assert!(tree.maildir("alice").join("dovecot-uidlist").exists());
+
+    // An operator who forgot pop3_uidl_format: every UIDL differs.
+    let mut opts = Opts::new(engine);
+    opts.toml = "[mail]\npop3_uidl_format = \"%f\"\n".into();
+    let by_name = Server::start_with(&tree, opts);
+    let out = verify(dovecot.addr, by_name.addr, users.path(), &["--retr"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("alice: DIFFERENT: 3 UIDL(s) only on old:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 UIDL(s) only on new: 1700000001.M1.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("summary: 2 users, 0 identical, 2 with differences"),
+        "{text}"
+    );
+    assert!(text.contains("\n  only-new: 2 user(s)"), "{text}");
+}
+
+engine_test!(verify_reports_failures_resumes_and_never_deletes);
+fn verify_reports_failures_resumes_and_never_deletes(engine: Engine) {
+    let (tree, users) = tree();
+    let dovecot = Dovecot::start(&tree.root().join("mail"), &tree.users);
+    let server = Server::start(&tree, engine);
+    let before: Vec<Vec<String>> = ["alice", "bob"].iter().map(|u| tree.files(u)).collect();
+    // A user the new side refuses, and one nobody knows.
+    let mixed = tempfile::NamedTempFile::new().unwrap();
+    fs::write(mixed.path(), "alice pw-a\nbob wrong\n").unwrap();
+    let out = verify(
+        dovecot.addr,
+        server.addr,
+        mixed.path(),
+        &["--concurrency", "2"],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("alice: identical"), "{text}");
+    assert!(
+        text.contains("bob: DIFFERENT: old server: PASS refused"),
+        "{text}"
+    );
+    assert!(text.contains("new server: PASS refused"), "{text}");
+    // An unreachable new server is a difference, not a crash.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = verify(dovecot.addr, closed, users.path(), &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("alice: DIFFERENT: new server: cannot connect"),
+        "{text}"
+    );
+    assert!(text.contains("\n  new-failed: 2 user(s)"), "{text}");
+    // Resumable: a second run with the same state file checks nobody again.
+    let state = tempfile::NamedTempFile::new().unwrap();
+    let flag = ["--state", state.path().to_str().unwrap()];
+    let first = verify(dovecot.addr, server.addr, users.path(), &flag);
+    assert_eq!(first.status.code(), Some(0), "{}", stdout(&first));
+    let again = verify(dovecot.addr, server.addr, users.path(), &flag);
+    let text = stdout(&again);
+    assert_eq!(again.status.code(), Some(0), "{text}");
+    assert!(!text.contains("alice:"), "{text}");
+    assert!(
+        text.contains("summary: 2 users, 2 identical, 0 with differences (2 from the state file)"),
+        "{text}"
+    );
+    // Usage errors exit 2.
+    let bad = verify(
+        dovecot.addr,
+        server.addr,
+        Path::new("/nonexistent/users"),
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    // Nothing was deleted on either side (new mail only moved to cur/).
+    let base = |names: &[String]| -> Vec<String> {
+        let mut b: Vec<String> = names
+            .iter()
+            .map(|n| n.split(':').next().unwrap().to_string())
+            .collect();
+        b.sort();
+        b
+    };
+    for (user, was) in ["alice", "bob"].iter().zip(&before) {
+        assert_eq!(base(&tree.files(user)), base(was), "{user}");
+    }
+}
+
+engine_test!(a_courier_tree_is_served_with_courier_uidls);
+fn a_courier_tree_is_served_with_courier_uidls(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("carol", "pw-c");
+    let md = tree.maildir("carol");
+    // As Courier 4/5 leaves a Maildir: pop3d's list (version 3) and IMAP's
+    // UID database; one message is newer than both.
+    fs::write(
+        md.join("cur/1690000001.1234_0.mx:2,S"),
+        b"Subject: 1\n\none\n",
+    )
+    .unwrap();
+    fs::write(
+        md.join("cur/1690000002.1234_1.mx:2,"),
+        b"Subject: 2\n\ntwo\n",
+    )
+    .unwrap();
+    fs::write(
+        md.join("cur/1690000003.99_0.mx:2,S"),
+        b"Subject: 3\n\nimap\n",
+    )
+    .unwrap();
+    fs::write(md.join("new/1700000000.5_0.mx"), b"Subject: 4\n\nafter\n").unwrap();
+    fs::write(
+        md.join("courierpop3dsizelist"),
+        "/3 3 1690000000\n\
+         1690000001.1234_0.mx:2,S 19 1:1690000000:0\n\
+         1690000002.1234_1.mx:2, 19 2:1690000000:0\n",
+    )
+    .unwrap();
+    fs::write(
+        md.join("courierimapuiddb"),
+        "1 1680000000 12\n10 1690000001.1234_0.mx\n11 1690000003.99_0.mx\n",
+    )
+    .unwrap();
+    let server = Server::start(&tree, engine);
+    for _ in 0..2 {
+        // Twice: the second login comes from the index.
+        let mut c = server.connect();
+        c.login("carol", "pw-c");
+        assert_eq!(c.cmd("UIDL"), "+OK");
+        let (list, _) = c.multiline();
+        assert_eq!(
+            String::from_utf8(list).unwrap(),
+            // Courier's UIDLs; then IMAP UID 11 in pop3_uidl_format's
+            // default (%08Xu%08Xv: 0xb, 1680000000 = 0x6422c400); then the
+            // new message by its name.
+            "1 UID1-1690000000\r\n2 UID2-1690000000\r\n\
+             3 0000000b6422c400\r\n4 1700000000.5_0.mx\r\n"
+        );
+        assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+    }
+}
+
+engine_test!(verify_speaks_implicit_tls_and_stls_and_checks_certificates);
+fn verify_speaks_implicit_tls_and_stls_and_checks_certificates(engine: Engine) {
+    let (tree, users) = tree();
+    let ca = TestCa::new(tree.root());
+    let leaf = ca.issue(tree.root(), "server");
+    let start = || {
+        let mut opts = Opts::new(engine);
+        opts.args = leaf.serve_args(true);
+        Server::start_with(&tree, opts)
+    };
+    let (a, b) = (start(), start());
+    let ca_pem = ca.ca_pem.to_str().unwrap();
+    let out = verify(
+        a.tls_addr(),
+        b.tls_addr(),
+        users.path(),
+        &["--tls", "--tls-ca", ca_pem],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("summary: 2 users, 2 identical"));
+    let out = verify(
+        a.addr,
+        b.addr,
+        users.path(),
+        &["--stls", "--tls-ca", ca_pem],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A certificate from another CA is a failed TLS handshake for that user.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = TestCa::new(other.path());
+    let out = verify(
+        a.tls_addr(),
+        b.tls_addr(),
+        users.path(),
+        &["--tls", "--tls-ca", other_ca.ca_pem.to_str().unwrap()],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("alice: DIFFERENT: old server: protocol error: TLS handshake:"),
+        "{text}"
+    );
+}
