@@ -394,6 +394,48 @@ pub struct Auth {
     /// How long "no such user" is answered from the cache (Dovecot's
     /// `auth_cache_negative_ttl`).
     pub cache_negative_ttl_ms: u64,
+    /// `[auth.oauth]`: OAUTHBEARER and XOAUTH2 logins with JWT access
+    /// tokens checked against a JWKS file. Off (and not in CAPA) when absent.
+    pub oauth: Option<OAuth>,
+}
+
+/// `[auth.oauth]`: access tokens are JWTs signed by the identity provider
+/// (RS256, ES256 or EdDSA), checked here against its public keys; the
+/// provider is never asked. The JWKS file is read at startup and again on
+/// SIGHUP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth {
+    /// The provider's public keys as a JWKS document (`{"keys":[...]}`).
+    pub jwks_file: PathBuf,
+    /// The `iss` every token must carry, exactly.
+    pub issuer: String,
+    /// A value the token's `aud` (a string or a list) must hold.
+    pub audience: String,
+    /// The claim that names the user (`sub` by default; `email` or
+    /// `preferred_username` are common).
+    #[serde(default = "username_claim_default")]
+    pub username_claim: String,
+}
+
+fn username_claim_default() -> String {
+    "sub".into()
+}
+
+impl OAuth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if self.issuer.is_empty() {
+            return invalid("auth.oauth.issuer must not be empty");
+        }
+        if self.audience.is_empty() {
+            return invalid("auth.oauth.audience must not be empty");
+        }
+        if self.username_claim.is_empty() {
+            return invalid("auth.oauth.username_claim must not be empty");
+        }
+        Ok(())
+    }
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
@@ -436,6 +478,7 @@ impl Default for Auth {
             cache_size: 100_000,
             cache_ttl_ms: 3_600_000,
             cache_negative_ttl_ms: 60_000,
+            oauth: None,
         }
     }
 }
@@ -646,6 +689,9 @@ impl Config {
         }
         if let Some(userdb) = &self.userdb {
             userdb.validate(self.passdb.as_ref())?;
+        }
+        if let Some(oauth) = &self.auth.oauth {
+            oauth.validate()?;
         }
         let Some(location) = &self.mail.location else {
             return invalid("no mail location: set mail.location or --mail-location");
