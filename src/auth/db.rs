@@ -193,7 +193,8 @@ impl Passdb {
         self
     }
 
-    /// Checks a USER/PASS or SASL PLAIN login. `Ok(Some(user))` on success;
+    /// Checks a USER/PASS or SASL PLAIN login, name and password prepared
+    /// with SASLprep ([`super::saslprep`]). `Ok(Some(user))` on success;
     /// `Ok(None)` for an unknown user, a wrong password, a refused name, a
     /// `nologin` or `fail` user (unknown user and wrong password at the same
     /// cost); `Err` when the passdb or userdb cannot answer (file unreadable,
@@ -204,6 +205,10 @@ impl Passdb {
         user: &str,
         password: &[u8],
     ) -> Result<Option<UserEntry>, AuthError> {
+        // RFC 4616 / RFC 6856: both prepared with SASLprep (see `saslprep`).
+        let user = super::saslprep::prepare_str(user);
+        let password = super::saslprep::prepare(password);
+        let (user, password) = (&*user, &*password);
         let found = match &self.inner {
             Inner::File(file) => file.verify_plain(user, password)?,
             Inner::Remote(remote) => remote.verify_plain(user, password)?,

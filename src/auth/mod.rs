@@ -53,6 +53,7 @@ mod passwd_file;
 mod pool;
 mod remote;
 pub mod sasl;
+pub mod saslprep;
 mod scheme;
 mod sql;
 mod static_userdb;
@@ -67,10 +68,10 @@ use std::io;
 use std::path::PathBuf;
 
 pub use db::{Passdb, check_passdb_config, check_userdb_config};
+pub use oauth::OAuth;
 pub use passdb::SCRAM_PLAIN_ITERATIONS;
 #[doc(hidden)]
 pub use remote::fuzz_userdb_row;
-pub use oauth::OAuth;
 pub use sasl::{ScramCredentials, ScramError, ScramExchange, ScramNext, ScramServer};
 pub use scheme::{Scheme, hash_password};
 pub use user::UserEntry;

@@ -26,6 +26,7 @@ fn offer() -> Offer {
     Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     }
 }
 
@@ -568,6 +569,7 @@ fn plaintext_auth_can_be_refused_per_connection() {
         Offer {
             plaintext_auth: false,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -646,6 +648,7 @@ fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
         Offer {
             plaintext_auth: false,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -661,6 +664,7 @@ fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     let capa = say(&mut s, "CAPA\r\n");
     assert!(
@@ -683,6 +687,7 @@ fn nothing_is_read_while_tls_starts() {
         Offer {
             plaintext_auth: true,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -703,6 +708,7 @@ fn nothing_is_read_while_tls_starts() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     assert!(!s.is_starting_tls());
     assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
@@ -715,6 +721,7 @@ fn a_user_given_before_stls_is_forgotten() {
         Offer {
             plaintext_auth: true,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -723,6 +730,7 @@ fn a_user_given_before_stls_is_forgotten() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
 }
@@ -791,6 +799,7 @@ fn scram_failure_and_cancel_end_the_exchange() {
         Offer {
             plaintext_auth: false,
             stls: false,
+            oauth: false,
         },
         None,
     );

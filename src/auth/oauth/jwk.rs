@@ -56,7 +56,10 @@ pub(crate) struct Key {
 }
 
 enum Material {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// SEC1 uncompressed point for ECDSA, the raw 32 bytes for Ed25519.
     Raw(Vec<u8>),
 }
@@ -239,11 +242,7 @@ fn key(jwk: &Jwk) -> Result<Option<Key>, &'static str> {
             Material::Raw(x)
         }
     };
-    Ok(Some(Key {
-        kid,
-        alg,
-        material,
-    }))
+    Ok(Some(Key { kid, alg, material }))
 }
 
 fn b64(field: Option<&str>, why: &'static str) -> Result<Vec<u8>, &'static str> {

@@ -116,7 +116,10 @@ fn claims_are_checked() {
     for missing in ["iss", "aud", "exp", "email"] {
         let mut c = good_claims();
         c.as_object_mut().unwrap().remove(missing);
-        assert!(oauth.verify(ed.token(&c).as_bytes(), NOW).is_err(), "{missing}");
+        assert!(
+            oauth.verify(ed.token(&c).as_bytes(), NOW).is_err(),
+            "{missing}"
+        );
     }
     // The skew: just inside both edges passes.
     let token = ed.token(&good_claims());
@@ -170,7 +173,10 @@ fn algorithm_attacks_fail() {
     // alg none, with and without a signature part.
     for alg in ["none", "None", "NONE"] {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "rsa"}).to_string());
-        for token in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+        for token in [
+            format!("{header}.{payload}."),
+            format!("{header}.{payload}"),
+        ] {
             assert!(oauth.verify(token.as_bytes(), NOW).is_err(), "{token}");
         }
     }
@@ -237,10 +243,7 @@ fn malformed_and_huge_tokens_are_refused_without_panic() {
         Err(TokenError::Malformed)
     );
     let huge = format!("{}.{}.{}", parts[0], "A".repeat(TOKEN_BYTES_MAX), parts[2]);
-    assert_eq!(
-        oauth.verify(huge.as_bytes(), NOW),
-        Err(TokenError::TooLong)
-    );
+    assert_eq!(oauth.verify(huge.as_bytes(), NOW), Err(TokenError::TooLong));
     let bytes: Vec<u8> = (0..=255).collect();
     assert!(oauth.verify(&bytes, NOW).is_err());
 }
@@ -275,12 +278,14 @@ fn jwks_parsing() {
         (r#"{"keys":[{"kty":"oct","k":"AA"}]}"#, |e| {
             *e == JwksError::NoUsableKey
         }),
-        (r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}"#, |e| {
-            matches!(e, JwksError::BadKey { index: 0, .. })
-        }),
-        (r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"!!"}]}"#, |e| {
-            matches!(e, JwksError::BadKey { .. })
-        }),
+        (
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}"#,
+            |e| matches!(e, JwksError::BadKey { index: 0, .. }),
+        ),
+        (
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"!!"}]}"#,
+            |e| matches!(e, JwksError::BadKey { .. }),
+        ),
         // A 512-bit RSA modulus is too small.
         (
             r#"{"keys":[{"kty":"RSA","n":"ALxXKWkLQ8lFzBkVk9lu4p1R1N8Jgo5hRz2EYGk5s3Hq2NRVbkV8yJ3Cp8XQZY3N3j8YlVrpQbqq7iZc7mW3kR0","e":"AQAB"}]}"#,
@@ -323,7 +328,10 @@ fn load_reads_the_file_and_reports_what_is_wrong() {
 
     std::fs::write(&path, "{\"keys\": [").unwrap();
     let err = OAuth::load(&config).unwrap_err().to_string();
-    assert!(err.contains("jwks.json") && err.contains("not a JWKS"), "{err}");
+    assert!(
+        err.contains("jwks.json") && err.contains("not a JWKS"),
+        "{err}"
+    );
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(OAuth::load(&config), Err(OAuthError::Io { .. })));
 }
@@ -333,4 +341,80 @@ fn the_fuzz_entry_takes_any_bytes() {
     for data in [&b""[..], b"{\"keys\":[]}", b"a.b.c", &[0xff; 64]] {
         fuzz_jwks_and_token(data);
     }
+}
+
+#[test]
+fn passdb_verify_bearer_looks_the_token_user_up() {
+    let fixture = crate::auth::test_fixture::Fixture::new(
+        "alice@example.net:{PLAIN}pw::::/home/alice::userdb_mail=maildir:/m/alice\n\
+         carol@example.net:{PLAIN}pw::::/home/carol::nologin\n",
+    );
+    let ed = Signer::ed25519("ed");
+    let passdb = fixture.open().with_oauth(validator(&[&ed]));
+    assert!(passdb.has_oauth());
+    let token = |user: &str| ed.token(&with(good_claims(), "email", json!(user)));
+    let alice = token("alice@example.net");
+    let entry = passdb
+        .verify_bearer_at("", alice.as_bytes(), NOW)
+        .unwrap()
+        .expect("a good token for a known user");
+    assert_eq!(entry.user, "alice@example.net");
+    assert_eq!(entry.extra("userdb_mail"), Some("maildir:/m/alice"));
+    // The claimed name must be the token's user (ASCII case aside).
+    assert!(
+        passdb
+            .verify_bearer_at("ALICE@example.net", alice.as_bytes(), NOW)
+            .unwrap()
+            .is_some()
+    );
+    let refused = [
+        ("bob@example.net", alice.clone(), NOW),
+        ("", token("nobody@example.net"), NOW),
+        ("", token("carol@example.net"), NOW),
+        ("", token("../etc"), NOW),
+        ("", alice.clone(), NOW + 7200),
+        ("", "not-a-token".into(), NOW),
+    ];
+    for (claimed, token, now) in refused {
+        assert!(
+            passdb
+                .verify_bearer_at(claimed, token.as_bytes(), now)
+                .unwrap()
+                .is_none(),
+            "{claimed} {now}"
+        );
+    }
+    // Without [auth.oauth] every token is refused.
+    assert!(
+        fixture
+            .open()
+            .verify_bearer_at("", alice.as_bytes(), NOW)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn passdb_prepares_utf8_names_and_passwords() {
+    let fixture = crate::auth::test_fixture::Fixture::new(
+        "j\u{f6}rg:{PLAIN}p\u{e4}ss w\u{f6}rd::::/home/j::\nix:{PLAIN}IX::::/home/ix::\n",
+    );
+    let passdb = fixture.open();
+    // Decomposed letters and a NO-BREAK SPACE are prepared to the stored form.
+    let user = "jo\u{308}rg";
+    let password = "pa\u{308}ss\u{a0}wo\u{308}rd";
+    assert!(
+        passdb
+            .verify_plain(user, password.as_bytes())
+            .unwrap()
+            .is_some()
+    );
+    // ROMAN NUMERAL NINE prepares to "IX".
+    assert!(
+        passdb
+            .verify_plain("ix", "\u{2168}".as_bytes())
+            .unwrap()
+            .is_some()
+    );
+    assert!(passdb.verify_plain("ix", b"ix").unwrap().is_none());
 }
