@@ -979,6 +979,41 @@ mod tests {
     }
 
     #[test]
+    fn the_example_oauth_section_parses_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shardpop.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [auth.oauth]")
+            .expect("the example has [auth.oauth]");
+        let section: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c: Config = toml::from_str(&section).unwrap();
+        let oauth = c.auth.oauth.unwrap();
+        assert_eq!(oauth.username_claim, "email");
+        assert_eq!(oauth.jwks_file, PathBuf::from("/etc/shardpop/jwks.json"));
+    }
+
+    #[test]
+    fn auth_oauth_keys_and_checks() {
+        let base =
+            "[auth.oauth]\njwks_file = \"/k.json\"\nissuer = \"https://i\"\naudience = \"a\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.auth.oauth.as_ref().unwrap().username_claim, "sub");
+        assert!(Config::default().auth.oauth.is_none());
+        assert!(toml::from_str::<Config>(&format!("{base}scope = \"x\"\n")).is_err());
+        assert!(toml::from_str::<Config>("[auth.oauth]\njwks_file = \"/k\"\n").is_err());
+        let mut c: Config = toml::from_str(&base.replace("\"a\"", "\"\"")).unwrap();
+        c.server.listen = vec!["127.0.0.1:1110".parse().unwrap()];
+        c.auth.passwd_file = Some("/p".into());
+        c.mail.location = Some("maildir:~/Maildir".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.oauth.audience"), "{err}");
+    }
+
+    #[test]
     fn engine_parses_from_toml_and_flags() {
         let c: Config = toml::from_str("[server]\nengine = \"uring\"\n").unwrap();
         assert_eq!(c.server.engine, Engine::Uring);

@@ -152,8 +152,8 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Fuzzing entry: parses `data` as a JWKS and, with the keys of a fixed
-/// test set, as a token. Never panics.
+/// Fuzzing entry: parses `data` as a JWKS, as a token checked against a
+/// fixed key (RFC 8037's example), and as a claims payload. Never panics.
 #[doc(hidden)]
 pub fn fuzz_jwks_and_token(data: &[u8]) {
     let _ = KeySet::parse(data);
@@ -167,6 +167,7 @@ pub fn fuzz_jwks_and_token(data: &[u8]) {
     ) {
         let _ = jwt::verify(data, &keys, &claims, 1_700_000_000);
     }
+    let _ = jwt::check_payload(data, &claims, 1_700_000_000);
 }
 
 #[cfg(test)]
