@@ -270,7 +270,8 @@ fn jwks_parsing() {
         KeySet::parse(mixed.to_string().as_bytes()).unwrap().len(),
         1
     );
-    let bad: &[(&str, fn(&JwksError) -> bool)] = &[
+    type Check = fn(&JwksError) -> bool;
+    let bad: &[(&str, Check)] = &[
         ("", |e| matches!(e, JwksError::Syntax(_))),
         ("{}", |e| matches!(e, JwksError::Syntax(_))),
         ("{\"keys\":{}}", |e| matches!(e, JwksError::Syntax(_))),
