@@ -396,6 +396,48 @@ pub struct Auth {
     /// How long "no such user" is answered from the cache (Dovecot's
     /// `auth_cache_negative_ttl`).
     pub cache_negative_ttl_ms: u64,
+    /// `[auth.oauth]`: OAUTHBEARER and XOAUTH2 logins with JWT access
+    /// tokens checked against a JWKS file. Off (and not in CAPA) when absent.
+    pub oauth: Option<OAuth>,
+}
+
+/// `[auth.oauth]`: access tokens are JWTs signed by the identity provider
+/// (RS256, ES256 or EdDSA), checked here against its public keys; the
+/// provider is never asked. The JWKS file is read at startup and again on
+/// SIGHUP.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth {
+    /// The provider's public keys as a JWKS document (`{"keys":[...]}`).
+    pub jwks_file: PathBuf,
+    /// The `iss` every token must carry, exactly.
+    pub issuer: String,
+    /// A value the token's `aud` (a string or a list) must hold.
+    pub audience: String,
+    /// The claim that names the user (`sub` by default; `email` or
+    /// `preferred_username` are common).
+    #[serde(default = "username_claim_default")]
+    pub username_claim: String,
+}
+
+fn username_claim_default() -> String {
+    "sub".into()
+}
+
+impl OAuth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if self.issuer.is_empty() {
+            return invalid("auth.oauth.issuer must not be empty");
+        }
+        if self.audience.is_empty() {
+            return invalid("auth.oauth.audience must not be empty");
+        }
+        if self.username_claim.is_empty() {
+            return invalid("auth.oauth.username_claim must not be empty");
+        }
+        Ok(())
+    }
 }
 
 /// Where plaintext logins (USER/PASS, SASL PLAIN) are allowed.
@@ -438,6 +480,7 @@ impl Default for Auth {
             cache_size: 100_000,
             cache_ttl_ms: 3_600_000,
             cache_negative_ttl_ms: 60_000,
+            oauth: None,
         }
     }
 }
@@ -712,6 +755,9 @@ impl Config {
         }
         if let Some(userdb) = &self.userdb {
             userdb.validate(self.passdb.as_ref())?;
+        }
+        if let Some(oauth) = &self.auth.oauth {
+            oauth.validate()?;
         }
         let Some(location) = &self.mail.location else {
             return invalid("no mail location: set mail.location or --mail-location");
@@ -999,6 +1045,41 @@ mod tests {
         let config = Config::load(&path).unwrap();
         config.validate().unwrap();
         assert_eq!(config.limits.line_bytes_max, 255);
+    }
+
+    #[test]
+    fn the_example_oauth_section_parses_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("shardpop.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text
+            .find("# [auth.oauth]")
+            .expect("the example has [auth.oauth]");
+        let section: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c: Config = toml::from_str(&section).unwrap();
+        let oauth = c.auth.oauth.unwrap();
+        assert_eq!(oauth.username_claim, "email");
+        assert_eq!(oauth.jwks_file, PathBuf::from("/etc/shardpop/jwks.json"));
+    }
+
+    #[test]
+    fn auth_oauth_keys_and_checks() {
+        let base =
+            "[auth.oauth]\njwks_file = \"/k.json\"\nissuer = \"https://i\"\naudience = \"a\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.auth.oauth.as_ref().unwrap().username_claim, "sub");
+        assert!(Config::default().auth.oauth.is_none());
+        assert!(toml::from_str::<Config>(&format!("{base}scope = \"x\"\n")).is_err());
+        assert!(toml::from_str::<Config>("[auth.oauth]\njwks_file = \"/k\"\n").is_err());
+        let mut c: Config = toml::from_str(&base.replace("\"a\"", "\"\"")).unwrap();
+        c.server.listen = vec!["127.0.0.1:1110".parse().unwrap()];
+        c.auth.passwd_file = Some("/p".into());
+        c.mail.location = Some("maildir:~/Maildir".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.oauth.audience"), "{err}");
     }
 
     #[test]

@@ -208,12 +208,14 @@ impl Harness {
             line_bytes_max: 16 + usize::from(script.byte()),
             bad_commands_max: 1 + u32::from(script.byte() % 32),
             output_high_water_bytes: 4096 + usize::from(script.byte()) * 64,
+            sasl_line_bytes_max: 255 + usize::from(script.byte()) * 16,
             ..Limits::default()
         };
         let flags = script.byte();
         let offer = Offer {
             plaintext_auth: flags & 1 == 0,
             stls: flags & 2 != 0,
+            oauth: flags & 8 != 0,
         };
         let challenge = (flags & 4 != 0).then(|| Box::from("<1896.697170952@dbc.mtview.ca.us>"));
         let session = Session::new(limits, offer, challenge);
@@ -293,7 +295,11 @@ impl Harness {
             }
             Effect::StartTls => {
                 assert!(!self.model.logged_in, "STLS in TRANSACTION");
-                self.session.tls_started(shardpop::protocol::Offer { plaintext_auth: true, stls: false });
+                self.session.tls_started(shardpop::protocol::Offer {
+                    plaintext_auth: true,
+                    stls: false,
+                    oauth: false,
+                });
                 Pending::Nothing
             }
             Effect::Close => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::cache::Cache;
 use super::ldap::{self, LdapSettings, LdapSource};
+use super::oauth::OAuth;
 use super::passdb::FileDb;
 use super::remote::{PassSource, Record, RemoteDb};
 use super::sasl::ScramCredentials;
@@ -22,6 +23,8 @@ use crate::config::{self, Config, PassdbDriver, UserdbDriver};
 pub struct Passdb {
     inner: Inner,
     userdb: Userdb,
+    /// `[auth.oauth]`: the token validator, when OAuth logins are on.
+    oauth: Option<OAuth>,
 }
 
 enum Inner {
@@ -48,6 +51,7 @@ impl Passdb {
         Passdb {
             inner: Inner::File(file),
             userdb: Userdb::prefetch(),
+            oauth: None,
         }
     }
 
@@ -93,7 +97,86 @@ impl Passdb {
                 .expect("remote passdbs come from [passdb]");
             tracing::info!(driver = ?p.driver, cache_size = config.auth.cache_size, "passdb ready; connects on the first login");
         }
-        Ok(Passdb { inner, userdb })
+        let oauth = config
+            .auth
+            .oauth
+            .as_ref()
+            .map(OAuth::load)
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Passdb {
+            inner,
+            userdb,
+            oauth,
+        })
+    }
+
+    /// Uses `oauth` for OAUTHBEARER and XOAUTH2 logins (tests; the server
+    /// loads it from `[auth.oauth]` in [`Passdb::from_config`]).
+    pub fn with_oauth(mut self, oauth: OAuth) -> Passdb {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// Whether OAuth logins are configured.
+    pub fn has_oauth(&self) -> bool {
+        self.oauth.is_some()
+    }
+
+    /// Checks an OAUTHBEARER or XOAUTH2 login: the access token must be
+    /// good now (signature, issuer, audience, expiry: see [`OAuth`]) and
+    /// name a user the passdb knows (a `nologin` or `fail` user is refused,
+    /// the password is not looked at); `claimed` (the GS2 authzid or
+    /// XOAUTH2's `user=`, empty when the client named nobody) must be that
+    /// user, ASCII case aside, as names are looked up. The userdb is applied
+    /// as for [`Passdb::verify_plain`], and results are as there; without
+    /// `[auth.oauth]` every token is refused. Why a token was refused is
+    /// logged at info level; the token never is.
+    pub fn verify_bearer(
+        &self,
+        claimed: &str,
+        token: &[u8],
+    ) -> Result<Option<UserEntry>, AuthError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_bearer_at(claimed, token, now)
+    }
+
+    /// [`Passdb::verify_bearer`] at `now_secs` since the Unix epoch.
+    pub fn verify_bearer_at(
+        &self,
+        claimed: &str,
+        token: &[u8],
+        now_secs: u64,
+    ) -> Result<Option<UserEntry>, AuthError> {
+        let Some(oauth) = &self.oauth else {
+            return Ok(None);
+        };
+        let user = match oauth.verify(token, now_secs) {
+            Ok(user) => user,
+            Err(why) => {
+                tracing::info!(claimed = %claimed.escape_debug(), reason = %why, "OAuth token refused");
+                return Ok(None);
+            }
+        };
+        if !claimed.is_empty() && !claimed.eq_ignore_ascii_case(&user) {
+            tracing::info!(
+                claimed = %claimed.escape_debug(),
+                token_user = %user.escape_debug(),
+                "OAuth token refused: it names another user"
+            );
+            return Ok(None);
+        }
+        if !super::valid_username(user.as_bytes()) {
+            tracing::info!(token_user = %user.escape_debug(), "OAuth token refused: not a valid user name");
+            return Ok(None);
+        }
+        let found = match &self.inner {
+            Inner::File(file) => file.lookup(&user)?,
+            Inner::Remote(remote) => remote.lookup(&user)?,
+        };
+        self.finish(found)
     }
 
     /// Sets the secret that keys the SCRAM salts of `{PLAIN}` and unknown
@@ -110,7 +193,8 @@ impl Passdb {
         self
     }
 
-    /// Checks a USER/PASS or SASL PLAIN login. `Ok(Some(user))` on success;
+    /// Checks a USER/PASS or SASL PLAIN login, name and password prepared
+    /// with SASLprep ([`super::saslprep`]). `Ok(Some(user))` on success;
     /// `Ok(None)` for an unknown user, a wrong password, a refused name, a
     /// `nologin` or `fail` user (unknown user and wrong password at the same
     /// cost); `Err` when the passdb or userdb cannot answer (file unreadable,
@@ -121,6 +205,10 @@ impl Passdb {
         user: &str,
         password: &[u8],
     ) -> Result<Option<UserEntry>, AuthError> {
+        // RFC 4616 / RFC 6856: both prepared with SASLprep (see `saslprep`).
+        let user = super::saslprep::prepare_str(user);
+        let password = super::saslprep::prepare(password);
+        let (user, password) = (&*user, &*password);
         let found = match &self.inner {
             Inner::File(file) => file.verify_plain(user, password)?,
             Inner::Remote(remote) => remote.verify_plain(user, password)?,

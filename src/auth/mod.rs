@@ -29,6 +29,10 @@
 //!   gives the credentials (made-up ones for unknown users);
 //!   [`ScramServer::server_first`] and [`ScramServer::client_final`] finish
 //!   the exchange, and [`ScramServer::user`] is the user on success.
+//! - OAUTHBEARER / XOAUTH2: [`Passdb::verify_bearer`] on the pool checks the
+//!   token against the `[auth.oauth]` JWKS (loaded by [`Passdb::from_config`],
+//!   so a SIGHUP that rebuilds the passdb reloads the keys, and a bad file
+//!   refuses the reload) and then looks the user up like a password login.
 //! - `Err` means an operating error (the passwd-file could not be re-read,
 //!   a database is down or slow: [`AuthError::Unavailable`]): answer
 //!   `-ERR [SYS/TEMP]`, no penalty. `Unavailable` is logged here once per
@@ -43,11 +47,13 @@ mod apop;
 mod cache;
 mod db;
 mod ldap;
+pub mod oauth;
 mod passdb;
 mod passwd_file;
 mod pool;
 mod remote;
 pub mod sasl;
+pub mod saslprep;
 mod scheme;
 mod sql;
 mod static_userdb;
@@ -62,6 +68,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use db::{Passdb, check_passdb_config, check_userdb_config};
+pub use oauth::OAuth;
 pub use passdb::SCRAM_PLAIN_ITERATIONS;
 #[doc(hidden)]
 pub use remote::fuzz_userdb_row;

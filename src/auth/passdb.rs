@@ -339,6 +339,21 @@ impl FileDb {
         Ok(admit(matched, key, entry))
     }
 
+    /// A user proven another way (an OAuth token): their entry, or `None`
+    /// when unknown, refused by name, `nologin` or `fail`. `Err` only when
+    /// the passwd-file cannot be read.
+    pub fn lookup(&self, user: &str) -> Result<Option<UserEntry>, AuthError> {
+        if !valid_username(user.as_bytes()) {
+            return Ok(None);
+        }
+        let table = self.table()?;
+        let key = lookup_key(user);
+        Ok(table
+            .users
+            .get(&key)
+            .and_then(|entry| admit(true, key, entry)))
+    }
+
     /// Checks an APOP login: `digest_hex` must be the hex MD5 of
     /// `challenge` (our greeting's timestamp) followed by the password, and
     /// only users with a plaintext password can pass. Results as for

@@ -140,6 +140,17 @@ impl RemoteDb {
         Ok(self.admit(matched, key, &record))
     }
 
+    /// A user proven another way (an OAuth token): the record's entry,
+    /// from the cache or the database; the password is not looked at.
+    pub(crate) fn lookup(&self, user: &str) -> Result<Option<UserEntry>, AuthError> {
+        if !valid_username(user.as_bytes()) {
+            return Ok(None);
+        }
+        let key = super::username::lookup_key(user);
+        let (record, _) = self.record(&key)?;
+        Ok(record.and_then(|record| self.admit(true, key, &record)))
+    }
+
     /// See [`super::Passdb::verify_apop`].
     pub(crate) fn verify_apop(
         &self,

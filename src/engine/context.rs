@@ -48,6 +48,8 @@ pub struct Settings {
     pub proxy_ssl_counts_as_tls: bool,
     /// How long a proxy may take to send its whole header.
     pub proxy_header_timeout: Duration,
+    /// `[auth.oauth]` is set: OAUTHBEARER and XOAUTH2 are offered.
+    pub oauth: bool,
 }
 
 impl Settings {
@@ -60,6 +62,8 @@ impl Settings {
                 commands_before_login_max: config.limits.commands_before_login_max,
                 output_high_water_bytes: config.limits.output_buffer_bytes,
                 policy: config.pop3.policy(),
+                // A SASL response may fill the receive buffer, no more.
+                sasl_line_bytes_max: config.limits.recv_buffer_bytes,
             },
             apop: config.auth.apop,
             plaintext_auth: config.auth.plaintext_auth,
@@ -71,6 +75,7 @@ impl Settings {
             proxy_from: config.server.proxy_from.clone(),
             proxy_ssl_counts_as_tls: config.server.proxy_ssl_counts_as_tls,
             proxy_header_timeout: Duration::from_millis(config.limits.proxy_header_timeout_ms),
+            oauth: config.auth.oauth.is_some(),
         }
     }
 
@@ -90,6 +95,7 @@ impl Settings {
         Offer {
             plaintext_auth: self.plaintext_auth.allows(secured, peer.ip()),
             stls: !tls && certificate,
+            oauth: self.oauth,
         }
     }
 }

@@ -320,6 +320,8 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
     };
     let name = match std::str::from_utf8(user) {
         Ok(name) if crate::auth::valid_username(user) => name,
+        // OAuth: the token names the user; the client may name nobody.
+        Ok("") if matches!(credential, Credential::Bearer(_)) => "",
         _ => return failed(LoginFailure::BadCredentials),
     };
     let verified = match credential {
@@ -327,6 +329,7 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
         Credential::Apop { challenge, digest } => {
             ctx.passdb.verify_apop(name, challenge.as_bytes(), digest)
         }
+        Credential::Bearer(token) => ctx.passdb.verify_bearer(name, token),
     };
     let entry = match verified {
         // Dovecot's allow_nets: a right password from the wrong network is a

@@ -65,6 +65,10 @@ pub enum Command<'a> {
     Top(MsgNum, u64),
     /// `UIDL [msg]`
     Uidl(Option<MsgNum>),
+    /// `UTF8` (RFC 6856 §2).
+    Utf8,
+    /// `LANG [language-range]` (RFC 6856 §3); `None` asks for the list.
+    Lang(Option<&'a [u8]>),
 }
 
 // Secrets never reach a log: PASS, APOP digests and AUTH responses are redacted.
@@ -92,6 +96,8 @@ impl fmt::Debug for Command<'_> {
             Command::Rset => f.write_str("Rset"),
             Command::Top(n, m) => write!(f, "Top({n}, {m})"),
             Command::Uidl(n) => write!(f, "Uidl({n:?})"),
+            Command::Utf8 => f.write_str("Utf8"),
+            Command::Lang(range) => write!(f, "Lang({:?})", range.map(String::from_utf8_lossy)),
         }
     }
 }
@@ -228,6 +234,8 @@ fn parse_line(line: &[u8]) -> Result<Command<'_>, ErrorKind> {
         // Three-letter keywords leave the last byte 0; input NULs were refused above.
         b"TOP\0" => Command::Top(msg_num(args.required()?)?, number(args.required()?)?),
         b"UIDL" => Command::Uidl(args.optional()?.map(msg_num).transpose()?),
+        b"UTF8" => Command::Utf8,
+        b"LANG" => Command::Lang(args.optional()?),
         _ => return Err(ErrorKind::UnknownCommand),
     };
     args.finish()?;
@@ -365,6 +373,10 @@ mod tests {
             (b"TOP 3 18446744073709551615\r\n", Command::Top(3, u64::MAX)),
             (b"UIDL\r\n", Command::Uidl(None)),
             (b"UIDL 4294967295\r\n", Command::Uidl(Some(u32::MAX))),
+            (b"UTF8\r\n", Command::Utf8),
+            (b"LANG\r\n", Command::Lang(None)),
+            (b"lang en-GB\r\n", Command::Lang(Some(b"en-GB"))),
+            (b"LANG *\r\n", Command::Lang(Some(b"*"))),
         ];
         for (input, want) in table {
             let (got, consumed) = complete(input);
@@ -422,6 +434,8 @@ mod tests {
             (b"TOP 1 -5\r\n", ErrorKind::BadNumber),
             (b"TOP 1 99999999999999999999\r\n", ErrorKind::BadNumber),
             (b"LIST 1 2\r\n", ErrorKind::BadArguments),
+            (b"UTF8 USER\r\n", ErrorKind::BadArguments),
+            (b"LANG en de\r\n", ErrorKind::BadArguments),
             (b"ST\0T\r\n", ErrorKind::BadBytes),
             (b"USER a\rb\r\n", ErrorKind::BadBytes),
         ];

@@ -14,6 +14,7 @@ use std::fmt;
 use super::capa::{self, Offer, SitePolicy};
 use super::command::{self, Command, ErrorKind, MsgNum, Status};
 use super::reply::{self, text};
+use crate::auth::sasl::BearerMechanism;
 
 /// The mailbox as a session sees it: a snapshot fixed at login.
 pub trait Maildrop: Send {
@@ -50,6 +51,9 @@ pub struct Limits {
     pub output_high_water_bytes: usize,
     /// The site's LOGIN-DELAY and EXPIRE, announced by CAPA before login.
     pub policy: SitePolicy,
+    /// Longest SASL response line (RFC 5034 sets no limit; an OAuth token
+    /// is 1–2 KiB of base64). At most the engine's receive buffer.
+    pub sasl_line_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             commands_before_login_max: 30,
             output_high_water_bytes: 64 * 1024,
             policy: SitePolicy::default(),
+            sasl_line_bytes_max: 4096,
         }
     }
 }
@@ -75,6 +80,10 @@ pub enum Credential {
         /// The client's hex MD5.
         digest: Vec<u8>,
     },
+    /// OAUTHBEARER or XOAUTH2: an access token, checked with
+    /// `Passdb::verify_bearer`. The login's `user` is the name the client
+    /// claimed (empty when it named nobody): the token names the user.
+    Bearer(Vec<u8>),
 }
 
 impl fmt::Debug for Credential {
@@ -82,6 +91,7 @@ impl fmt::Debug for Credential {
         match self {
             Credential::Password(_) => f.write_str("Password(<redacted>)"),
             Credential::Apop { .. } => f.write_str("Apop(<redacted>)"),
+            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
     }
 }
@@ -214,6 +224,8 @@ pub struct Session {
     commands_before_login: u32,
     /// Dropping the rest of an overlong line, through its LF.
     discarding: bool,
+    /// The client sent UTF8 (RFC 6856): replies may carry UTF-8.
+    utf8: bool,
     /// An effect is out; input waits.
     waiting: bool,
     summary: Summary,
@@ -238,6 +250,9 @@ struct Authorization {
     user: Option<Vec<u8>>,
     /// A SASL exchange is under way: the next line is a response to it.
     sasl: Option<Sasl>,
+    /// An OAuth login is out: a refused token is answered with the
+    /// mechanism's error challenge, not at once with `-ERR`.
+    bearer: Option<BearerMechanism>,
 }
 
 /// The SASL mechanism in progress (RFC 5034).
@@ -248,6 +263,11 @@ enum Sasl {
     /// RFC 5802/7677; the engine holds the mechanism's state. `first`: the
     /// next response is the client-first-message.
     Scram { first: bool },
+    /// OAUTHBEARER or XOAUTH2: the one response carries the token.
+    Bearer(BearerMechanism),
+    /// The token was refused and the error challenge sent: the client's
+    /// dummy response ends the exchange with `-ERR` (RFC 7628 §3.2.3).
+    BearerRefused,
 }
 
 struct Transaction {
@@ -290,6 +310,7 @@ impl Session {
             bad_commands: 0,
             commands_before_login: 0,
             discarding: false,
+            utf8: false,
             waiting: false,
             summary: Summary::default(),
         }
@@ -329,6 +350,11 @@ impl Session {
     /// True once the session has ended and only flushing remains.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
+    }
+
+    /// True once the client sent UTF8 (RFC 6856).
+    pub fn is_utf8(&self) -> bool {
+        self.utf8
     }
 
     /// True in TRANSACTION (for the engine's choice of timeout).
@@ -480,8 +506,18 @@ impl Session {
                 reply::ok(out, "Logged in.");
                 None
             }
+            (Completion::LoginFailed(LoginFailure::BadCredentials), State::Authorization(a))
+                if a.bearer.is_some() =>
+            {
+                let mechanism = a.bearer.expect("checked above");
+                self.bearer_refused(mechanism, out);
+                None
+            }
             (Completion::LoginFailed(why), State::Authorization(_)) => {
                 self.end_sasl();
+                if let State::Authorization(a) = &mut self.state {
+                    a.bearer = None;
+                }
                 reply::err(
                     out,
                     match why {
@@ -534,6 +570,23 @@ impl Session {
         }
     }
 
+    /// RFC 7628 §3.2.2: the error challenge; the exchange stays open for
+    /// the client's dummy response.
+    fn bearer_refused(&mut self, mechanism: BearerMechanism, out: &mut Vec<u8>) {
+        use base64::Engine as _;
+        out.extend_from_slice(b"+ ");
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(mechanism.error_challenge())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        if let State::Authorization(a) = &mut self.state {
+            a.sasl = Some(Sasl::BearerRefused);
+            a.bearer = None;
+        }
+    }
+
     fn sasl_pending(&self) -> bool {
         matches!(&self.state, State::Authorization(a) if a.sasl.is_some())
     }
@@ -541,9 +594,13 @@ impl Session {
     /// The line after `+ `: a base64 PLAIN response or `*` to cancel.
     /// `None` when the line is not complete yet.
     fn sasl_response(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Option<(usize, Option<Effect>)> {
-        let window = &rest[..rest.len().min(self.limits.line_bytes_max)];
+        let line_max = self
+            .limits
+            .sasl_line_bytes_max
+            .max(self.limits.line_bytes_max);
+        let window = &rest[..rest.len().min(line_max)];
         let Some(lf) = memchr::memchr(b'\n', window) else {
-            if rest.len() >= self.limits.line_bytes_max {
+            if rest.len() >= line_max {
                 self.discarding = true;
                 self.end_sasl();
                 reply::err(out, ErrorKind::LineTooLong.reply_text());
@@ -553,12 +610,18 @@ impl Session {
         };
         let line = rest[..lf].strip_suffix(b"\r").unwrap_or(&rest[..lf]);
         let mechanism = self.end_sasl();
+        if mechanism == Some(Sasl::BearerRefused) {
+            // Whatever the client answers (%x01, an empty line, `*`).
+            reply::err(out, text::AUTH_FAILED);
+            return Some((lf + 1, None));
+        }
         if line == b"*" {
             reply::err(out, "Authentication cancelled.");
             return Some((lf + 1, None));
         }
         let effect = match mechanism {
             Some(Sasl::Scram { first }) => self.sasl_scram(line, first, out),
+            Some(Sasl::Bearer(m)) => self.sasl_bearer(m, line, out),
             _ => self.sasl_plain(line, out),
         };
         Some((lf + 1, effect))
@@ -586,6 +649,38 @@ impl Session {
         }
         self.waiting = true;
         Some(Effect::Sasl { first, data })
+    }
+
+    /// An OAUTHBEARER or XOAUTH2 response, base64: the token goes to the
+    /// pool with the name the client claimed. A response that does not
+    /// parse gets the error challenge, as a refused token does.
+    fn sasl_bearer(
+        &mut self,
+        mechanism: BearerMechanism,
+        b64: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Effect> {
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            reply::err(out, "Invalid base64 data.");
+            return None;
+        };
+        let response = match mechanism.parse(&decoded) {
+            Ok(response) => response,
+            Err(_) => {
+                self.bearer_refused(mechanism, out);
+                return None;
+            }
+        };
+        let effect = Effect::Login {
+            user: response.user.into_bytes(),
+            credential: Credential::Bearer(response.token.to_vec()),
+        };
+        if let State::Authorization(a) = &mut self.state {
+            a.bearer = Some(mechanism);
+        }
+        self.waiting = true;
+        Some(effect)
     }
 
     /// RFC 4616: `authzid NUL authcid NUL passwd`, base64. An authzid other
@@ -707,12 +802,38 @@ impl Session {
                 mechanism: None, ..
             } => {
                 out.extend_from_slice(b"+OK\r\n");
-                if plaintext {
-                    out.extend_from_slice(b"PLAIN\r\n");
+                for mechanism in self.offer.mechanisms() {
+                    out.extend_from_slice(mechanism.as_bytes());
+                    out.extend_from_slice(b"\r\n");
                 }
-                out.extend_from_slice(b"SCRAM-SHA-256\r\n");
                 out.extend_from_slice(reply::END);
                 None
+            }
+            Command::Auth {
+                mechanism: Some(mech),
+                initial,
+            } if bearer_mechanism(mech).is_some() => {
+                let mechanism = bearer_mechanism(mech).expect("checked above");
+                if !self.offer.oauth {
+                    reply::err(out, "Unsupported authentication mechanism.");
+                    return None;
+                }
+                if !plaintext {
+                    reply::err(
+                        out,
+                        "[AUTH] Plaintext authentication disallowed on non-secure connections.",
+                    );
+                    return None;
+                }
+                auth.user = None;
+                match initial {
+                    Some(b64) => self.sasl_bearer(mechanism, b64, out),
+                    None => {
+                        auth.sasl = Some(Sasl::Bearer(mechanism));
+                        out.extend_from_slice(b"+ \r\n");
+                        None
+                    }
+                }
             }
             Command::Auth {
                 mechanism: Some(mech),
@@ -760,6 +881,15 @@ impl Session {
             }
             Command::Stls => {
                 reply::err(out, "TLS is not available.");
+                None
+            }
+            Command::Utf8 => {
+                self.utf8 = true;
+                reply::ok(out, "UTF8 enabled.");
+                None
+            }
+            Command::Lang(range) => {
+                lang(range, out);
                 None
             }
             _ => self.bad_command(text::WRONG_STATE, out),
@@ -857,6 +987,10 @@ impl Session {
                 reply::ok(out, "");
                 None
             }
+            Command::Lang(range) => {
+                lang(range, out);
+                None
+            }
             Command::Quit => {
                 let deleted: Vec<usize> = t.deleted.iter().collect();
                 // With EXPIRE n the UPDATE state runs at every QUIT: it
@@ -879,6 +1013,40 @@ impl Session {
             }
             _ => self.bad_command(text::WRONG_STATE, out),
         }
+    }
+}
+
+/// The SASL mechanisms that carry an OAuth token.
+fn bearer_mechanism(name: &[u8]) -> Option<BearerMechanism> {
+    if name.eq_ignore_ascii_case(b"OAUTHBEARER") {
+        Some(BearerMechanism::OAuthBearer)
+    } else if name.eq_ignore_ascii_case(b"XOAUTH2") {
+        Some(BearerMechanism::XOAuth2)
+    } else {
+        None
+    }
+}
+
+/// RFC 6856 §3 LANG, valid in AUTHORIZATION and TRANSACTION. Replies are
+/// in English only: `LANG` lists it, `LANG en` (or a range that falls back
+/// to it, RFC 4647 lookup: `en-GB`) and `LANG *` select it, anything else
+/// is `-ERR`. Each reply starts with the tag in force.
+fn lang(range: Option<&[u8]>, out: &mut Vec<u8>) {
+    let Some(range) = range else {
+        reply::ok(out, "Language listing follows:");
+        out.extend_from_slice(b"en English\r\n");
+        out.extend_from_slice(reply::END);
+        return;
+    };
+    let english = range == b"*"
+        || range.eq_ignore_ascii_case(b"en")
+        || range
+            .get(..3)
+            .is_some_and(|head| head.eq_ignore_ascii_case(b"en-"));
+    if english {
+        reply::ok(out, "en Language is English.");
+    } else {
+        reply::err(out, "en Unknown language; only en is available.");
     }
 }
 
@@ -986,3 +1154,7 @@ impl Bitset {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_oauth_tests.rs"]
+mod oauth_tests;

@@ -45,6 +45,7 @@ fn offer() -> Offer {
     Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     }
 }
 
@@ -597,6 +598,7 @@ fn plaintext_auth_can_be_refused_per_connection() {
         Offer {
             plaintext_auth: false,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -675,6 +677,7 @@ fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
         Offer {
             plaintext_auth: false,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -690,6 +693,7 @@ fn stls_when_offered_then_state_is_forgotten_and_capa_changes() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     let capa = say(&mut s, "CAPA\r\n");
     assert!(
@@ -712,6 +716,7 @@ fn nothing_is_read_while_tls_starts() {
         Offer {
             plaintext_auth: true,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -732,6 +737,7 @@ fn nothing_is_read_while_tls_starts() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     assert!(!s.is_starting_tls());
     assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
@@ -744,6 +750,7 @@ fn a_user_given_before_stls_is_forgotten() {
         Offer {
             plaintext_auth: true,
             stls: true,
+            oauth: false,
         },
         None,
     );
@@ -752,6 +759,7 @@ fn a_user_given_before_stls_is_forgotten() {
     s.tls_started(Offer {
         plaintext_auth: true,
         stls: false,
+        oauth: false,
     });
     assert_eq!(say(&mut s, "PASS x\r\n"), "-ERR No username given.\r\n");
 }
@@ -820,6 +828,7 @@ fn scram_failure_and_cancel_end_the_exchange() {
         Offer {
             plaintext_auth: false,
             stls: false,
+            oauth: false,
         },
         None,
     );

@@ -8,10 +8,14 @@
 //!
 //! Framing is not here: base64 over POP3 `AUTH` (RFC 5034), `*` to cancel
 //! and the final `+OK` belong to `protocol::Session`. SASL PLAIN needs no
-//! state machine and is parsed there.
+//! state machine and is parsed there; nor do OAUTHBEARER and XOAUTH2, whose
+//! one client message is parsed by [`oauth`] for the session, and whose token
+//! the pool checks ([`crate::auth::Passdb::verify_bearer`]).
 
 mod exchange;
+pub mod oauth;
 mod scram;
 
 pub use exchange::{ScramExchange, ScramNext};
+pub use oauth::{BearerError, BearerMechanism, BearerResponse};
 pub use scram::{SERVER_NONCE_BYTES_MIN, ScramCredentials, ScramError, ScramServer};

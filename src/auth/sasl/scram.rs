@@ -16,11 +16,12 @@
 //!
 //! User names: RFC 5802 asks for SASLprep. We apply the `=2C` / `=3D`
 //! unescaping, refuse a stray `=`, control characters (C0, DEL, C1) and
-//! anything that is not UTF-8, and otherwise use the name as sent, without
-//! Unicode normalisation: names are ASCII in practice, the passdb lower-cases
-//! ASCII and applies its own name rules, and a client that normalises a
-//! non-ASCII name differently simply does not match. Passwords are not
-//! SASLprepped either, as in Dovecot (see `auth::scheme::scram`).
+//! anything that is not UTF-8, then SASLprep (`auth::saslprep`: printable
+//! ASCII is unchanged; the passdb lower-cases ASCII and applies its own
+//! name rules). Passwords are not SASLprepped, as in Dovecot (see
+//! `auth::scheme::scram`): the stored keys were derived from the bytes as
+//! typed, and preparing them here would lock out users whose non-ASCII
+//! password SASLprep changes.
 //!
 //! Unknown users get credentials that look like real ones
 //! ([`ScramCredentials`] carries no user then), so the server-first message
@@ -205,6 +206,9 @@ impl ScramServer {
             return Err(ScramError::ExtensionUnsupported);
         }
         let user = saslname(username.strip_prefix("n=").ok_or(ScramError::Malformed)?)?;
+        // RFC 5802 §5.1: the name is SASLprepped (printable ASCII is left
+        // as it is; see `auth::saslprep`).
+        let user = crate::auth::saslprep::prepare_str(&user).into_owned();
         let client_nonce = fields
             .next()
             .and_then(|field| field.strip_prefix("r="))
