@@ -239,29 +239,35 @@ fn a_load_run_through_haproxy_has_no_error(engine: Engine) {
     let users = tree.root().join("users.txt");
     let list: String = (0..16).map(|i| format!("u{i} pw\n")).collect();
     std::fs::write(&users, list).unwrap();
-    let loadtest = loadtest_binary();
     for scenario in ["login", "download"] {
-        let out = Command::new(&loadtest)
-            .arg(scenario)
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .arg("--users")
-            .arg(&users)
-            .args(["--mail-location", &tree.location()])
-            .args(["--concurrency", "8", "--duration", "2", "--warmup", "0"])
-            .args(["--threads", "1", "--no-progress"])
-            .output()
-            .unwrap();
-        let json = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{json}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = json.lines().last().unwrap();
-        assert!(line.contains("\"errors\":0,"), "{scenario}: {line}");
-        assert!(line.contains("\"mismatches\":0"), "{scenario}: {line}");
-        assert!(!line.contains("\"sessions\":0,"), "{scenario}: {line}");
+        let run = loadtest(&tree, &users, port, &[scenario, "--concurrency", "8"]);
+        assert_eq!(run["errors"], 0, "{scenario}: {run}");
+        assert_eq!(run["mismatches"], 0, "{scenario}: {run}");
+        assert_ne!(run["sessions"], 0, "{scenario}: {run}");
     }
+}
+
+/// Runs `loadtest` (2 s, one thread) against 127.0.0.1:`port` with the
+/// users in `users` and the extra `args` (the scenario first); returns its
+/// JSON line.
+fn loadtest(tree: &Tree, users: &Path, port: u16, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(loadtest_binary())
+        .args(args)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .arg("--users")
+        .arg(users)
+        .args(["--mail-location", &tree.location()])
+        .args(["--duration", "2", "--warmup", "0"])
+        .args(["--threads", "1", "--no-progress"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{json}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(json.lines().last().unwrap()).unwrap()
 }
 
 fn loadtest_binary() -> PathBuf {
@@ -473,14 +479,7 @@ fn tls_sessions_resume_on_either_node_behind_haproxy(engine: Engine) {
              [tls]\nticket_key_file = \"{}\"\n",
             keys.display()
         ),
-        args: vec![
-            "--tls-listen".into(),
-            "127.0.0.1:0".into(),
-            "--tls-cert".into(),
-            leaf.cert.display().to_string(),
-            "--tls-key".into(),
-            leaf.key.display().to_string(),
-        ],
+        args: leaf.serve_args(true),
         ..Opts::new(engine)
     };
     let (a, b) = (
@@ -491,40 +490,24 @@ fn tls_sessions_resume_on_either_node_behind_haproxy(engine: Engine) {
     let users = tree.root().join("users.txt");
     let list: String = (0..8).map(|i| format!("u{i} pw\n")).collect();
     std::fs::write(&users, list).unwrap();
-    let out = Command::new(loadtest_binary())
-        .arg("login")
-        .args(["--addr", &format!("127.0.0.1:{}", h.both)])
-        .arg("--users")
-        .arg(&users)
-        .args(["--mail-location", &tree.location()])
-        .args(["--tls", "--tls-resume", "--tls-ca"])
-        .arg(&ca.ca_pem)
-        .args(["--concurrency", "4", "--duration", "2", "--warmup", "0"])
-        .args(["--threads", "1", "--no-progress"])
-        .output()
-        .unwrap();
-    let json = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{json}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = json.lines().last().unwrap();
-    assert!(line.contains("\"errors\":0,"), "{line}");
-    let count = |key: &str| -> u64 {
-        let at = line.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (full, resumed) = (count("full"), count("resumed"));
-    assert!(full >= 1 && full + resumed >= 20, "{line}");
+    let ca_pem = ca.ca_pem.display().to_string();
+    let args = [
+        "login",
+        "--concurrency",
+        "4",
+        "--tls",
+        "--tls-resume",
+        "--tls-ca",
+        &ca_pem,
+    ];
+    let run = loadtest(&tree, &users, h.both, &args);
+    assert_eq!(run["errors"], 0, "{run}");
+    let full = run["handshakes"]["full"].as_u64().unwrap();
+    let resumed = run["handshakes"]["resumed"].as_u64().unwrap();
+    assert!(full >= 1 && full + resumed >= 20, "{run}");
     assert!(
         resumed * 100 >= 95 * (full + resumed),
-        "only {resumed} of {} handshakes resumed: {line}",
+        "only {resumed} of {} handshakes resumed: {run}",
         full + resumed
     );
     // Both nodes served logins: the sessions did cross between them.

@@ -602,10 +602,8 @@ fn out_of_descriptors_pauses_accepts_and_recovers(engine: Engine) {
         shards: 1,
         ..Opts::new(engine)
     };
-    let warm = |server: &Server| -> Vec<usize> {
-        drop(server.connect());
-        std::thread::sleep(Duration::from_millis(200));
-        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+    let fds = |server: &Server| -> Vec<usize> {
+        let mut fds: Vec<usize> = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
             .unwrap()
             .map(|e| {
                 e.unwrap()
@@ -615,7 +613,29 @@ fn out_of_descriptors_pauses_accepts_and_recovers(engine: Engine) {
                     .parse()
                     .unwrap()
             })
-            .collect()
+            .collect();
+        fds.sort_unstable();
+        fds
+    };
+    // After one connection and its close, wait until the descriptors stop
+    // changing (the server may close the dropped client's socket late on a
+    // loaded machine; counting it would shift the limit by one).
+    let warm = |server: &Server| -> Vec<usize> {
+        drop(server.connect());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut last = fds(server);
+        let mut stable_since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline
+            && stable_since.elapsed() < Duration::from_millis(300)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = fds(server);
+            if now != last {
+                last = now;
+                stable_since = std::time::Instant::now();
+            }
+        }
+        last
     };
     let used = warm(&Server::start_with(&tree, opts()));
     let second_free = (0..).filter(|fd| !used.contains(fd)).nth(1).unwrap();

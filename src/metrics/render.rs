@@ -34,22 +34,14 @@ pub(super) fn render(m: &Metrics) -> String {
             c.connections_accepted.get().saturating_sub(closed)
         },
     );
-    family(
+    by_result(
         &mut out,
         "shardpop_logins_total",
-        "counter",
         "Login attempts by result (ok, failed, in_use, rejected, temp_fail), per shard.",
+        &shards,
+        LoginResult::ALL.map(|r| (r.label(), r as usize)),
+        |c, r| c.logins[r].get(),
     );
-    for (i, c) in shards.iter().enumerate() {
-        for r in LoginResult::ALL {
-            let v = c.logins[r as usize].get();
-            let _ = writeln!(
-                out,
-                "shardpop_logins_total{{shard=\"{i}\",result=\"{}\"}} {v}",
-                r.label()
-            );
-        }
-    }
     histogram(
         &mut out,
         "shardpop_login_duration_seconds",
@@ -73,22 +65,14 @@ pub(super) fn render(m: &Metrics) -> String {
     );
     let depth = m.worker_queue.get().map_or(0, |probe| probe());
     let _ = writeln!(out, "shardpop_worker_queue_depth {depth}");
-    family(
+    by_result(
         &mut out,
         "shardpop_tls_handshakes_total",
-        "counter",
         "TLS handshakes (implicit TLS and STLS) by result, per shard.",
+        &shards,
+        TlsResult::ALL.map(|r| (r.label(), r as usize)),
+        |c, r| c.tls_handshakes[r].get(),
     );
-    for (i, c) in shards.iter().enumerate() {
-        for r in TlsResult::ALL {
-            let v = c.tls_handshakes[r as usize].get();
-            let _ = writeln!(
-                out,
-                "shardpop_tls_handshakes_total{{shard=\"{i}\",result=\"{}\"}} {v}",
-                r.label()
-            );
-        }
-    }
     family(
         &mut out,
         "shardpop_build_info",
@@ -137,6 +121,28 @@ fn counter_families(out: &mut String, shards: &[&ShardCells]) {
     ];
     for (name, help, cell) in plain {
         per_shard(out, name, "counter", help, shards, |c| cell(c).get());
+    }
+}
+
+/// A counter family with one series per shard and `result` label;
+/// `results` pairs each label with the index `value` reads.
+fn by_result<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[&ShardCells],
+    results: [(&str, usize); N],
+    value: impl Fn(&ShardCells, usize) -> u64,
+) {
+    family(out, name, "counter", help);
+    for (i, c) in shards.iter().enumerate() {
+        for (label, r) in results {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{i}\",result=\"{label}\"}} {}",
+                value(c, r)
+            );
+        }
     }
 }
 

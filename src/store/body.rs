@@ -33,10 +33,11 @@ use memmap2::Mmap;
 /// Messages at most this long are read into memory instead of mapped.
 /// Mapping costs a fixed price per message that reading does not: mmap,
 /// madvise, page faults, and an munmap whose TLB shootdown interrupts every
-/// core the process runs on. A profile of plaintext RETR (perf, epoll, c=16,
-/// a corpus of mostly 2-10 KB messages) spent 12% of the server's CPU there;
-/// reading instead costs one copy, which the LF→CRLF pass (or the kernel's
-/// own send copy) dwarfs at these sizes.
+/// core the process runs on. `scripts/profile-server download` (epoll,
+/// c=16, a corpus of mostly 2-10 KB messages) put page faults, munmap and
+/// madvise at 14% of the server's CPU with every message mapped, 8% with
+/// only those over this bound mapped; reading costs one copy, which the
+/// LF→CRLF pass (or the kernel's own send copy) dwarfs at these sizes.
 pub const READ_BYTES_MAX: u64 = 256 * 1024;
 
 /// A whole message file: read into memory when small, else mapped
@@ -69,27 +70,23 @@ impl MessageMap {
     /// most [`READ_BYTES_MAX`], else maps it. A file longer than promised is
     /// mapped, never read whole into memory.
     pub fn open_sized(path: &Path, at_most: u64) -> io::Result<MessageMap> {
-        let file = File::open(path)?;
-        if at_most > READ_BYTES_MAX {
-            return Self::map(file);
-        }
-        Self::read_or_map(file, at_most)
+        Self::read_or_map(File::open(path)?, at_most)
     }
 
     /// [`MessageMap::open_sized`] for the file `name` in the directory
     /// `dir`: the kernel looks up one name instead of walking the whole path
-    /// from the root, which a profile of RETR put at several percent of the
-    /// server's CPU. `name` is one path component (no `/`, no NUL).
+    /// from the root (`scripts/profile-server download`: the path walk was
+    /// about a quarter of `openat`'s 6% of plaintext RETR CPU). `name` is
+    /// one path component (no `/`, no NUL).
     pub fn open_in(dir: &File, name: &str, at_most: u64) -> io::Result<MessageMap> {
-        let file = open_at(dir, name)?;
-        if at_most > READ_BYTES_MAX {
-            return Self::map(file);
-        }
-        Self::read_or_map(file, at_most)
+        Self::read_or_map(open_at(dir, name)?, at_most)
     }
 
     fn read_or_map(file: File, at_most: u64) -> io::Result<MessageMap> {
-        let mut buf = Vec::with_capacity(at_most.min(READ_BYTES_MAX) as usize + 1);
+        if at_most > READ_BYTES_MAX {
+            return Self::map(file);
+        }
+        let mut buf = Vec::with_capacity(at_most as usize + 1);
         // Reads into the spare capacity without zeroing it first.
         (&file).take(READ_BYTES_MAX + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > READ_BYTES_MAX {

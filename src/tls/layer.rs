@@ -105,13 +105,13 @@ fn alert_bytes(mut alert: AcceptedAlert) -> Vec<u8> {
 /// costs more than a few tens of microseconds: RSA (~0.8 ms for 2048 bits
 /// with ring), or ECDSA over P-384 or P-521. Ed25519 and P-256 do not.
 fn costly(config: &ServerConfig, accepted: &Accepted) -> bool {
-    let hello = accepted.client_hello();
-    let offered = hello.signature_schemes().to_vec();
-    let Some(key) = config.cert_resolver.resolve(hello) else {
+    // `resolve` takes the hello by value; a second view is free (borrows).
+    let Some(key) = config.cert_resolver.resolve(accepted.client_hello()) else {
         // No certificate fits: the handshake fails at once, cheaply.
         return false;
     };
-    let Some(signer) = key.key.choose_scheme(&offered) else {
+    let hello = accepted.client_hello();
+    let Some(signer) = key.key.choose_scheme(hello.signature_schemes()) else {
         return false;
     };
     !matches!(
