@@ -505,19 +505,77 @@ pub fn encode(header: &Header, snapshot: &Snapshot) -> Vec<u8> {
 /// Reads the index at `path`: `None` when there is none or it cannot be
 /// used (the reason is logged once).
 pub fn read(path: &Path) -> Option<Parsed> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+    read_opened(fs::File::open(path), || path.to_path_buf())
+}
+
+/// [`read`] of the index `name` in the Maildir `root`.
+pub fn read_in(root: &super::root::Root<'_>, name: &str) -> Option<Parsed> {
+    read_opened(root.open_file(name, false), || root.dir().join(name))
+}
+
+/// `path` names the file in a warning only.
+fn read_opened(opened: io::Result<fs::File>, path: impl Fn() -> PathBuf) -> Option<Parsed> {
+    let file = match opened {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
-            warn_once(path, "read", &e);
+            warn_once(&path(), "read", &e);
             return None;
         }
     };
-    match parse(&bytes) {
-        Ok(parsed) => Some(parsed),
-        Err(e) => {
-            warn_once(path, "parse", &e);
-            None
+    READ_BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let parsed = match read_whole(file, &mut buffer) {
+            Ok(bytes) => parse(bytes),
+            Err(e) => {
+                warn_once(&path(), "read", &e);
+                return None;
+            }
+        };
+        if buffer.len() > READ_BUFFER_KEPT_MAX {
+            *buffer = Vec::new();
+        }
+        match parsed {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                warn_once(&path(), "parse", &e);
+                None
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// A worker's buffer for index files: zeroed once, reused by every
+    /// login (`fs::read` costs an fstat, a second read and an allocation).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Index files up to this size keep their buffer between logins.
+const READ_BUFFER_KEPT_MAX: usize = 4 << 20;
+
+/// Reads `file` to its end into `buffer` (grown as needed); returns the
+/// bytes read. A read that comes back short of the room it had is the end
+/// of a regular file, so a small index costs one read(2). Should a short
+/// read ever stop early, the checksum refuses what was read.
+fn read_whole(mut file: fs::File, buffer: &mut Vec<u8>) -> io::Result<&[u8]> {
+    use std::io::Read;
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            let grown = (buffer.len() * 2).max(64 << 10);
+            buffer.resize(grown, 0);
+        }
+        let room = buffer.len() - filled;
+        match file.read(&mut buffer[filled..]) {
+            Ok(n) => {
+                filled += n;
+                if n < room {
+                    return Ok(&buffer[..filled]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -622,6 +680,33 @@ mod tests {
         assert_eq!(snapshot.file_bytes(0), Some(2));
         assert_eq!(snapshot.uidl(1).len(), 40, "over 70 bytes: a digest");
         assert_eq!(encode(&parsed.header, &snapshot), bytes);
+    }
+
+    #[test]
+    fn files_of_every_size_are_read_whole_and_the_buffer_keeps_nothing_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buffer = Vec::new();
+        for len in [0, 1, 1020, 65535, 65536, 65537, 300_000, 12] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let path = tmp.path().join(format!("f{len}"));
+            fs::write(&path, &body).unwrap();
+            let read = read_whole(fs::File::open(&path).unwrap(), &mut buffer).unwrap();
+            assert_eq!(read, &body[..], "{len} bytes");
+        }
+        // Through `read`: a large index, then a small one in the same
+        // buffer, each parsed from its own bytes only.
+        let small = sample();
+        let dir = tmp.path().join("big");
+        maildir::create(&dir).unwrap();
+        for i in 0..4000 {
+            fs::write(dir.join(format!("cur/{i}.x,S=2,W=3:2,")), b"x\n").unwrap();
+        }
+        maildir::load(&dir, &IndexDir::Maildir, &UidlFormat::parse("%f").unwrap()).unwrap();
+        assert!(fs::metadata(dir.join(INDEX_FILE)).unwrap().len() > 65536);
+        assert_eq!(read(&dir.join(INDEX_FILE)).unwrap().messages.len(), 4000);
+        let small_path = tmp.path().join("small.index");
+        fs::write(&small_path, &small).unwrap();
+        assert_eq!(read(&small_path).unwrap().messages.len(), 2);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
+use super::root::Root;
+
 /// The lock file's name inside the Maildir. A dot file, so Maildir readers
 /// (ours included) never take it for mail.
 pub const LOCK_FILE: &str = ".shardpop-pop3.lock";
@@ -42,6 +44,12 @@ pub struct MailboxLock {
 impl MailboxLock {
     /// Takes the mailbox at `dir` (an existing Maildir), or says who has it.
     pub fn acquire(dir: &Path) -> Result<MailboxLock, LockError> {
+        MailboxLock::acquire_in(&Root::by_path(dir))
+    }
+
+    /// [`MailboxLock::acquire`] with the lock file looked up in `root`.
+    pub fn acquire_in(root: &Root<'_>) -> Result<MailboxLock, LockError> {
+        let dir = root.dir();
         {
             let mut held = HELD.lock();
             if !held
@@ -57,7 +65,7 @@ impl MailboxLock {
                 held.remove(dir);
             }
         };
-        let file = match open_lock_file(dir) {
+        let file = match open_lock_file(root) {
             Ok(f) => f,
             Err(e) => {
                 release();
@@ -83,14 +91,20 @@ impl MailboxLock {
 
 /// The file to flock: the lock file, created when missing; in a Maildir we
 /// may not write, the existing lock file or the directory, read-only.
-fn open_lock_file(dir: &Path) -> io::Result<File> {
+fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
+    let dir = root.dir();
     let path = dir.join(LOCK_FILE);
-    match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    {
+    // The file almost always exists: an open without O_CREAT looks it up
+    // without taking the directory's lock.
+    let opened = match root.open_file(LOCK_FILE, true) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path),
+        other => other,
+    };
+    match opened {
         Err(e)
             if matches!(
                 e.kind(),

@@ -40,6 +40,7 @@ use super::body::MessageMap;
 use super::courier::{self, has_imported_form};
 use super::index::{self, Header, INDEX_FILE, Identity, Stale, Stamp, UNKNOWN_BYTES};
 use super::location::IndexDir;
+use super::root::Root;
 use super::uidlist::{Record, UIDLIST_FILE, UidlFormat, Uidlist};
 use crate::protocol::Maildrop;
 
@@ -321,14 +322,26 @@ pub fn load_at(
     format: &UidlFormat,
     checked_at: Stamp,
 ) -> io::Result<Snapshot> {
+    load_in_at(&Root::by_path(dir), place, format, checked_at)
+}
+
+/// [`load`] with the names of the Maildir looked up in `root` (a login's
+/// open Maildir: see [`super::root`]).
+pub fn load_in(root: &Root<'_>, place: &IndexDir, format: &UidlFormat) -> io::Result<Snapshot> {
+    load_in_at(root, place, format, Stamp::now())
+}
+
+fn load_in_at(
+    root: &Root<'_>,
+    place: &IndexDir,
+    format: &UidlFormat,
+    checked_at: Stamp,
+) -> io::Result<Snapshot> {
+    let dir = root.dir();
     let path = index_path(dir, place);
-    // One path buffer for the three names (a login pays for each allocation).
-    let mut at = dir.join("new");
-    let new = Identity::stat(&at)?;
-    at.set_file_name("cur");
-    let cur = Identity::stat(&at)?;
-    at.set_file_name(UIDLIST_FILE);
-    let uidlist = uidl_sources_identity(dir, Identity::stat_optional(&at)?)?;
+    let new = root.stat("new")?;
+    let cur = root.stat("cur")?;
+    let uidlist = uidl_sources_identity(root, root.stat_optional(UIDLIST_FILE)?)?;
     let now = Header {
         format: format.fingerprint(),
         checked_at,
@@ -336,10 +349,11 @@ pub fn load_at(
         cur,
         uidlist,
     };
-    let old = path
-        .as_deref()
-        .and_then(index::read)
-        .map(|p| p.into_snapshot(dir));
+    let old = match place {
+        IndexDir::Maildir => index::read_in(root, INDEX_FILE),
+        _ => path.as_deref().and_then(index::read),
+    }
+    .map(|p| p.into_snapshot(dir));
     let stale = match &old {
         Some((header, _)) => header.stale(&now),
         None => Stale {
@@ -589,12 +603,12 @@ fn uidl<'a>(
 /// either changes (any write or rename sets a file's ctime to now, and the
 /// latest of the times is kept; inode and size are mixed in). Absent when
 /// there is none of them, so an index of a plain Maildir is unaffected.
-fn uidl_sources_identity(dir: &Path, dovecot: Identity) -> io::Result<Identity> {
+fn uidl_sources_identity(root: &Root<'_>, dovecot: Identity) -> io::Result<Identity> {
     if dovecot != Identity::ABSENT {
         return Ok(dovecot);
     }
-    let pop3 = Identity::stat_optional(&dir.join(courier::POP3_LIST_FILE))?;
-    let imap = Identity::stat_optional(&dir.join(courier::IMAP_UIDDB_FILE))?;
+    let pop3 = root.stat_optional(courier::POP3_LIST_FILE)?;
+    let imap = root.stat_optional(courier::IMAP_UIDDB_FILE)?;
     Ok(match (pop3 == Identity::ABSENT, imap == Identity::ABSENT) {
         (_, true) => pop3,
         (true, false) => Identity {

@@ -18,6 +18,7 @@ pub mod location;
 pub mod lock;
 pub mod maildir;
 pub mod policy;
+pub mod root;
 pub mod uidlist;
 
 use std::io;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub use location::{IndexDir, LocationError, MailLocation, MailPaths};
 pub use lock::{LockError, MailboxLock};
 pub use maildir::{Message, Snapshot};
+use root::Root;
 pub use uidlist::{FormatError, UidlFormat};
 
 /// A mailbox held by one session: its snapshot and its lock.
@@ -102,7 +104,16 @@ impl Mailbox {
         };
         // The Maildir almost always exists: try first, create only on
         // NotFound (saves three mkdir calls per login).
-        let lock = match MailboxLock::acquire(dir) {
+        let root = match Root::open(dir) {
+            Ok(root) => root,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                maildir::create(dir).map_err(OpenError::Io)?;
+                Root::open(dir).unwrap_or_else(|_| Root::by_path(dir))
+            }
+            // Whatever it is, the calls by path meet it and report it.
+            Err(_) => Root::by_path(dir),
+        };
+        let lock = match MailboxLock::acquire_in(&root) {
             Err(LockError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 maildir::create(dir).map_err(OpenError::Io)?;
                 MailboxLock::acquire(dir).map_err(lock_err)?
@@ -116,7 +127,7 @@ impl Mailbox {
         {
             return Err(OpenError::LoginDelay { wait_secs });
         }
-        let mut snapshot = match maildir::load(dir, &paths.index, format) {
+        let mut snapshot = match maildir::load_in(&root, &paths.index, format) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 maildir::create(dir).map_err(OpenError::Io)?;
                 maildir::load(dir, &paths.index, format)

@@ -1,0 +1,156 @@
+//! Names in a Maildir looked up relative to it. A login touches up to seven
+//! names in the Maildir (the lock file, `new/`, `cur/`, `dovecot-uidlist`,
+//! Courier's two files, the index); by absolute path each costs a walk of
+//! every component from `/`, and the dentry lookups of those walks were a
+//! fifth of a worker's CPU per login. A login opens the Maildir once
+//! (`O_PATH`: no permission to read it needed, nothing to read) and looks the
+//! names up in it: one walk, then one component each.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+
+use super::index::{Identity, Stamp};
+
+/// Where names are looked up: relative to an open Maildir, or by path when
+/// it could not be opened (then every call behaves as the path calls do).
+pub struct Root<'a> {
+    dir: &'a Path,
+    fd: Option<OwnedFd>,
+}
+
+fn io_error(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl<'a> Root<'a> {
+    /// Opens `dir` for lookups; a Maildir that does not exist gives
+    /// `NotFound` (the caller creates it).
+    pub fn open(dir: &'a Path) -> io::Result<Root<'a>> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io_error)?;
+        Ok(Root { dir, fd: Some(fd) })
+    }
+
+    /// Lookups by path (no descriptor).
+    pub fn by_path(dir: &'a Path) -> Root<'a> {
+        Root { dir, fd: None }
+    }
+
+    /// The Maildir.
+    pub fn dir(&self) -> &'a Path {
+        self.dir
+    }
+
+    /// The identity of `name` (which must exist).
+    pub fn stat(&self, name: &str) -> io::Result<Identity> {
+        let Some(fd) = &self.fd else {
+            return Identity::stat(&self.dir.join(name));
+        };
+        let st = nix::sys::stat::fstatat(fd.as_fd(), name, AtFlags::empty()).map_err(io_error)?;
+        let stamp = |sec: i64, nsec: i64| Stamp {
+            sec,
+            nsec: u32::try_from(nsec).unwrap_or(0),
+        };
+        Ok(Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: stamp(st.st_mtime, st.st_mtime_nsec),
+            ctime: stamp(st.st_ctime, st.st_ctime_nsec),
+        })
+    }
+
+    /// The identity of `name`, or [`Identity::ABSENT`] when there is none.
+    pub fn stat_optional(&self, name: &str) -> io::Result<Identity> {
+        match self.stat(name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Identity::ABSENT),
+            other => other,
+        }
+    }
+
+    /// Opens `name` read-only, or write-only (no create, no truncate).
+    pub fn open_file(&self, name: &str, write: bool) -> io::Result<File> {
+        let Some(fd) = &self.fd else {
+            return std::fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(self.dir.join(name));
+        };
+        let access = if write {
+            OFlag::O_WRONLY
+        } else {
+            OFlag::O_RDONLY
+        };
+        let file = nix::fcntl::openat(fd.as_fd(), name, access | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(io_error)?;
+        Ok(File::from(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn relative_and_path_lookups_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir(dir.join("cur")).unwrap();
+        std::fs::write(dir.join("file"), b"abc").unwrap();
+        let open = Root::open(dir).unwrap();
+        let by_path = Root::by_path(dir);
+        for root in [&open, &by_path] {
+            assert_eq!(
+                root.stat("cur").unwrap(),
+                Identity::stat(&dir.join("cur")).unwrap()
+            );
+            assert_eq!(root.stat("file").unwrap().size, 3);
+            assert_eq!(root.stat_optional("gone").unwrap(), Identity::ABSENT);
+            assert_eq!(
+                root.stat("gone").unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+            let mut s = String::new();
+            root.open_file("file", false)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            assert_eq!(s, "abc");
+            assert_eq!(
+                root.open_file("gone", true).unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+        }
+        open.open_file("file", true)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("file")).unwrap(),
+            b"xbc",
+            "no truncation"
+        );
+        assert_eq!(
+            Root::open(&dir.join("missing")).err().unwrap().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn names_stay_inside_the_maildir_even_after_it_is_renamed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("Maildir");
+        std::fs::create_dir_all(dir.join("new")).unwrap();
+        let root = Root::open(&dir).unwrap();
+        std::fs::rename(&dir, tmp.path().join("moved")).unwrap();
+        // The descriptor follows the directory, not the path.
+        assert_ne!(root.stat("new").unwrap(), Identity::ABSENT);
+    }
+}
