@@ -190,7 +190,7 @@ fn init_logging(log: Option<&str>, format: LogFormat) -> SetFilter {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(shardpop::engine::log_batch::Stderr);
     fn setter<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> SetFilter
     where
         L: From<EnvFilter> + Send + Sync + 'static,

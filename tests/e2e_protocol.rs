@@ -747,3 +747,30 @@ fn the_mailbox_is_free_as_soon_as_quit_is_answered(engine: Engine) {
     assert_eq!(again.cmd("PASS pw-a"), "+OK Logged in.");
     drop(c);
 }
+
+engine_test!(a_quit_closes_the_connection_without_lingering);
+fn a_quit_closes_the_connection_without_lingering(engine: Engine) {
+    let (tree, _) = tree_with_corpus();
+    let server = Server::start(&tree, engine);
+    let mut c = server.connect();
+    c.login("alice", "pw-a");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.");
+    // The reply, then a FIN (EOF), not an RST: the client reads it all.
+    let mut rest = Vec::new();
+    c.reader.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // The client keeps its socket open. epoll knows the socket was drained
+    // and closes at once (the logout line comes before the 2 s linger
+    // would end); io_uring cannot tell, so it lingers until the client
+    // closes or the linger ends, and the line comes then.
+    let started = Instant::now();
+    server.wait_log("pop3 logout: user=<alice>");
+    if engine == Engine::Epoll {
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    drop(c);
+}

@@ -36,6 +36,9 @@ pub enum Event<R, S> {
         listener: usize,
         /// The new connection.
         fd: OwnedFd,
+        /// The client's address when the accept reported it (saves a
+        /// `getpeername` per connection).
+        peer: Option<std::net::SocketAddr>,
     },
     /// An accept failed for lack of resources (EMFILE, ENFILE, ENOMEM): the
     /// core pauses accepting for a moment; the clients wait in the backlog.
@@ -130,6 +133,13 @@ pub trait Backend {
 
     /// Shuts down the write side (a FIN after every byte sent so far).
     fn shutdown_write(&mut self, slot: usize) -> io::Result<()>;
+
+    /// True when the last read of `slot` emptied the kernel's receive
+    /// queue, so closing now ends the connection with FIN, not RST. A
+    /// backend that cannot tell says false (the core then lingers).
+    fn input_drained(&self, _slot: usize) -> bool {
+        false
+    }
 
     /// One attempt to send `conn`'s last line without waiting; the core
     /// closes the connection right after.

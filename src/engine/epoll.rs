@@ -91,12 +91,13 @@ impl Epoll {
         for (index, l) in self.listeners.iter_mut().enumerate() {
             while l.ready && room > 0 {
                 match l.socket.accept() {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         room -= 1;
                         let fd = OwnedFd::from(stream);
                         events.push(Event::Accepted {
                             listener: index,
                             fd,
+                            peer: Some(peer),
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.ready = false,
@@ -146,7 +147,11 @@ impl Backend for Epoll {
                 }
                 Token(slot) => {
                     if let Some(Some(socket)) = self.sockets.get_mut(slot) {
-                        socket.drained = false;
+                        // Room to write says nothing about input: reading
+                        // on it would only cost an EAGAIN.
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            socket.drained = false;
+                        }
                         events.push(Event::Ready(slot));
                     }
                 }
@@ -168,9 +173,11 @@ impl Backend for Epoll {
         if self.sockets.len() <= slot {
             self.sockets.resize_with(slot + 1, || None);
         }
+        // Registering reports input that is already there as an event, so
+        // a new socket needs no read before its first one.
         self.sockets[slot] = Some(Socket {
             stream,
-            drained: false,
+            drained: true,
         });
         Ok(())
     }
@@ -251,14 +258,21 @@ impl Backend for Epoll {
         self.socket(slot).stream.shutdown(std::net::Shutdown::Write)
     }
 
+    fn input_drained(&self, slot: usize) -> bool {
+        self.sockets
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.drained)
+    }
+
     fn last_words(&mut self, slot: usize, conn: &mut Conn, now: Instant) {
         let _ = self.push(slot, conn, now);
     }
 
     fn close(&mut self, slot: usize) -> Closed {
-        if let Some(mut socket) = self.sockets.get_mut(slot).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut socket.stream);
-        }
+        // Closing the only descriptor of a socket takes it out of the epoll
+        // set: no EPOLL_CTL_DEL first.
+        drop(self.sockets.get_mut(slot).and_then(Option::take));
         Closed::Now
     }
 

@@ -31,6 +31,8 @@ pub mod epoll;
 pub mod error;
 pub mod guard;
 pub mod listen;
+pub mod log_batch;
+pub mod pool;
 pub mod privilege;
 mod reload;
 pub mod shard;

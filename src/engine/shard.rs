@@ -70,8 +70,9 @@ pub struct ShardCore {
     slots: Slab<Slot>,
     timers: Timers,
     next_id: u64,
-    /// Accepted, not yet admitted: (listener, socket).
-    pending: VecDeque<(usize, OwnedFd)>,
+    /// Accepted, not yet admitted: (listener, socket, client address when
+    /// the accept said it).
+    pending: VecDeque<(usize, OwnedFd, Option<SocketAddr>)>,
     /// The backend is taking new connections.
     accepting: bool,
     accept_paused_until: Option<Instant>,
@@ -107,9 +108,18 @@ impl ShardCore {
     /// Runs the event loop on `io` until shutdown has finished.
     pub fn run<B: Backend>(mut self, mut io: B) {
         let mut events = Vec::with_capacity(256);
+        super::log_batch::batch_this_thread();
         loop {
             let room = PENDING_ACCEPTS_MAX.saturating_sub(self.pending.len());
-            if let Err(e) = io.wait(self.timeout(Instant::now()), room, &mut events) {
+            super::log_batch::flush();
+            let mut timeout = self.timeout(Instant::now());
+            let port = &self.local.port;
+            if timeout != Some(Duration::ZERO) && !port.enter_wait(&self.done_rx) {
+                timeout = Some(Duration::ZERO);
+            }
+            let waited = io.wait(timeout, room, &mut events);
+            port.leave_wait();
+            if let Err(e) = waited {
                 tracing::error!(shard = self.local.shard, error = %e, "wait failed; shard stops");
                 break;
             }
@@ -128,6 +138,7 @@ impl ShardCore {
             }
         }
         io.exit();
+        super::log_batch::flush();
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
@@ -146,11 +157,11 @@ impl ShardCore {
 
     fn event<B: Backend>(&mut self, io: &mut B, event: Event<B::Buf, B::Sent>, now: Instant) {
         match event {
-            Event::Accepted { listener, fd } => {
+            Event::Accepted { listener, fd, peer } => {
                 if self.shutdown_deadline.is_some() {
                     return; // dropping `fd` closes it
                 }
-                self.pending.push_back((listener, fd));
+                self.pending.push_back((listener, fd, peer));
                 if self.pending.len() >= PENDING_ACCEPTS_MAX {
                     self.set_accepting(io, false);
                 }
@@ -232,10 +243,10 @@ impl ShardCore {
     /// Admits up to [`ACCEPTS_PER_TURN`] waiting connections.
     fn admit<B: Backend>(&mut self, io: &mut B, now: Instant) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some((listener, fd)) = self.pending.pop_front() else {
+            let Some((listener, fd, peer)) = self.pending.pop_front() else {
                 break;
             };
-            self.admit_one(io, listener, fd, now);
+            self.admit_one(io, listener, fd, peer, now);
         }
         if !self.accepting
             && self.accept_paused_until.is_none()
@@ -246,12 +257,21 @@ impl ShardCore {
         }
     }
 
-    fn admit_one<B: Backend>(&mut self, io: &mut B, listener: usize, fd: OwnedFd, now: Instant) {
-        let Some(peer) = socket2::SockRef::from(&fd)
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-        else {
+    fn admit_one<B: Backend>(
+        &mut self,
+        io: &mut B,
+        listener: usize,
+        fd: OwnedFd,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        let peer = peer.or_else(|| {
+            socket2::SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+        });
+        let Some(peer) = peer else {
             return; // the client is already gone
         };
         let cells = self.local.cells(&self.process);
@@ -545,6 +565,12 @@ fn pump<B: Backend>(io: &mut B, slot: usize, conn: &mut Conn, cx: &Cx<'_>) -> St
         match conn.status() {
             Status::Close => return Status::Close,
             Status::Linger => {
+                // A client that said QUIT and sent nothing after it is done:
+                // a close sends FIN after the reply, as the lingering would,
+                // at two system calls and a wakeup less.
+                if conn.quit_answered_and_idle() && io.input_drained(slot) {
+                    return Status::Close;
+                }
                 if io.shutdown_write(slot).is_err() {
                     return Status::Close;
                 }

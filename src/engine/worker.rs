@@ -1,6 +1,6 @@
 //! The worker pool: blocking work (password hashing, Maildir scans, unlinks)
-//! and costly CPU work (RSA signatures of TLS handshakes) runs here, never on a shard thread. Jobs come in on one bounded crossbeam
-//! channel shared by all workers; each result goes back to the shard that
+//! and costly CPU work (RSA signatures of TLS handshakes) runs here, never on a shard thread. Jobs come in on one bounded queue
+//! shared by all workers (`engine/pool.rs`: which worker wakes when); each result goes back to the shard that
 //! asked, on that shard's bounded completion channel, and its waker wakes
 //! the shard's event loop.
 //!
@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -86,13 +87,56 @@ pub struct ShardPort {
     pub done: Sender<Done>,
     /// Wakes the shard's event loop.
     pub waker: super::waker::Waker,
+    /// The shard is in (or about to enter) its wait: a completion must
+    /// wake it. While it runs, it looks at its channel before it waits
+    /// again, so a wake (a write(2) and an epoll wakeup) is not needed.
+    waiting: AtomicBool,
 }
 
 impl ShardPort {
     /// A port for a shard woken by `waker`, and the shard's receiving end.
     pub fn new(waker: super::waker::Waker) -> (Arc<ShardPort>, Receiver<Done>) {
         let (done, rx) = crossbeam_channel::bounded(DONE_QUEUE_MAX);
-        (Arc::new(ShardPort { done, waker }), rx)
+        let waiting = AtomicBool::new(true);
+        (
+            Arc::new(ShardPort {
+                done,
+                waker,
+                waiting,
+            }),
+            rx,
+        )
+    }
+
+    /// The shard is about to wait; returns false when completions are
+    /// already queued (then it must not wait). A worker queues, then reads
+    /// the flag; the shard sets the flag, then looks at the queue: with
+    /// both orders sequentially consistent, one of them sees the other.
+    pub fn enter_wait(&self, done_rx: &Receiver<Done>) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        if done_rx.is_empty() {
+            return true;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The shard's wait returned.
+    pub fn leave_wait(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Queues a completion (waiting while the channel is full) and wakes
+    /// the shard when it is waiting. False when the shard is gone.
+    fn deliver(&self, done: Done) -> bool {
+        if self.done.send(done).is_err() {
+            return false;
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+        true
     }
 }
 
@@ -109,7 +153,7 @@ pub struct Reply {
 /// The pool's job queue, as the shards hold it.
 #[derive(Clone)]
 pub struct Jobs {
-    tx: Sender<Job>,
+    tx: super::pool::Sender<Job>,
 }
 
 /// The job queue was full (or the pool is gone); the job was not queued.
@@ -123,8 +167,8 @@ impl std::fmt::Debug for Full {
 
 impl Jobs {
     /// A queue for `bound` jobs and the workers' receiving end.
-    pub fn bounded(bound: usize) -> (Jobs, Receiver<Job>) {
-        let (tx, rx) = crossbeam_channel::bounded(bound);
+    pub fn bounded(bound: usize) -> (Jobs, super::pool::Receiver<Job>) {
+        let (tx, rx) = super::pool::bounded(bound);
         (Jobs { tx }, rx)
     }
 
@@ -133,7 +177,7 @@ impl Jobs {
     // allocation on every submit.
     #[allow(clippy::result_large_err)]
     pub fn submit(&self, job: Job) -> Result<(), Full> {
-        self.tx.try_send(job).map_err(|e| Full(e.into_inner()))
+        self.tx.try_send(job).map_err(Full)
     }
 
     /// Jobs waiting for a worker.
@@ -224,15 +268,19 @@ impl Logins {
 
 /// Starts `threads` workers on `rx`. They stop when every [`Jobs`] handle
 /// is dropped.
-pub fn start(threads: usize, rx: Receiver<Job>, ctx: Arc<Logins>) -> Vec<thread::JoinHandle<()>> {
+pub fn start(
+    threads: usize,
+    rx: super::pool::Receiver<Job>,
+    ctx: Arc<Logins>,
+) -> Vec<thread::JoinHandle<()>> {
     (0..threads)
         .map(|i| {
-            let rx: Receiver<Job> = rx.clone();
+            let rx = rx.clone();
             let ctx = Arc::clone(&ctx);
             thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {
-                    for job in rx {
+                    while let Some(job) = rx.next() {
                         run(&ctx.current(), job);
                     }
                 })
@@ -299,17 +347,10 @@ fn run(ctx: &LoginContext, job: Job) {
     };
     // The shard may be gone (shutdown); then nobody waits for this. A full
     // channel makes this worker wait for the shard to drain it.
-    if reply
-        .port
-        .done
-        .send(Done {
-            conn: reply.conn,
-            outcome,
-        })
-        .is_ok()
-    {
-        let _ = reply.port.waker.wake();
-    }
+    reply.port.deliver(Done {
+        conn: reply.conn,
+        outcome,
+    });
 }
 
 fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketAddr) -> Outcome {

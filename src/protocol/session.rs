@@ -228,6 +228,9 @@ pub struct Session {
     utf8: bool,
     /// An effect is out; input waits.
     waiting: bool,
+    /// The session ended with QUIT answered (not for bad commands or an
+    /// error): the engine may close at once instead of lingering.
+    quit_answered: bool,
     summary: Summary,
 }
 
@@ -312,6 +315,7 @@ impl Session {
             discarding: false,
             utf8: false,
             waiting: false,
+            quit_answered: false,
             summary: Summary::default(),
         }
     }
@@ -350,6 +354,12 @@ impl Session {
     /// True once the session has ended and only flushing remains.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
+    }
+
+    /// True once QUIT was answered: the client asked for the end and has
+    /// nothing more to say.
+    pub fn quit_answered(&self) -> bool {
+        self.quit_answered
     }
 
     /// True once the client sent UTF8 (RFC 6856).
@@ -549,6 +559,7 @@ impl Session {
                     reply::err(out, "[SYS/TEMP] Some deleted messages were not removed.");
                 }
                 self.state = State::Closed;
+                self.quit_answered = true;
                 Some(Effect::Close)
             }
             (completion, _) => {
@@ -872,6 +883,7 @@ impl Session {
             Command::Quit => {
                 reply::ok(out, "Logging out.");
                 self.state = State::Closed;
+                self.quit_answered = true;
                 Some(Effect::Close)
             }
             Command::Stls if self.offer.stls => {
@@ -999,6 +1011,7 @@ impl Session {
                 if deleted.is_empty() && !t.policy.expires() {
                     reply::ok(out, "Logging out.");
                     self.state = State::Closed;
+                    self.quit_answered = true;
                     return Some(Effect::Close);
                 }
                 let retrieved = if t.policy.expires() {

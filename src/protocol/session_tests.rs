@@ -318,6 +318,17 @@ fn quit_without_deletions_closes_at_once() {
     assert_eq!(out, "+OK Logging out.\r\n");
     assert!(matches!(effect, Some(Effect::Close)));
     assert!(s.is_closed());
+    assert!(s.quit_answered(), "the engine may close without lingering");
+}
+
+#[test]
+fn quit_in_authorization_is_answered_too() {
+    let mut s = new_session();
+    assert!(!s.quit_answered());
+    let (out, effect) = feed(&mut s, "QUIT\r\n");
+    assert_eq!(out, "+OK Logging out.\r\n");
+    assert!(matches!(effect, Some(Effect::Close)));
+    assert!(s.quit_answered());
 }
 
 #[test]
@@ -343,6 +354,7 @@ fn quit_commits_exactly_the_marked_messages() {
     ));
     assert_eq!(out, b"+OK Logging out, messages deleted.\r\n");
     assert_eq!(s.summary().deleted, 2);
+    assert!(s.quit_answered());
 }
 
 #[test]
@@ -481,6 +493,9 @@ fn too_many_bad_commands_close_the_session() {
     assert!(out.ends_with("-ERR Too many bad commands, closing.\r\n"));
     assert!(matches!(effect, Some(Effect::Close)));
     assert!(s.is_closed());
+    // Closed for misbehaving, not by QUIT: the engine lingers, so the
+    // client still reads this line while it keeps sending.
+    assert!(!s.quit_answered());
 }
 
 #[test]

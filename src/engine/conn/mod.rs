@@ -302,6 +302,12 @@ impl Conn {
         Status::Open
     }
 
+    /// QUIT was answered on a plaintext connection and nothing the client
+    /// sent is left unread in our buffer (TLS has its close_notify to read).
+    pub fn quit_answered_and_idle(&self) -> bool {
+        self.session.quit_answered() && self.tls.is_none() && self.recv.is_empty()
+    }
+
     /// The write side is shut down: discard input until EOF or `LINGER`.
     pub fn start_linger(&mut self, now: Instant) {
         self.linger_until = Some(now + LINGER);

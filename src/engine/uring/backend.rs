@@ -153,7 +153,11 @@ impl Uring {
                 // that nothing else owns.
                 let fd = unsafe { adopt_fd(cqe.result) };
                 if !self.stopping {
-                    events.push(Event::Accepted { listener, fd });
+                    events.push(Event::Accepted {
+                        listener,
+                        fd,
+                        peer: None,
+                    });
                 } // else dropping `fd` closes it
             }
             Some(e)
