@@ -114,6 +114,7 @@ impl ShardPort {
     /// both orders sequentially consistent, one of them sees the other.
     pub fn enter_wait(&self, done_rx: &Receiver<Done>) -> bool {
         self.waiting.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if done_rx.is_empty() {
             return true;
         }
@@ -127,16 +128,16 @@ impl ShardPort {
     }
 
     /// Queues a completion (waiting while the channel is full) and wakes
-    /// the shard when it is waiting. False when the shard is gone.
-    fn deliver(&self, done: Done) -> bool {
+    /// the shard when it is waiting. A shard that is gone (shutdown) gets
+    /// nothing: nobody waits for the result.
+    fn deliver(&self, done: Done) {
         if self.done.send(done).is_err() {
-            return false;
+            return;
         }
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
-        true
     }
 }
 
@@ -478,6 +479,37 @@ mod tests {
             jobs.submit(job()),
             Err(Full(Job::ScramLookup { .. }))
         ));
+    }
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+    impl super::super::waker::Wake for CountWakes {
+        fn wake(&self) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_completion_wakes_a_waiting_shard_only() {
+        let wakes = Arc::new(CountWakes(Default::default()));
+        let (port, done_rx) = ShardPort::new(Arc::clone(&wakes) as super::super::waker::Waker);
+        let woken = || wakes.0.load(Ordering::SeqCst);
+        // Running (between waits): queued, no wake; the shard must not
+        // wait with it queued.
+        port.leave_wait();
+        port.deliver(done(1));
+        assert_eq!(woken(), 0);
+        assert!(
+            !port.enter_wait(&done_rx),
+            "a queued completion keeps it awake"
+        );
+        assert_eq!(done_rx.try_recv().unwrap().conn.id, 1);
+        // Waiting: woken.
+        assert!(port.enter_wait(&done_rx));
+        port.deliver(done(2));
+        assert_eq!(woken(), 1);
+        port.leave_wait();
+        assert_eq!(done_rx.try_recv().unwrap().conn.id, 2);
     }
 
     #[test]
