@@ -302,6 +302,16 @@ impl Backend for Uring {
         socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
     }
 
+    /// A receive in flight means the kernel's queue was empty when it was
+    /// armed, and anything that came since completed it (its data out of
+    /// the queue, whether or not its completion was read yet).
+    fn input_drained(&self, slot: usize) -> bool {
+        self.sockets
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.in_flight(Kind::Recv))
+    }
+
     /// MSG_DONTWAIT: a full socket fails at once instead of waiting.
     fn last_words(&mut self, slot: usize, conn: &mut Conn, _: Instant) {
         let socket = self.sockets[slot].as_mut().expect("open slot");
