@@ -259,12 +259,15 @@ pub fn serve_hooked(config: &Config, hooks: Hooks<'_>) -> Result<(), StartError>
     };
     let process = Arc::new(Process::new(config, guard, tls.clone(), jobs, metrics));
 
-    let (wakers, threads) = start_shards(backend, listeners, &process)?;
-    (hooks.ready)(&bound);
-
+    // Before the shards start and readiness is announced: a server that
+    // cannot take signals (its pipe needs two descriptors) fails to start
+    // instead of failing once it is serving.
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(StartError::Os)?;
+    let (wakers, threads) = start_shards(backend, listeners, &process)?;
+    (hooks.ready)(&bound);
+
     let signal_handle = signals.handle();
     let signal_process = Arc::clone(&process);
     let mut running = config.clone();
