@@ -1,6 +1,6 @@
 //! Log lines written to stderr in batches on shard threads: a login session
 //! logs two lines, and one `write(2)` per line was ~4 % of a login's server
-//! CPU. A shard gathers its lines during a loop turn and writes them before
+//! CPU (`scripts/profile-server login`, docs/benchmarks.md). A shard gathers its lines during a loop turn and writes them before
 //! it waits again (so a line is late by one turn at most); other threads
 //! write each line at once.
 //!

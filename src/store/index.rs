@@ -43,7 +43,6 @@ use std::fmt;
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -130,18 +129,23 @@ impl Identity {
 
     /// The identity of `path` (which must exist).
     pub fn stat(path: &Path) -> io::Result<Identity> {
-        let m = fs::metadata(path)?;
+        let st = nix::sys::stat::stat(path).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        Ok(Identity::of(&st))
+    }
+
+    /// The identity `stat(2)` (or `fstatat(2)`) returned.
+    pub fn of(st: &nix::sys::stat::FileStat) -> Identity {
         let stamp = |sec: i64, nsec: i64| Stamp {
             sec,
             nsec: u32::try_from(nsec).unwrap_or(0),
         };
-        Ok(Identity {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: stamp(m.mtime(), m.mtime_nsec()),
-            ctime: stamp(m.ctime(), m.ctime_nsec()),
-        })
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime: stamp(st.st_mtime, st.st_mtime_nsec),
+            ctime: stamp(st.st_ctime, st.st_ctime_nsec),
+        }
     }
 
     /// The identity of `path`, or [`Identity::ABSENT`] when there is none.

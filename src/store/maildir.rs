@@ -338,7 +338,6 @@ fn load_in_at(
     checked_at: Stamp,
 ) -> io::Result<Snapshot> {
     let dir = root.dir();
-    let path = index_path(dir, place);
     let new = root.stat("new")?;
     let cur = root.stat("cur")?;
     let uidlist = uidl_sources_identity(root, root.stat_optional(UIDLIST_FILE)?)?;
@@ -351,7 +350,7 @@ fn load_in_at(
     };
     let old = match place {
         IndexDir::Maildir => index::read_in(root, INDEX_FILE),
-        _ => path.as_deref().and_then(index::read),
+        _ => index_path(dir, place).as_deref().and_then(index::read),
     }
     .map(|p| p.into_snapshot(dir));
     let stale = match &old {
@@ -368,7 +367,8 @@ fn load_in_at(
     };
     let (snapshot, header, measured) = rescan(dir, old.as_ref(), stale, now, format)?;
     tracing::debug!(dir = %dir.display(), new = stale.new, cur = stale.cur, uidls = stale.uidls, messages = snapshot.messages.len(), "maildir read");
-    let persisted = match &path {
+    // Built here, not at the top: an unchanged Maildir needs no path.
+    let persisted = match &index_path(dir, place) {
         Some(path) => match index::write(path, &header, &snapshot) {
             Ok(()) => true,
             Err(e) => {

@@ -2,9 +2,11 @@
 //! names in the Maildir (the lock file, `new/`, `cur/`, `dovecot-uidlist`,
 //! Courier's two files, the index); by absolute path each costs a walk of
 //! every component from `/`, and the dentry lookups of those walks were a
-//! fifth of a worker's CPU per login. A login opens the Maildir once
-//! (`O_PATH`: no permission to read it needed, nothing to read) and looks the
-//! names up in it: one walk, then one component each.
+//! fifth of a worker's CPU per login (perf on the worker thread, 1 shard, 1
+//! worker, loadtest login c=64; docs/benchmarks.md, third session). A login
+//! opens the Maildir once (`O_PATH`: no permission to read it needed,
+//! nothing to read) and looks the names up in it: one walk, then one
+//! component each.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
@@ -15,7 +17,7 @@ use std::path::Path;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
-use super::index::{Identity, Stamp};
+use super::index::Identity;
 
 /// Where names are looked up: relative to an open Maildir, or by path when
 /// it could not be opened (then every call behaves as the path calls do).
@@ -53,17 +55,7 @@ impl<'a> Root<'a> {
             return Identity::stat(&self.dir.join(name));
         };
         let st = nix::sys::stat::fstatat(fd.as_fd(), name, AtFlags::empty()).map_err(io_error)?;
-        let stamp = |sec: i64, nsec: i64| Stamp {
-            sec,
-            nsec: u32::try_from(nsec).unwrap_or(0),
-        };
-        Ok(Identity {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            mtime: stamp(st.st_mtime, st.st_mtime_nsec),
-            ctime: stamp(st.st_ctime, st.st_ctime_nsec),
-        })
+        Ok(Identity::of(&st))
     }
 
     /// The identity of `name`, or [`Identity::ABSENT`] when there is none.
