@@ -29,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod log_format;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;

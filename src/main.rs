@@ -190,6 +190,7 @@ fn init_logging(log: Option<&str>, format: LogFormat) -> SetFilter {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_timer(shardpop::log_format::Rfc3339Micros)
         .with_writer(shardpop::engine::log_batch::Stderr);
     fn setter<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> SetFilter
     where
@@ -204,6 +205,7 @@ fn init_logging(log: Option<&str>, format: LogFormat) -> SetFilter {
     match format {
         LogFormat::Text => {
             let builder = builder
+                .fmt_fields(shardpop::log_format::Fields)
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_filter_reloading();
             let set = setter(builder.reload_handle());

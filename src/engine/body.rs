@@ -116,23 +116,25 @@ impl BodyStream {
 
     /// Raw mode: the next file ranges and stuffed dots to send after
     /// `prefix_bytes` of queued replies. `None` when no raw range is due.
-    pub fn plan_raw(&self, prefix_bytes: usize) -> Result<Option<RawPlan>, Truncated> {
+    /// Boxed: a plan is ~1.5 KiB, and the `Outgoing` that carries it moves
+    /// between the connection and the backend several times per write.
+    pub fn plan_raw(&self, prefix_bytes: usize) -> Result<Option<Box<RawPlan>>, Truncated> {
         let Mode::Raw { next_dot } = self.mode else {
             return Ok(None);
         };
         if self.pos >= self.map.len() {
             return Ok(None);
         }
-        let mut segments = [Segment::Range { start: 0, end: 0 }; IOVECS_MAX - 1];
-        // Finding dot lines reads the mapping in user space: guarded.
-        let count = self
-            .map
-            .read_guarded(|bytes| plan(bytes, self.pos, next_dot, prefix_bytes, &mut segments))?;
-        Ok(Some(RawPlan {
+        let mut raw = Box::new(RawPlan {
             map: Arc::clone(&self.map),
-            segments,
-            count,
-        }))
+            segments: [Segment::Range { start: 0, end: 0 }; IOVECS_MAX - 1],
+            count: 0,
+        });
+        // Finding dot lines reads the mapping in user space: guarded.
+        raw.count = self.map.read_guarded(|bytes| {
+            plan(bytes, self.pos, next_dot, prefix_bytes, &mut raw.segments)
+        })?;
+        Ok(Some(raw))
     }
 
     /// Raw mode: `sent` bytes of `plan` reached the socket.

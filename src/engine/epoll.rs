@@ -221,14 +221,18 @@ impl Backend for Epoll {
         let stream = &mut self.socket(slot).stream;
         let mut total = 0;
         while let Some(outgoing) = conn.take_output()? {
-            let result = {
-                let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
-                let count = outgoing.slices(&mut iov);
-                loop {
-                    match stream.write_vectored(&iov[..count]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other,
+            let result = loop {
+                let written = match outgoing.contiguous() {
+                    Some(bytes) => stream.write(bytes),
+                    None => {
+                        let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
+                        let count = outgoing.slices(&mut iov);
+                        stream.write_vectored(&iov[..count])
                     }
+                };
+                match written {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
                 }
             };
             let len = outgoing.len();

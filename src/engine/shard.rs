@@ -27,6 +27,7 @@ use crossbeam_channel::Receiver;
 use slab::Slab;
 
 use super::backend::{Backend, Closed, Event, Received};
+use super::buffer::InBufPool;
 use super::conn::{Conn, Status};
 use super::context::{Cx, Local, Process, Settings};
 use super::error::ConnError;
@@ -68,6 +69,7 @@ pub struct ShardCore {
     /// Per listener index: implicit TLS (RFC 8314).
     listener_tls: Vec<bool>,
     slots: Slab<Slot>,
+    recv_pool: InBufPool,
     timers: Timers,
     next_id: u64,
     /// Accepted, not yet admitted: (listener, socket, client address when
@@ -97,6 +99,7 @@ impl ShardCore {
             listener_tls,
             slots: Slab::new(),
             timers: Timers::default(),
+            recv_pool: InBufPool::default(),
             next_id: 0,
             pending: VecDeque::new(),
             accepting: true,
@@ -287,14 +290,15 @@ impl ShardCore {
                 .process
                 .session(&self.settings, self.local.shard, id, offer);
             let deadline = now + self.settings.proxy_header_timeout;
-            let conn = Conn::awaiting_proxy(id, peer, session, &self.settings, now, deadline);
+            let recv = self.recv_pool.take(self.settings.recv_buffer_bytes);
+            let conn = Conn::awaiting_proxy(id, peer, session, recv, now, deadline);
             (conn, false)
         } else {
             match self.admission(id, peer, implicit_tls, false, now) {
-                Ok((session, tls, counted)) => (
-                    Conn::new(id, peer, session, &self.settings, now, tls),
-                    counted,
-                ),
+                Ok((session, tls, counted)) => {
+                    let recv = self.recv_pool.take(self.settings.recv_buffer_bytes);
+                    (Conn::new(id, peer, session, recv, now, tls), counted)
+                }
                 Err(line) => {
                     // A fresh socket's buffer takes one short line at once.
                     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
@@ -531,10 +535,11 @@ impl ShardCore {
         let Some(entry) = self.slots.get_mut(slot) else {
             return;
         };
-        let Some(conn) = entry.conn.take() else {
+        let Some(mut conn) = entry.conn.take() else {
             return; // already closed, parked in the backend
         };
         conn.log_end(self.local.shard);
+        self.recv_pool.give(conn.take_recv());
         self.local.cells(&self.process).connection_closed();
         if entry.counted {
             self.process.guard.release(conn.peer.ip());

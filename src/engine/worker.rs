@@ -434,9 +434,13 @@ fn maildir_of(
     entry: &UserEntry,
 ) -> Result<store::MailPaths, store::LocationError> {
     let own = entry.extra("userdb_mail").or_else(|| entry.extra("mail"));
+    let parsed;
     let location = match own {
-        Some(template) => MailLocation::parse(template)?,
-        None => ctx.location.clone(),
+        Some(template) => {
+            parsed = MailLocation::parse(template)?;
+            &parsed
+        }
+        None => &ctx.location,
     };
     location.expand_paths(&entry.user, entry.home.as_deref())
 }

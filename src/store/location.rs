@@ -125,7 +125,7 @@ fn expand_template(
     if name.is_empty() || unsafe_part(name) || unsafe_part(domain) {
         return Err(LocationError::UnsafeUser);
     }
-    let home_str = home.map(|h| h.to_string_lossy().into_owned());
+    let home_str = home.map(|h| h.to_string_lossy());
     let mut out = String::with_capacity(template.len() + user.len());
     let mut rest = template;
     if let Some(after) = rest.strip_prefix('~') {

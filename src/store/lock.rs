@@ -12,7 +12,9 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -22,7 +24,10 @@ use super::root::Root;
 /// (ours included) never take it for mail.
 pub const LOCK_FILE: &str = ".shardpop-pop3.lock";
 
-static HELD: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Keyed by the path's bytes: hashing a `Path` hashes it component by
+/// component, several times the cost. The paths come from one template
+/// expansion, so the same Maildir is spelled the same way.
+static HELD: Mutex<Option<HashSet<Arc<[u8]>>>> = Mutex::new(None);
 
 /// Why the mailbox could not be locked.
 #[derive(Debug)]
@@ -36,7 +41,8 @@ pub enum LockError {
 /// Holds a mailbox for one session.
 #[derive(Debug)]
 pub struct MailboxLock {
-    dir: PathBuf,
+    /// The table's key, shared with the table (one copy of the path).
+    dir: Arc<[u8]>,
     // Held for its flock; closing the file releases it.
     _file: File,
 }
@@ -50,11 +56,12 @@ impl MailboxLock {
     /// [`MailboxLock::acquire`] with the lock file looked up in `root`.
     pub fn acquire_in(root: &Root<'_>) -> Result<MailboxLock, LockError> {
         let dir = root.dir();
+        let key: Arc<[u8]> = Arc::from(dir.as_os_str().as_bytes());
         {
             let mut held = HELD.lock();
             if !held
                 .get_or_insert_with(HashSet::new)
-                .insert(dir.to_path_buf())
+                .insert(Arc::clone(&key))
             {
                 return Err(LockError::InUse);
             }
@@ -62,7 +69,7 @@ impl MailboxLock {
         // From here on the table entry is ours; release it on every failure.
         let release = || {
             if let Some(held) = HELD.lock().as_mut() {
-                held.remove(dir);
+                held.remove(dir.as_os_str().as_bytes());
             }
         };
         let file = match open_lock_file(root) {
@@ -74,7 +81,7 @@ impl MailboxLock {
         };
         match file.try_lock() {
             Ok(()) => Ok(MailboxLock {
-                dir: dir.to_path_buf(),
+                dir: key,
                 _file: file,
             }),
             Err(TryLockError::WouldBlock) => {
@@ -93,7 +100,7 @@ impl MailboxLock {
 /// may not write, the existing lock file or the directory, read-only.
 fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
     let dir = root.dir();
-    let path = dir.join(LOCK_FILE);
+    let path = || dir.join(LOCK_FILE);
     // The file almost always exists: an open without O_CREAT looks it up
     // without taking the directory's lock.
     let opened = match root.open_file(LOCK_FILE, true) {
@@ -101,7 +108,7 @@ fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path),
+            .open(path()),
         other => other,
     };
     match opened {
@@ -111,7 +118,7 @@ fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
                 io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
             ) =>
         {
-            match File::open(&path) {
+            match File::open(path()) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => File::open(dir),
                 other => other,
             }

@@ -48,6 +48,9 @@ pub const LOGIN_DELAY_FIELD: &str = "pop3_login_delay_secs";
 /// A user database field overriding `[pop3] expire_days` (a number of days
 /// or `never`; also read with the `userdb_` prefix).
 pub const EXPIRE_FIELD: &str = "pop3_expire_days";
+/// The prefixed names, spelled out so a login formats none.
+const USERDB_LOGIN_DELAY_FIELD: &str = "userdb_pop3_login_delay_secs";
+const USERDB_EXPIRE_FIELD: &str = "userdb_pop3_expire_days";
 /// A retrieval file larger than this is treated as corrupt (about a
 /// million records of long names).
 pub const RETRIEVED_FILE_BYTES_MAX: usize = 128 << 20;
@@ -85,13 +88,13 @@ pub fn for_user<'a>(
     site: SitePolicy,
     extra: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<SitePolicy, String> {
-    let field = |name: &str| extra(&format!("userdb_{name}")).or_else(|| extra(name));
+    let field = |userdb: &str, name: &str| extra(userdb).or_else(|| extra(name));
     let mut policy = site;
-    if let Some(text) = field(LOGIN_DELAY_FIELD) {
+    if let Some(text) = field(USERDB_LOGIN_DELAY_FIELD, LOGIN_DELAY_FIELD) {
         policy.login_delay_secs =
             SitePolicy::parse_login_delay(text).map_err(|e| format!("{LOGIN_DELAY_FIELD}: {e}"))?;
     }
-    if let Some(text) = field(EXPIRE_FIELD) {
+    if let Some(text) = field(USERDB_EXPIRE_FIELD, EXPIRE_FIELD) {
         policy.expire = Some(Expire::parse(text).map_err(|e| format!("{EXPIRE_FIELD}: {e}"))?);
     }
     Ok(policy)

@@ -340,3 +340,12 @@ fn a_corrupt_retrieval_file_is_empty_and_vanished_records_are_dropped() {
     assert_eq!(update(&m.snapshot, &[], &[], NOW + DAY), 0);
     assert!(left(&dir).is_empty());
 }
+
+#[test]
+fn the_prefixed_names_are_the_plain_ones_with_userdb() {
+    assert_eq!(
+        USERDB_LOGIN_DELAY_FIELD,
+        format!("userdb_{LOGIN_DELAY_FIELD}")
+    );
+    assert_eq!(USERDB_EXPIRE_FIELD, format!("userdb_{EXPIRE_FIELD}"));
+}

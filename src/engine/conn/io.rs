@@ -103,10 +103,18 @@ impl Tls {
 pub struct Outgoing {
     buf: Vec<u8>,
     pos: usize,
-    raw: Option<RawPlan>,
+    raw: Option<Box<RawPlan>>,
 }
 
 impl Outgoing {
+    /// The bytes to write when they are one slice (no file ranges).
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        match self.raw {
+            None => Some(&self.buf[self.pos..]),
+            Some(_) => None,
+        }
+    }
+
     /// Fills `iov` (at least `IOVECS_MAX` long) with the slices to write, in
     /// order; returns how many.
     pub fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
@@ -123,7 +131,7 @@ impl Outgoing {
 
     /// Bytes to write in all.
     pub fn len(&self) -> usize {
-        self.buf.len() - self.pos + self.raw.as_ref().map_or(0, RawPlan::len)
+        self.buf.len() - self.pos + self.raw.as_deref().map_or(0, RawPlan::len)
     }
 
     /// True when there is nothing to write.

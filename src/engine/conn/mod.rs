@@ -120,11 +120,11 @@ impl Conn {
         id: u64,
         peer: SocketAddr,
         session: Session,
-        settings: &Settings,
+        recv: InBuf,
         now: Instant,
         tls: Option<TlsLayer>,
     ) -> Conn {
-        let mut conn = Conn::awaiting_proxy(id, peer, session, settings, now, now);
+        let mut conn = Conn::awaiting_proxy(id, peer, session, recv, now, now);
         conn.admit(peer, None, tls);
         conn
     }
@@ -136,7 +136,7 @@ impl Conn {
         id: u64,
         peer: SocketAddr,
         session: Session,
-        settings: &Settings,
+        recv: InBuf,
         now: Instant,
         deadline: Instant,
     ) -> Conn {
@@ -144,7 +144,7 @@ impl Conn {
             id,
             peer,
             session,
-            recv: InBuf::new(settings.recv_buffer_bytes),
+            recv,
             out: Vec::with_capacity(256),
             unsent: None,
             spare: Vec::new(),
@@ -371,6 +371,11 @@ impl Conn {
     /// Logs why a session ends on an error; the shard then drops it.
     pub fn fail(&self, e: &ConnError) {
         e.log(self.peer);
+    }
+
+    /// The receive buffer, for the shard's pool once the connection is gone.
+    pub fn take_recv(&mut self) -> InBuf {
+        std::mem::replace(&mut self.recv, InBuf::new(0))
     }
 
     /// The logout line, logged when the connection is dropped.
