@@ -30,7 +30,10 @@
 //!      (dovecot-uidlist, or Courier's two folded into one; all zero: absent)
 //!      each: dev u64, ino u64, size u64, mtime sec i64, ctime sec i64,
 //!            mtime nsec u32, ctime nsec u32
-//! 208  entries, 24 bytes each: octets u64, bytes on disk u64 (all ones:
+//! 208  identity of the Maildir itself when the UIDL source files were last
+//!      found absent (all zero: not recorded)
+//! 256  when it was taken: sec i64, nsec u32, reserved u32
+//! 272  entries, 24 bytes each: octets u64, bytes on disk u64 (all ones:
 //!      unknown), name offset u32, name length u8, base name length u8,
 //!      UIDL length u8 (0: the UIDL is the base name; else it follows the
 //!      name), flags u8 (bit 0: the file is in new/)
@@ -54,8 +57,9 @@ use super::maildir::{FLAG_IN_NEW, Message, Snapshot};
 /// The index file's name: a dot file, which no Maildir reader takes for mail.
 pub const INDEX_FILE: &str = ".shardpop-pop3.index";
 
-/// The format this build reads and writes. Any other is rebuilt.
-pub const VERSION: u32 = 1;
+/// The format this build reads and writes. Any other is rebuilt (an older
+/// one quietly: an upgrade is not a fault).
+pub const VERSION: u32 = 2;
 
 /// Directory and file times closer than this to the check that recorded
 /// them (or later than it) are not trusted: the next login reads again.
@@ -64,7 +68,10 @@ pub const VERSION: u32 = 1;
 pub const DIRTY_WINDOW: Duration = Duration::from_secs(2);
 
 const MAGIC: [u8; 8] = *b"SPOPIDX\0";
-const HEADER_BYTES: usize = 208;
+const HEADER_BYTES: usize = 272;
+/// Where the Maildir's identity and its check time start: the part of the
+/// header [`record_root`] rewrites in place.
+const ROOT_AT: usize = 208;
 const ENTRY_BYTES: usize = 24;
 const IDENTITY_BYTES: usize = 48;
 /// RFC 1939's longest unique-id.
@@ -183,6 +190,13 @@ pub struct Header {
     /// The UIDL source files before they were read (`dovecot-uidlist`, or
     /// Courier's two folded into one), or absent.
     pub uidlist: Identity,
+    /// The Maildir itself, taken before the UIDL source files were found
+    /// absent (absent: not recorded). Creating a name in a directory changes
+    /// its times, so while the Maildir keeps this identity they are still
+    /// absent and a login need not look them up ([`Header::vouches_absent`]).
+    pub root: Identity,
+    /// When `root` was taken.
+    pub root_checked_at: Stamp,
 }
 
 /// Which parts of a Maildir a login must read again.
@@ -204,6 +218,17 @@ impl Stale {
 }
 
 impl Header {
+    /// True when the UIDL source files are known to be still absent: they
+    /// were, the Maildir has the identity it had then (`root_now`, taken at
+    /// `checked_at`), and that identity was settled when it was recorded.
+    pub fn vouches_absent(&self, root_now: &Identity, checked_at: Stamp) -> bool {
+        self.uidlist == Identity::ABSENT
+            && self.root != Identity::ABSENT
+            && self.root == *root_now
+            && self.root_checked_at <= checked_at
+            && self.root.settled_at(self.root_checked_at)
+    }
+
     /// Compares what this index was built from with the Maildir `now`.
     pub fn stale(&self, now: &Header) -> Stale {
         // A clock that went backwards since the check makes every stored
@@ -362,7 +387,13 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
         new: r.identity(),
         cur: r.identity(),
         uidlist: r.identity(),
+        root: r.identity(),
+        root_checked_at: Stamp {
+            sec: r.i64(),
+            nsec: r.u32(),
+        },
     };
+    let _reserved = r.u32();
     debug_assert_eq!(r.at, HEADER_BYTES);
     let body = bytes.len() - HEADER_BYTES;
     if count
@@ -483,16 +514,9 @@ pub fn encode(header: &Header, snapshot: &Snapshot) -> Vec<u8> {
     out.extend_from_slice(&header.checked_at.nsec.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for id in [&header.new, &header.cur, &header.uidlist] {
-        let start = out.len();
-        out.extend_from_slice(&id.dev.to_le_bytes());
-        out.extend_from_slice(&id.ino.to_le_bytes());
-        out.extend_from_slice(&id.size.to_le_bytes());
-        out.extend_from_slice(&id.mtime.sec.to_le_bytes());
-        out.extend_from_slice(&id.ctime.sec.to_le_bytes());
-        out.extend_from_slice(&id.mtime.nsec.to_le_bytes());
-        out.extend_from_slice(&id.ctime.nsec.to_le_bytes());
-        debug_assert_eq!(out.len() - start, IDENTITY_BYTES);
+        put_identity(&mut out, id);
     }
+    put_root(&mut out, &header.root, header.root_checked_at);
     debug_assert_eq!(out.len(), HEADER_BYTES);
     for m in messages {
         out.extend_from_slice(&m.octets.to_le_bytes());
@@ -504,6 +528,57 @@ pub fn encode(header: &Header, snapshot: &Snapshot) -> Vec<u8> {
     let crc = crc32fast::hash(&out[16..]);
     out[12..16].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+fn put_identity(out: &mut Vec<u8>, id: &Identity) {
+    let start = out.len();
+    out.extend_from_slice(&id.dev.to_le_bytes());
+    out.extend_from_slice(&id.ino.to_le_bytes());
+    out.extend_from_slice(&id.size.to_le_bytes());
+    out.extend_from_slice(&id.mtime.sec.to_le_bytes());
+    out.extend_from_slice(&id.ctime.sec.to_le_bytes());
+    out.extend_from_slice(&id.mtime.nsec.to_le_bytes());
+    out.extend_from_slice(&id.ctime.nsec.to_le_bytes());
+    debug_assert_eq!(out.len() - start, IDENTITY_BYTES);
+}
+
+/// The header's last part: the Maildir's identity and when it was taken.
+fn put_root(out: &mut Vec<u8>, root: &Identity, at: Stamp) {
+    put_identity(out, root);
+    out.extend_from_slice(&at.sec.to_le_bytes());
+    out.extend_from_slice(&at.nsec.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+}
+
+/// Records, in place, that the UIDL source files were absent while the
+/// Maildir had the identity `root` at `at`, in the index open in `file`
+/// (read and write), if it still holds `expected`. Only the header changes
+/// and no name is created, so the Maildir keeps the identity recorded
+/// (writing a new index and renaming it into the Maildir would change it).
+/// A torn write fails the checksum and the index is rebuilt. The caller
+/// holds the mailbox lock, as every reader and writer of the index does.
+pub fn record_root(
+    file: &mut fs::File,
+    expected: &Header,
+    root: &Identity,
+    at: Stamp,
+) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    READ_BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        let len = read_whole(file, &mut buffer)?.len();
+        let bytes = &mut buffer[..len];
+        if !parse(bytes).is_ok_and(|p| p.header == *expected) {
+            return Ok(false);
+        }
+        let mut tail = Vec::with_capacity(HEADER_BYTES - ROOT_AT);
+        put_root(&mut tail, root, at);
+        bytes[ROOT_AT..HEADER_BYTES].copy_from_slice(&tail);
+        let crc = crc32fast::hash(&bytes[16..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&bytes[12..HEADER_BYTES], 12)?;
+        Ok(true)
+    })
 }
 
 /// Reads the index at `path`: `None` when there is none or it cannot be
@@ -529,7 +604,8 @@ fn read_opened(opened: io::Result<fs::File>, path: impl Fn() -> PathBuf) -> Opti
     };
     READ_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
-        let parsed = match read_whole(file, &mut buffer) {
+        let mut file = file;
+        let parsed = match read_whole(&mut file, &mut buffer) {
             Ok(bytes) => parse(bytes),
             Err(e) => {
                 warn_once(&path(), "read", &e);
@@ -541,6 +617,10 @@ fn read_opened(opened: io::Result<fs::File>, path: impl Fn() -> PathBuf) -> Opti
         }
         match parsed {
             Ok(parsed) => Some(parsed),
+            Err(IndexError::Version(v)) if v < VERSION => {
+                tracing::debug!(index = %path().display(), version = v, "mailbox index of an older version: rebuilt");
+                None
+            }
             Err(e) => {
                 warn_once(&path(), "parse", &e);
                 None
@@ -562,7 +642,7 @@ const READ_BUFFER_KEPT_MAX: usize = 4 << 20;
 /// bytes read. A read that comes back short of the room it had is the end
 /// of a regular file, so a small index costs one read(2). Should a short
 /// read ever stop early, the checksum refuses what was read.
-fn read_whole(mut file: fs::File, buffer: &mut Vec<u8>) -> io::Result<&[u8]> {
+fn read_whole<'b>(file: &mut fs::File, buffer: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
     use std::io::Read;
     let mut filled = 0;
     loop {
@@ -687,6 +767,85 @@ mod tests {
     }
 
     #[test]
+    fn the_maildir_is_recorded_in_place_only_over_the_expected_header() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(INDEX_FILE);
+        let bytes = sample();
+        fs::write(&path, &bytes).unwrap();
+        let header = parse(&bytes).unwrap().header;
+        let root = Identity {
+            dev: 7,
+            ino: 9,
+            size: 4096,
+            mtime: Stamp { sec: 100, nsec: 5 },
+            ctime: Stamp { sec: 101, nsec: 6 },
+        };
+        let at = Stamp { sec: 200, nsec: 7 };
+        let open = || {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        // Another header than the caller read: nothing written.
+        let other = Header {
+            format: header.format ^ 1,
+            ..header
+        };
+        assert!(!record_root(&mut open(), &other, &root, at).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert!(record_root(&mut open(), &header, &root, at).unwrap());
+        let after = fs::read(&path).unwrap();
+        assert_eq!(after.len(), bytes.len());
+        assert_eq!(
+            after[HEADER_BYTES..],
+            bytes[HEADER_BYTES..],
+            "entries untouched"
+        );
+        let parsed = parse(&after).expect("checksum and all");
+        assert_eq!(
+            parsed.header,
+            Header {
+                root,
+                root_checked_at: at,
+                ..header
+            }
+        );
+        assert!(
+            parsed
+                .header
+                .vouches_absent(&root, Stamp { sec: 300, nsec: 0 })
+        );
+        assert!(
+            !parsed
+                .header
+                .vouches_absent(&Identity { ino: 8, ..root }, Stamp { sec: 300, nsec: 0 })
+        );
+        assert!(
+            !parsed
+                .header
+                .vouches_absent(&root, Stamp { sec: 150, nsec: 0 }),
+            "clock went back"
+        );
+        // A torn update fails the checksum.
+        let mut torn = after.clone();
+        torn[ROOT_AT..ROOT_AT + 8].copy_from_slice(&bytes[ROOT_AT..ROOT_AT + 8]);
+        assert_eq!(parse(&torn).unwrap_err(), IndexError::Checksum);
+    }
+
+    #[test]
+    fn an_index_of_the_previous_version_is_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(INDEX_FILE);
+        let mut bytes = sample();
+        bytes[8..12].copy_from_slice(&(VERSION - 1).to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(parse(&bytes).unwrap_err(), IndexError::Version(VERSION - 1));
+        assert!(read(&path).is_none());
+    }
+
+    #[test]
     fn files_of_every_size_are_read_whole_and_the_buffer_keeps_nothing_stale() {
         let tmp = tempfile::tempdir().unwrap();
         let mut buffer = Vec::new();
@@ -694,7 +853,7 @@ mod tests {
             let body: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let path = tmp.path().join(format!("f{len}"));
             fs::write(&path, &body).unwrap();
-            let read = read_whole(fs::File::open(&path).unwrap(), &mut buffer).unwrap();
+            let read = read_whole(&mut fs::File::open(&path).unwrap(), &mut buffer).unwrap();
             assert_eq!(read, &body[..], "{len} bytes");
         }
         // Through `read`: a large index, then a small one in the same
@@ -740,9 +899,9 @@ mod tests {
             parse(b"dovecot.index....").unwrap_err(),
             IndexError::Foreign
         );
-        let mut v2 = bytes.clone();
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(parse(&v2).unwrap_err(), IndexError::Version(2));
+        let mut next = bytes.clone();
+        next[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert_eq!(parse(&next).unwrap_err(), IndexError::Version(VERSION + 1));
         let mut torn = bytes.clone();
         torn[HEADER_BYTES] ^= 1;
         assert_eq!(parse(&torn).unwrap_err(), IndexError::Checksum);
@@ -816,6 +975,7 @@ mod tests {
             new: id,
             cur: id,
             uidlist: Identity::ABSENT,
+            ..Header::default()
         };
         assert!(
             then.stale(&Header {

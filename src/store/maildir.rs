@@ -338,21 +338,46 @@ fn load_in_at(
     checked_at: Stamp,
 ) -> io::Result<Snapshot> {
     let dir = root.dir();
+    // The index first: when it says the UIDL source files were absent and
+    // the Maildir has not changed since, they still are, and the three
+    // names need no lookup (on this VM a lookup is ~2 us of a ~190 us login;
+    // docs/benchmarks.md).
+    let old = match place {
+        IndexDir::Maildir => index::read_in(root, INDEX_FILE),
+        _ => index_path(dir, place).as_deref().and_then(index::read),
+    }
+    .map(|p| p.into_snapshot(dir));
     let new = root.stat("new")?;
     let cur = root.stat("cur")?;
-    let uidlist = uidl_sources_identity(root, root.stat_optional(UIDLIST_FILE)?)?;
+    // Taken before the UIDL source files are looked for: a file created
+    // after this changes it, so it is never recorded as having none.
+    let root_now = match &old {
+        Some((header, _)) if header.uidlist != Identity::ABSENT => None,
+        _ => Some(root.identity()?),
+    };
+    let vouched = matches!((&old, &root_now), (Some((header, _)), Some(r)) if header.vouches_absent(r, checked_at));
+    let uidlist = if vouched {
+        Identity::ABSENT
+    } else {
+        uidl_sources_identity(root, root.stat_optional(UIDLIST_FILE)?)?
+    };
+    // Worth recording: the sources are absent and the Maildir's times are
+    // old enough that a change made at the same tick would show.
+    let record = root_now.filter(|r| uidlist == Identity::ABSENT && r.settled_at(checked_at));
     let now = Header {
         format: format.fingerprint(),
         checked_at,
         new,
         cur,
         uidlist,
+        // A new index renamed into the Maildir changes its identity: only
+        // an index kept elsewhere records it with the rest.
+        root: match place {
+            IndexDir::At(_) => record.unwrap_or(Identity::ABSENT),
+            _ => Identity::ABSENT,
+        },
+        root_checked_at: checked_at,
     };
-    let old = match place {
-        IndexDir::Maildir => index::read_in(root, INDEX_FILE),
-        _ => index_path(dir, place).as_deref().and_then(index::read),
-    }
-    .map(|p| p.into_snapshot(dir));
     let stale = match &old {
         Some((header, _)) => header.stale(&now),
         None => Stale {
@@ -362,7 +387,12 @@ fn load_in_at(
         },
     };
     let old = match old {
-        Some((_, snapshot)) if stale.none() => return Ok(snapshot),
+        Some((header, snapshot)) if stale.none() => {
+            if let Some(r) = record.filter(|_| !vouched) {
+                record_root(root, place, &header, &r, checked_at);
+            }
+            return Ok(snapshot);
+        }
         other => other.map(|(_, snapshot)| snapshot),
     };
     let (snapshot, header, measured) = rescan(dir, old.as_ref(), stale, now, format)?;
@@ -382,6 +412,24 @@ fn load_in_at(
         remember_sizes(dir, measured);
     }
     Ok(snapshot)
+}
+
+/// [`index::record_root`] on the index of `root`; a failure costs only the
+/// lookups it would have saved, so it is logged once and otherwise ignored.
+fn record_root(root: &Root<'_>, place: &IndexDir, header: &Header, r: &Identity, at: Stamp) {
+    let opened = match place {
+        IndexDir::Maildir => root.open_file_rw(INDEX_FILE),
+        IndexDir::At(at_dir) => fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(at_dir.join(INDEX_FILE)),
+        IndexDir::Memory => return,
+    };
+    if let Err(e) = opened.and_then(|mut file| index::record_root(&mut file, header, r, at))
+        && let Some(path) = index_path(root.dir(), place)
+    {
+        index::warn_once(&path, "update", &e);
+    }
 }
 
 /// Sizes found by reading files, by base name.
@@ -922,6 +970,100 @@ mod tests {
         assert_eq!(seen(&third), seen(&first));
         assert_eq!(third.total_octets(), 5 + 5);
         assert_eq!(third.messages.len(), 2);
+    }
+
+    /// Lookups of names in `dir` one login at `at` makes (the Maildir is
+    /// opened as a login opens it).
+    fn lookups(dir: &Path, place: &IndexDir, at: Stamp) -> (u64, Snapshot) {
+        let root = Root::open(dir).unwrap();
+        let before = super::super::root::stat_count();
+        let snapshot = load_in_at(&root, place, &f(), at).unwrap();
+        (super::super::root::stat_count() - before, snapshot)
+    }
+
+    #[test]
+    fn absent_uidl_sources_are_not_looked_up_while_the_maildir_is_unchanged() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.M1P1.h:2,S", b"one\n");
+        let place = IndexDir::Maildir;
+        // new/, cur/, dovecot-uidlist and Courier's two.
+        assert_eq!(lookups(&dir, &place, later(3)).0, 5, "no index yet");
+        // The index renamed into the Maildir changed it: looked up again,
+        // and the Maildir's identity recorded in place.
+        assert_eq!(lookups(&dir, &place, later(6)).0, 5);
+        let readdirs = readdir_count();
+        let (n, snapshot) = lookups(&dir, &place, later(9));
+        assert_eq!(n, 2, "only new/ and cur/");
+        assert_eq!(readdir_count(), readdirs, "and no directory read");
+        assert_eq!(seen(&snapshot), seen(&scan(&dir, &f()).unwrap()));
+        assert!(
+            index::read(&dir.join(INDEX_FILE)).is_some(),
+            "the update kept it valid"
+        );
+        // A dovecot-uidlist appearing changes the Maildir: it is seen.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V5 N2 G0\n1 Pkept :1700000001.M1P1.h\n",
+        )
+        .unwrap();
+        let (n, snapshot) = lookups(&dir, &place, later(12));
+        assert_eq!(
+            n, 3,
+            "new/, cur/ and the uidlist (Courier's are not needed)"
+        );
+        assert_eq!(snapshot.uidl(0), b"kept");
+    }
+
+    #[test]
+    fn a_courier_file_made_after_the_record_is_seen() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.11_1.host:2,", b"one\n");
+        let place = IndexDir::Maildir;
+        let format = UidlFormat::default();
+        load_at(&dir, &place, &format, later(3)).unwrap();
+        load_at(&dir, &place, &format, later(6)).unwrap();
+        assert_eq!(lookups(&dir, &place, later(9)).0, 2, "recorded");
+        fs::write(
+            dir.join(courier::POP3_LIST_FILE),
+            "/3 3 1690000000\n1700000001.11_1.host:2, 4 7:1690000000:0\n",
+        )
+        .unwrap();
+        let snapshot = load_at(&dir, &place, &format, later(12)).unwrap();
+        assert_eq!(snapshot.uidl(0), b"UID7-1690000000");
+    }
+
+    #[test]
+    fn a_maildir_changed_within_the_dirty_window_is_not_recorded() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let place = IndexDir::Maildir;
+        load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        // Checked at once, the Maildir's times are too recent to vouch for
+        // anything: every login looks the sources up.
+        for _ in 0..3 {
+            let (n, _) = lookups(&dir, &place, Stamp::now());
+            assert_eq!(n, 5);
+        }
+        // Later: cur/ is read again (it was recent too) and the index
+        // rewritten, which changes the Maildir; the next login records it.
+        assert_eq!(lookups(&dir, &place, later(5)).0, 5);
+        assert_eq!(lookups(&dir, &place, later(6)).0, 5, "recorded now");
+        assert_eq!(lookups(&dir, &place, later(7)).0, 2);
+        // A clock stepped back distrusts the record.
+        assert_eq!(lookups(&dir, &place, later(4)).0, 5);
+    }
+
+    #[test]
+    fn an_index_kept_elsewhere_records_the_maildir_when_written() {
+        let (tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let place = IndexDir::At(tmp.path().join("indexes"));
+        assert_eq!(lookups(&dir, &place, later(3)).0, 5);
+        assert_eq!(
+            lookups(&dir, &place, later(6)).0,
+            2,
+            "recorded with the index"
+        );
     }
 
     #[test]

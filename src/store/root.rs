@@ -49,8 +49,19 @@ impl<'a> Root<'a> {
         self.dir
     }
 
+    /// The identity of the Maildir itself (no lookup when it is open).
+    pub fn identity(&self) -> io::Result<Identity> {
+        let Some(fd) = &self.fd else {
+            return Identity::stat(self.dir);
+        };
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(io_error)?;
+        Ok(Identity::of(&st))
+    }
+
     /// The identity of `name` (which must exist).
     pub fn stat(&self, name: &str) -> io::Result<Identity> {
+        #[cfg(test)]
+        STATS.with(|n| n.set(n.get() + 1));
         let Some(fd) = &self.fd else {
             return Identity::stat(&self.dir.join(name));
         };
@@ -68,21 +79,41 @@ impl<'a> Root<'a> {
 
     /// Opens `name` read-only, or write-only (no create, no truncate).
     pub fn open_file(&self, name: &str, write: bool) -> io::Result<File> {
+        self.open_as(name, !write, write)
+    }
+
+    /// Opens `name` to read and write (no create, no truncate).
+    pub fn open_file_rw(&self, name: &str) -> io::Result<File> {
+        self.open_as(name, true, true)
+    }
+
+    fn open_as(&self, name: &str, read: bool, write: bool) -> io::Result<File> {
         let Some(fd) = &self.fd else {
             return std::fs::OpenOptions::new()
-                .read(!write)
+                .read(read)
                 .write(write)
                 .open(self.dir.join(name));
         };
-        let access = if write {
-            OFlag::O_WRONLY
-        } else {
-            OFlag::O_RDONLY
+        let access = match (read, write) {
+            (true, true) => OFlag::O_RDWR,
+            (false, true) => OFlag::O_WRONLY,
+            _ => OFlag::O_RDONLY,
         };
         let file = nix::fcntl::openat(fd.as_fd(), name, access | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(io_error)?;
         Ok(File::from(file))
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    static STATS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Names this thread has looked up with [`Root::stat`] (tests).
+#[cfg(test)]
+pub(crate) fn stat_count() -> u64 {
+    STATS.with(std::cell::Cell::get)
 }
 
 #[cfg(test)]
