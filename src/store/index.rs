@@ -283,6 +283,17 @@ pub struct Parsed {
     pub names: Box<str>,
     /// Sum of the entries' octets.
     pub total_octets: u64,
+    /// What [`record_root`] needs to rewrite the header without reading the
+    /// entries again.
+    pub seal: Seal,
+}
+
+/// The checksum of a parsed index and of its part after the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seal {
+    crc: u32,
+    body_crc: u32,
+    body_len: u64,
 }
 
 impl Parsed {
@@ -368,7 +379,19 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
             IndexError::Malformed("longer than it says")
         });
     }
-    if crc32fast::hash(&bytes[16..]) != crc {
+    // The header's part and the rest apart, then combined: the rest's
+    // checksum lets `record_root` rewrite the header alone.
+    let mut body = crc32fast::Hasher::new();
+    body.update(&bytes[HEADER_BYTES..]);
+    let seal = Seal {
+        crc,
+        body_crc: body.clone().finalize(),
+        body_len: (bytes.len() - HEADER_BYTES) as u64,
+    };
+    let mut whole = crc32fast::Hasher::new();
+    whole.update(&bytes[16..HEADER_BYTES]);
+    whole.combine(&body);
+    if whole.finalize() != crc {
         return Err(IndexError::Checksum);
     }
     let format = r.u32();
@@ -426,6 +449,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
         messages,
         names: names.into(),
         total_octets,
+        seal,
     })
 }
 
@@ -552,33 +576,37 @@ fn put_root(out: &mut Vec<u8>, root: &Identity, at: Stamp) {
 
 /// Records, in place, that the UIDL source files were absent while the
 /// Maildir had the identity `root` at `at`, in the index open in `file`
-/// (read and write), if it still holds `expected`. Only the header changes
-/// and no name is created, so the Maildir keeps the identity recorded
-/// (writing a new index and renaming it into the Maildir would change it).
-/// A torn write fails the checksum and the index is rebuilt. The caller
-/// holds the mailbox lock, as every reader and writer of the index does.
-pub fn record_root(
-    file: &mut fs::File,
-    expected: &Header,
-    root: &Identity,
-    at: Stamp,
-) -> io::Result<bool> {
+/// (read and write) if it is still the one parsed with `seal`. Only the
+/// header changes (read and written back, 272 bytes; the checksum of the
+/// rest is known from the parse) and no name is created, so the Maildir
+/// keeps the identity recorded (writing a new index and renaming it into
+/// the Maildir would change it). A torn write fails the checksum and the
+/// index is rebuilt. The caller holds the mailbox lock, as every reader and
+/// writer of the index does.
+pub fn record_root(file: &fs::File, seal: &Seal, root: &Identity, at: Stamp) -> io::Result<bool> {
     use std::os::unix::fs::FileExt;
-    READ_BUFFER.with(|buffer| {
-        let mut buffer = buffer.borrow_mut();
-        let len = read_whole(file, &mut buffer)?.len();
-        let bytes = &mut buffer[..len];
-        if !parse(bytes).is_ok_and(|p| p.header == *expected) {
-            return Ok(false);
-        }
-        let mut tail = Vec::with_capacity(HEADER_BYTES - ROOT_AT);
-        put_root(&mut tail, root, at);
-        bytes[ROOT_AT..HEADER_BYTES].copy_from_slice(&tail);
-        let crc = crc32fast::hash(&bytes[16..]);
-        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        file.write_all_at(&bytes[12..HEADER_BYTES], 12)?;
-        Ok(true)
-    })
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, 0)?;
+    let file_len = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    if header[..8] != MAGIC
+        || header[8..12] != VERSION.to_le_bytes()
+        || header[12..16] != seal.crc.to_le_bytes()
+        || file_len != HEADER_BYTES as u64 + seal.body_len
+    {
+        return Ok(false);
+    }
+    let mut tail = Vec::with_capacity(HEADER_BYTES - ROOT_AT);
+    put_root(&mut tail, root, at);
+    header[ROOT_AT..].copy_from_slice(&tail);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[16..]);
+    crc.combine(&crc32fast::Hasher::new_with_initial_len(
+        seal.body_crc,
+        seal.body_len,
+    ));
+    header[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
+    file.write_all_at(&header[12..], 12)?;
+    Ok(true)
 }
 
 /// Reads the index at `path`: `None` when there is none or it cannot be
@@ -767,12 +795,13 @@ mod tests {
     }
 
     #[test]
-    fn the_maildir_is_recorded_in_place_only_over_the_expected_header() {
+    fn the_maildir_is_recorded_in_place_only_over_the_index_parsed() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(INDEX_FILE);
         let bytes = sample();
         fs::write(&path, &bytes).unwrap();
-        let header = parse(&bytes).unwrap().header;
+        let parsed = parse(&bytes).unwrap();
+        let (header, seal) = (parsed.header, parsed.seal);
         let root = Identity {
             dev: 7,
             ino: 9,
@@ -788,14 +817,19 @@ mod tests {
                 .open(&path)
                 .unwrap()
         };
-        // Another header than the caller read: nothing written.
-        let other = Header {
-            format: header.format ^ 1,
-            ..header
+        // Another index than the one parsed: nothing written.
+        let other = Seal {
+            crc: seal.crc ^ 1,
+            ..seal
         };
-        assert!(!record_root(&mut open(), &other, &root, at).unwrap());
+        assert!(!record_root(&open(), &other, &root, at).unwrap());
+        let shorter = Seal {
+            body_len: seal.body_len - 1,
+            ..seal
+        };
+        assert!(!record_root(&open(), &shorter, &root, at).unwrap());
         assert_eq!(fs::read(&path).unwrap(), bytes);
-        assert!(record_root(&mut open(), &header, &root, at).unwrap());
+        assert!(record_root(&open(), &seal, &root, at).unwrap());
         let after = fs::read(&path).unwrap();
         assert_eq!(after.len(), bytes.len());
         assert_eq!(
@@ -812,22 +846,19 @@ mod tests {
                 ..header
             }
         );
+        let later = Stamp { sec: 300, nsec: 0 };
+        assert!(parsed.header.vouches_absent(&root, later));
+        let moved = Identity { ino: 8, ..root };
+        assert!(!parsed.header.vouches_absent(&moved, later));
+        let earlier = Stamp { sec: 150, nsec: 0 };
         assert!(
-            parsed
-                .header
-                .vouches_absent(&root, Stamp { sec: 300, nsec: 0 })
-        );
-        assert!(
-            !parsed
-                .header
-                .vouches_absent(&Identity { ino: 8, ..root }, Stamp { sec: 300, nsec: 0 })
-        );
-        assert!(
-            !parsed
-                .header
-                .vouches_absent(&root, Stamp { sec: 150, nsec: 0 }),
+            !parsed.header.vouches_absent(&root, earlier),
             "clock went back"
         );
+        // Recorded again over the updated file.
+        let root2 = Identity { size: 8192, ..root };
+        assert!(record_root(&open(), &parsed.seal, &root2, later).unwrap());
+        assert_eq!(parse(&fs::read(&path).unwrap()).unwrap().header.root, root2);
         // A torn update fails the checksum.
         let mut torn = after.clone();
         torn[ROOT_AT..ROOT_AT + 8].copy_from_slice(&bytes[ROOT_AT..ROOT_AT + 8]);

@@ -342,11 +342,12 @@ fn load_in_at(
     // the Maildir has not changed since, they still are, and the three
     // names need no lookup (on this VM a lookup is ~2 us of a ~190 us login;
     // docs/benchmarks.md).
-    let old = match place {
+    let read = match place {
         IndexDir::Maildir => index::read_in(root, INDEX_FILE),
         _ => index_path(dir, place).as_deref().and_then(index::read),
-    }
-    .map(|p| p.into_snapshot(dir));
+    };
+    let seal = read.as_ref().map(|p| p.seal);
+    let old = read.map(|p| p.into_snapshot(dir));
     let new = root.stat("new")?;
     let cur = root.stat("cur")?;
     // Taken before the UIDL source files are looked for: a file created
@@ -387,9 +388,9 @@ fn load_in_at(
         },
     };
     let old = match old {
-        Some((header, snapshot)) if stale.none() => {
-            if let Some(r) = record.filter(|_| !vouched) {
-                record_root(root, place, &header, &r, checked_at);
+        Some((_, snapshot)) if stale.none() => {
+            if let (Some(r), Some(seal)) = (record.filter(|_| !vouched), seal) {
+                record_root(root, place, &seal, &r, checked_at);
             }
             return Ok(snapshot);
         }
@@ -416,7 +417,7 @@ fn load_in_at(
 
 /// [`index::record_root`] on the index of `root`; a failure costs only the
 /// lookups it would have saved, so it is logged once and otherwise ignored.
-fn record_root(root: &Root<'_>, place: &IndexDir, header: &Header, r: &Identity, at: Stamp) {
+fn record_root(root: &Root<'_>, place: &IndexDir, seal: &index::Seal, r: &Identity, at: Stamp) {
     let opened = match place {
         IndexDir::Maildir => root.open_file_rw(INDEX_FILE),
         IndexDir::At(at_dir) => fs::OpenOptions::new()
@@ -425,7 +426,7 @@ fn record_root(root: &Root<'_>, place: &IndexDir, header: &Header, r: &Identity,
             .open(at_dir.join(INDEX_FILE)),
         IndexDir::Memory => return,
     };
-    if let Err(e) = opened.and_then(|mut file| index::record_root(&mut file, header, r, at))
+    if let Err(e) = opened.and_then(|file| index::record_root(&file, seal, r, at))
         && let Some(path) = index_path(root.dir(), place)
     {
         index::warn_once(&path, "update", &e);
