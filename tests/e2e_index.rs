@@ -93,6 +93,47 @@ fn an_unchanged_mailbox_is_served_from_its_index(engine: Engine) {
     assert_eq!(reads(&server), 0, "{}", server.log());
 }
 
+engine_test!(a_uidl_source_file_appearing_later_is_used_at_once);
+/// A login skips looking up `dovecot-uidlist` (and Courier's files) while
+/// the Maildir is as it was when they were found absent; a migration that
+/// drops one in changes the Maildir, and the next session uses it.
+fn a_uidl_source_file_appearing_later_is_used_at_once(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("mig", "pw");
+    tree.deliver("mig", 1, b"Subject: 1\n\none\n");
+    tree.deliver("mig", 2, b"Subject: 2\n\ntwo\n");
+    settle();
+    let server = Server::start_with(&tree, opts(engine));
+    let by_name = session(&server, "mig");
+    assert!(by_name.contains_key("1700000001.M1.test"), "{by_name:?}");
+    // Past the dirty window of the index just written into the Maildir, a
+    // session records the Maildir; the next ones rely on the record.
+    settle();
+    for _ in 0..3 {
+        assert_eq!(session(&server, "mig"), by_name);
+    }
+    let index = index::read(&tree.maildir("mig").join(INDEX_FILE)).expect("an index");
+    assert_ne!(
+        index.header.root,
+        index::Identity::ABSENT,
+        "the Maildir is recorded"
+    );
+    fs::write(
+        tree.maildir("mig").join("dovecot-uidlist"),
+        "3 V1234 N9 G00112233445566778899aabbccddeeff\n\
+         7 :1700000001.M1.test\n\
+         8 :1700000002.M2.test\n",
+    )
+    .unwrap();
+    let from_uidlist = session(&server, "mig");
+    assert_eq!(
+        from_uidlist.keys().collect::<Vec<_>>(),
+        ["00000007000004d2", "00000008000004d2"],
+        "{}",
+        server.log()
+    );
+}
+
 /// An MTA's delivery: write in tmp/, rename into new/. `None` once the
 /// Maildir is gone.
 fn deliver_new(md: &Path, n: u64) -> Option<String> {
