@@ -10,8 +10,10 @@
 //!   `message` is escaped a whole string at a time when it holds nothing to
 //!   escape, instead of one `char` at a time.
 //!
-//! Together they were ~2.4 % of a login session's server CPU (perf, dwarf
-//! call graphs on the shard thread, `scripts/profile-server login`).
+//! Together they were ~3 % of a login session's server CPU (perf with dwarf
+//! call graphs, 1 shard, 1 worker, c=16), and replacing them took a login
+//! session from 78.0k to 64.5k user-space instructions
+//! (`scripts/bench-instructions`; docs/benchmarks.md, fourth session).
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
