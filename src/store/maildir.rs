@@ -352,9 +352,13 @@ fn load_in_at(
     let cur = root.stat("cur")?;
     // Taken before the UIDL source files are looked for: a file created
     // after this changes it, so it is never recorded as having none.
-    let root_now = match &old {
-        Some((header, _)) if header.uidlist != Identity::ABSENT => None,
-        _ => Some(root.identity()?),
+    // Only where it can be used: an index that found the sources absent,
+    // or a first index kept elsewhere (one renamed into the Maildir, or
+    // none at all with `:INDEX=MEMORY`, records nothing).
+    let root_now = match (&old, place) {
+        (Some((header, _)), _) if header.uidlist != Identity::ABSENT => None,
+        (Some(_), _) | (None, IndexDir::At(_)) => Some(root.identity()?),
+        (None, _) => None,
     };
     let vouched = matches!((&old, &root_now), (Some((header, _)), Some(r)) if header.vouches_absent(r, checked_at));
     let uidlist = if vouched {
@@ -1052,6 +1056,23 @@ mod tests {
         assert_eq!(lookups(&dir, &place, later(7)).0, 2);
         // A clock stepped back distrusts the record.
         assert_eq!(lookups(&dir, &place, later(4)).0, 5);
+    }
+
+    #[test]
+    fn the_maildir_itself_is_not_looked_at_where_nothing_can_be_recorded() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let fstats = |place: &IndexDir, at: Stamp| {
+            let before = super::super::root::identity_count();
+            lookups(&dir, place, at);
+            super::super::root::identity_count() - before
+        };
+        // No index kept: every login is a first one.
+        assert_eq!(fstats(&IndexDir::Memory, later(3)), 0);
+        assert_eq!(fstats(&IndexDir::Memory, later(6)), 0);
+        // The first index in the Maildir: its rename would change it anyway.
+        assert_eq!(fstats(&IndexDir::Maildir, later(9)), 0);
+        assert_eq!(fstats(&IndexDir::Maildir, later(12)), 1);
     }
 
     #[test]

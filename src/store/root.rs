@@ -51,6 +51,8 @@ impl<'a> Root<'a> {
 
     /// The identity of the Maildir itself (no lookup when it is open).
     pub fn identity(&self) -> io::Result<Identity> {
+        #[cfg(test)]
+        IDENTITIES.with(|n| n.set(n.get() + 1));
         let Some(fd) = &self.fd else {
             return Identity::stat(self.dir);
         };
@@ -108,6 +110,13 @@ impl<'a> Root<'a> {
 #[cfg(test)]
 thread_local! {
     static STATS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static IDENTITIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Times this thread has taken the Maildir's own identity (tests).
+#[cfg(test)]
+pub(crate) fn identity_count() -> u64 {
+    IDENTITIES.with(std::cell::Cell::get)
 }
 
 /// Names this thread has looked up with [`Root::stat`] (tests).
