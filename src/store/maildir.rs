@@ -340,8 +340,8 @@ fn load_in_at(
     let dir = root.dir();
     // The index first: when it says the UIDL source files were absent and
     // the Maildir has not changed since, they still are, and the three
-    // names need no lookup (on this VM a lookup is ~2 us of a ~190 us login;
-    // docs/benchmarks.md).
+    // names need no lookup (on this VM a stat of one name is ~2.5 us of a
+    // ~190 us login: `scripts/profile-gap`, docs/benchmarks.md).
     let read = match place {
         IndexDir::Maildir => index::read_in(root, INDEX_FILE),
         _ => index_path(dir, place).as_deref().and_then(index::read),
