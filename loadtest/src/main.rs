@@ -102,6 +102,9 @@ struct Args {
     /// Most MiB of expected message bodies cached in memory for verification.
     #[arg(long, default_value_t = 4096)]
     verify_cache_mib: usize,
+    /// loopback: bytes per write and read call.
+    #[arg(long, default_value_t = loadtest::loopback::WRITE_BYTES_DEFAULT)]
+    write_bytes: usize,
     #[command(flatten)]
     tls: loadtest::tls::TlsArgs,
 }
@@ -123,11 +126,17 @@ fn main() -> ExitCode {
 }
 
 fn run_loopback(args: &Args) -> Result<(), String> {
-    let report = loadtest::loopback::measure(args.concurrency, seconds(args.duration)?)
-        .map_err(|e| format!("loopback: {e}"))?;
+    let report =
+        loadtest::loopback::measure(args.concurrency, seconds(args.duration)?, args.write_bytes)
+            .map_err(|e| format!("loopback: {e}"))?;
+    let ms = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.3}"));
     eprintln!(
-        "loopback: {} stream(s), {:.1} MB/s",
-        report.streams, report.mb_per_s
+        "loopback: {} stream(s), {:.1} MB/s, {} B writes, CPU ms/MB sender {} receiver {}",
+        report.streams,
+        report.mb_per_s,
+        report.write_bytes,
+        ms(report.sender_cpu_ms_per_mb),
+        ms(report.receiver_cpu_ms_per_mb)
     );
     println!(
         "{}",

@@ -132,7 +132,9 @@ METRICS = {
 def one_line(record):
     """A progress line for one record (the script prints it after each run)."""
     if record["kind"] == "loopback":
-        return f"loopback: {record['streams']} stream(s) {record['mb_per_s']:,.0f} MB/s"
+        cpu = record.get("sender_cpu_ms_per_mb")
+        cpu = f", sender CPU {cpu:.3f} ms/MB" if cpu is not None else ""
+        return f"loopback: {record['streams']} stream(s) {record['mb_per_s']:,.0f} MB/s{cpu}"
     if record["kind"] == "big":
         m = record["median"]
         return (f"  {record['server']:<8} big {record['user']} ({record['messages']} messages) {record['label']}: "
@@ -155,7 +157,15 @@ def one_line(record):
             f"errors {r['errors']} mismatches {r['mismatches']}  server CPU {d['server_cpu_s']:.2f} s{tls}")
 
 
-def targets(runs, idle, limit):
+def socket_floor(loops):
+    """What the socket alone costs the sending side per MB (median of the
+    one-stream loopback samples that report it): the floor under a server's
+    CPU per MB of RETR in this run."""
+    return median([r["sender_cpu_ms_per_mb"] for r in loops
+                   if r["streams"] == 1 and r.get("sender_cpu_ms_per_mb") is not None])
+
+
+def targets(runs, idle, limit, floor_mb=None):
     """The issue's targets, checked against the medians (only with both servers)."""
     def med(scenario, conc, srv, get):
         return median([get(r) for r in runs.get((scenario, conc, srv), [])])
@@ -176,6 +186,11 @@ def targets(runs, idle, limit):
         check(a >= 2 * b, f"download MB/s at c={conc} ≥ 2× Dovecot: {a / b:.2f}×")
         if limit:
             check(a >= limit / 2, f"download MB/s at c={conc} ≥ 50% of loopback: {a / limit * 100:.1f}%")
+    over_floor = (lambda a: f" ({a / floor_mb:.2f}× the socket's own {floor_mb:.3f} ms/MB)") if floor_mb else (lambda a: "")
+    for conc in sorted({c for (s, c, _) in runs if s == "download"}):
+        a = med("download", conc, "shardpop", cpu_ms_per_mb("server"))
+        if a is not None:
+            check(a <= 0.5, f"plaintext RETR c={conc}: ≤ 0.5 ms server CPU per MB: {a:.3f} ms" + over_floor(a))
     for timer in ("login", "retr"):
         worse = []
         for (scenario, conc) in sorted({(s, c) for (s, c, _) in runs}):
@@ -196,7 +211,7 @@ def targets(runs, idle, limit):
         if kind == "download":
             a = med(scenario, conc, "shardpop", cpu_ms_per_mb("server"))
             if a is not None:
-                check(a <= 1.0, f"TLS RETR ({cert}) c={conc}: ≤ 1.0 ms server CPU per MB: {a:.3f} ms")
+                check(a <= 1.0, f"TLS RETR ({cert}) c={conc}: ≤ 1.0 ms server CPU per MB: {a:.3f} ms" + over_floor(a))
     for conns in sorted({n for (n, _) in idle}):
         rs = [r for r in idle.get((conns, "shardpop"), []) if r["idle_peak"] >= conns]
         per = median([(r["pss_after_kib"] - r["pss_before_kib"]) / conns for r in rs])
@@ -292,6 +307,10 @@ def main():
                    f"({len(vals)} samples, lowest {vals[0]:,.0f}: other work on the machine)")
     if limit:
         out.append(f"Loopback limit used below: {limit:,.0f} MB/s (the best sample).")
+    floor_mb = socket_floor(loops)
+    if floor_mb is not None:
+        out.append(f"The socket's own cost to a sender, the floor under RETR CPU per MB: {floor_mb:.3f} ms/MB "
+                   "(`loadtest loopback`, one stream, the sending thread's CPU; median of the samples).")
     out.append("")
     out.append("| scenario | c | metric | shardpop | Dovecot | shardpop/Dovecot |")
     out.append("|---|---:|---|---:|---:|---:|")
@@ -319,7 +338,7 @@ def main():
             out.append(f"| idle | {conns} | connections that reached idle | {fmt(peaks['shardpop'])} | {fmt(peaks['dovecot'])} | |")
     out.extend(floor_lines(runs))
     out.extend(big_lines([r for r in records if r["kind"] == "big"]))
-    out.extend(targets(runs, idle, limit))
+    out.extend(targets(runs, idle, limit, floor_mb))
     out.append("")
     out.append("Every round of the headline metric (the table shows the median), to show the spread:")
     out.append("")
