@@ -1,5 +1,6 @@
 //! Every wire tier against the reference: the transform (fed in the chunk
-//! and output sizes the input asks for), the scan and the dot search.
+//! and output sizes the input asks for, into windows and appended onto a
+//! Vec), the scan and the dot search.
 //!
 //! Input: `[mode, chunk, room, message @ ..]`. `mode` bit 0 picks RETR or
 //! TOP, the other bits are TOP's line count; `chunk` and `room` size the
@@ -41,6 +42,11 @@ fuzz_target!(|data: &[u8]| {
             expected,
             "{tier:?} chunked"
         );
+        assert_eq!(
+            stream_append(tier, message, extent, &chunks, &rooms),
+            expected,
+            "{tier:?} appended"
+        );
         assert_eq!(tier.scan(message), facts, "{tier:?} scan");
         let from = usize::from(room) * message.len() / 256;
         let want = Tier::Reference.find_dot_line(message, from);
@@ -75,4 +81,38 @@ fn stream(
     let n = stuffer.finish(&mut window[..TERMINATOR_MAX]);
     wire.extend_from_slice(&window[..n]);
     wire
+}
+
+/// The same with `transform_append` onto a Vec that already holds a reply
+/// and whose spare capacity holds old bytes.
+fn stream_append(
+    tier: Tier,
+    message: &[u8],
+    extent: Extent,
+    chunks: &[usize],
+    rooms: &[usize],
+) -> Vec<u8> {
+    const REPLY: &[u8] = b"+OK\r\n";
+    let mut stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
+    let mut out = REPLY.to_vec();
+    let (mut consumed, mut call) = (0, 0);
+    while consumed < message.len() && !stuffer.is_input_done() {
+        let end = message.len().min(consumed + chunks[call % chunks.len()]);
+        let room = rooms[call % rooms.len()];
+        out.reserve(room);
+        for byte in out.spare_capacity_mut() {
+            byte.write(b'#');
+        }
+        let before = out.len();
+        let c = stuffer.transform_append(&message[consumed..end], &mut out, room);
+        assert!(c > 0, "{tier:?}: no progress");
+        assert!(out.len() - before <= room, "{tier:?}: past the room");
+        consumed += c;
+        call += 1;
+    }
+    let mut terminator = [0u8; TERMINATOR_MAX];
+    let n = stuffer.finish(&mut terminator);
+    out.extend_from_slice(&terminator[..n]);
+    assert!(out.starts_with(REPLY), "{tier:?}: the reply before the body");
+    out.split_off(REPLY.len())
 }

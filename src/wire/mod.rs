@@ -367,6 +367,35 @@ impl Stuffer {
         }
     }
 
+    /// [`transform`](Stuffer::transform) onto the end of `out`: appends at
+    /// most `room` bytes and returns how many input bytes it consumed. The
+    /// same bytes as `transform` into a window of `room` bytes, under the
+    /// same contract. On the vector tiers the body is stored straight into
+    /// `out`'s spare capacity, which is never zeroed first: RETR's chunks
+    /// are written once, not zeroed and then written.
+    pub fn transform_append(&mut self, input: &[u8], out: &mut Vec<u8>, room: usize) -> usize {
+        assert!(
+            self.flow.phase != Phase::Finished,
+            "wire: transform after finish"
+        );
+        if self.flow.phase == Phase::Done {
+            return input.len();
+        }
+        match self.backend {
+            Backend::Reference | Backend::Portable => {
+                append_zeroed(input, out, room, |input, window| {
+                    self.transform(input, window)
+                })
+            }
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Sse2 => x86_64::transform_append_sse2(&mut self.flow, input, out, room),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Avx2(avx2) => avx2.transform_append(&mut self.flow, input, out, room),
+            #[cfg(all(target_arch = "x86_64", not(any(shardpop_force_scalar, miri))))]
+            Backend::Avx512(avx512) => avx512.transform_append(&mut self.flow, input, out, room),
+        }
+    }
+
     /// TOP only: true once the line budget is spent, so no more input is
     /// needed; call [`finish`](Stuffer::finish) next. Always false for RETR.
     pub fn is_input_done(&self) -> bool {
@@ -397,6 +426,23 @@ impl Stuffer {
         self.flow.prev_cr = false;
         terminator.len()
     }
+}
+
+/// Runs `transform` on a zeroed window at the end of `out` and keeps what it
+/// wrote; returns what it consumed. The window is `room`, or less where
+/// `input` cannot fill it (one input byte makes at most two), which changes
+/// nothing in the output and zeroes no more than can be written.
+fn append_zeroed(
+    input: &[u8],
+    out: &mut Vec<u8>,
+    room: usize,
+    transform: impl FnOnce(&[u8], &mut [u8]) -> (usize, usize),
+) -> usize {
+    let len = out.len();
+    out.resize(len + room.min(2 * input.len()), 0);
+    let (consumed, written) = transform(input, &mut out[len..]);
+    out.truncate(len + written);
+    consumed
 }
 
 /// Facts one pass finds, cached by the store so a second RETR does not rescan.

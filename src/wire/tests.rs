@@ -100,6 +100,64 @@ fn stream(
     wire
 }
 
+/// Streams `message` through two stuffers of `tier` in lockstep: one with
+/// `transform` into windows of `rooms` bytes (cycled), one with
+/// `transform_append` onto a Vec that already holds a reply and whose spare
+/// capacity is dirtied before every call. Each call must consume and write
+/// the same bytes, and the reply before them must stay. Returns the
+/// appended output with the terminator.
+fn stream_append(
+    tier: Tier,
+    message: &[u8],
+    extent: Extent,
+    chunk_sizes: &[usize],
+    rooms: &[usize],
+) -> Vec<u8> {
+    const REPLY: &[u8] = b"+OK 120 octets\r\n";
+    let mut windowed = Stuffer::with_tier(extent, tier).expect("tier is available");
+    let mut appending = windowed.clone();
+    let mut window = vec![0u8; rooms.iter().copied().max().unwrap_or(0)];
+    let mut out = REPLY.to_vec();
+    let (mut consumed, mut call) = (0, 0);
+    while consumed < message.len() && !appending.is_input_done() {
+        let chunk_end = message
+            .len()
+            .min(consumed + chunk_sizes[call % chunk_sizes.len()]);
+        let input = &message[consumed..chunk_end];
+        let room = rooms[call % rooms.len()];
+        // Whatever a zeroing implementation would have found there, it is
+        // not zero now.
+        out.reserve(room);
+        for byte in out.spare_capacity_mut() {
+            byte.write(b'#');
+        }
+        let (c, w) = windowed.transform(input, &mut window[..room]);
+        let before = out.len();
+        let taken = appending.transform_append(input, &mut out, room);
+        assert_eq!(taken, c, "{tier:?}: consumed, call {call}");
+        assert_eq!(
+            &out[before..],
+            &window[..w],
+            "{tier:?}: written, call {call}"
+        );
+        consumed += c;
+        call += 1;
+    }
+    assert_eq!(
+        appending.transform_append(&message[consumed..], &mut out, 8),
+        message.len() - consumed,
+        "done skips the rest"
+    );
+    let mut terminator = [0u8; TERMINATOR_MAX];
+    let n = appending.finish(&mut terminator);
+    out.extend_from_slice(&terminator[..n]);
+    assert!(
+        out.starts_with(REPLY),
+        "{tier:?}: the reply before the body"
+    );
+    out.split_off(REPLY.len())
+}
+
 /// The whole message in one call with ample output.
 fn stuff(tier: Tier, message: &[u8], extent: Extent) -> Vec<u8> {
     stream(
@@ -429,6 +487,12 @@ fn check_tiers(message: &[u8], extent: Extent) {
             expected,
             "{tier:?} {extent:?} {message:?}"
         );
+        let ample = [message.len() * 2 + 1];
+        assert_eq!(
+            stream_append(tier, message, extent, &[message.len().max(1)], &ample),
+            expected,
+            "{tier:?} {extent:?} {message:?} appended"
+        );
         assert_eq!(tier.scan(message), scanned, "{tier:?} scan {message:?}");
         for (from, &want) in next_dot.iter().enumerate() {
             assert_eq!(
@@ -554,6 +618,7 @@ proptest! {
         for tier in Tier::available() {
             prop_assert_eq!(&stuff(tier, &message, extent), &expected, "{:?} whole", tier);
             prop_assert_eq!(&stream(tier, &message, extent, &chunk_sizes, &out_sizes), &expected, "{:?}", tier);
+            prop_assert_eq!(&stream_append(tier, &message, extent, &chunk_sizes, &out_sizes), &expected, "{:?} appended", tier);
         }
     }
 }
@@ -579,6 +644,7 @@ proptest! {
         let expected = stuff(Tier::Reference, &message, extent);
         for tier in Tier::available() {
             prop_assert_eq!(&stream(tier, &message, extent, &chunk_sizes, &out_sizes), &expected, "{:?}", tier);
+            prop_assert_eq!(&stream_append(tier, &message, extent, &chunk_sizes, &out_sizes), &expected, "{:?} appended", tier);
         }
     }
 
