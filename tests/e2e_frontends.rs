@@ -35,16 +35,34 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts on `port`.
-fn wait_listening(port: u16, what: &str, child: &mut Child) {
+/// Waits until something accepts on `port`; `Err` if the child exited
+/// first (it could not bind: see [`start_on_free_ports`]).
+fn wait_listening(port: u16, what: &str, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start: {status}");
+            return Err(format!("{what} exited at start: {status}"));
         }
         assert!(Instant::now() < deadline, "{what} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Starts a server on ports [`free_port`] picked, trying again with other
+/// ports when it exits at start. A port is free when picked, but the
+/// server binds it a moment later, and meanwhile another test's load run,
+/// opening thousands of connections, can take it as an outgoing
+/// connection's local port.
+fn start_on_free_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        match start() {
+            Ok(started) => return started,
+            Err(why) => failures.push(why),
+        }
+    }
+    panic!("{what} did not start: {failures:?}");
 }
 
 /// A POP3 connection from the loopback address `from` (so the node can
@@ -109,6 +127,10 @@ fn haproxy(dir: &Path, nodes: [&Server; 2], send_proxy: &str) -> Haproxy {
 
 /// [`haproxy`] in front of the given node ports (e.g. implicit-TLS ones).
 fn haproxy_to(dir: &Path, nodes: [SocketAddr; 2], send_proxy: &str) -> Haproxy {
+    start_on_free_ports("haproxy", || try_haproxy(dir, nodes, send_proxy))
+}
+
+fn try_haproxy(dir: &Path, nodes: [SocketAddr; 2], send_proxy: &str) -> Result<Haproxy, String> {
     let (both, to_a, to_b) = (free_port(), free_port(), free_port());
     let cfg = dir.join(format!("haproxy-{both}.cfg"));
     let backend = |name: &str, servers: &[(&str, SocketAddr)]| {
@@ -132,22 +154,23 @@ fn haproxy_to(dir: &Path, nodes: [SocketAddr; 2], send_proxy: &str) -> Haproxy {
         backend("node_b", &[("b", nodes[1])]),
     );
     std::fs::write(&cfg, text).unwrap();
-    let mut child = Command::new("haproxy")
+    let child = Command::new("haproxy")
         .args(["-db", "-f"])
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("haproxy (Debian's haproxy package) is installed");
+    let mut child = Reaped(child);
     for port in [both, to_a, to_b] {
-        wait_listening(port, "haproxy", &mut child);
+        wait_listening(port, "haproxy", &mut child.0)?;
     }
-    Haproxy {
-        _process: Reaped(child),
+    Ok(Haproxy {
+        _process: child,
         both,
         to_a,
         to_b,
-    }
+    })
 }
 
 fn both_logs(a: &Server, b: &Server) -> String {
@@ -285,6 +308,10 @@ fn loadtest_binary() -> PathBuf {
 /// user to `node` after checking the password, and remembers what nginx
 /// said the client's address was.
 fn auth_http(dir: &Path, node: SocketAddr) -> (Reaped, u16) {
+    start_on_free_ports("auth_http responder", || try_auth_http(dir, node))
+}
+
+fn try_auth_http(dir: &Path, node: SocketAddr) -> Result<(Reaped, u16), String> {
     let port = free_port();
     let script = format!(
         r#"
@@ -312,15 +339,21 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
         ip = node.ip(),
         port_b = node.port(),
     );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .spawn()
-        .unwrap();
-    wait_listening(port, "auth_http responder", &mut child);
-    (Reaped(child), port)
+    let mut child = Reaped(
+        Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port, "auth_http responder", &mut child.0)?;
+    Ok((child, port))
 }
 
 fn nginx(dir: &Path, auth_port: u16) -> (Reaped, u16) {
+    start_on_free_ports("nginx", || try_nginx(dir, auth_port))
+}
+
+fn try_nginx(dir: &Path, auth_port: u16) -> Result<(Reaped, u16), String> {
     let port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -345,19 +378,21 @@ fn nginx(dir: &Path, auth_port: u16) -> (Reaped, u16) {
         ),
     )
     .unwrap();
-    let mut child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"))
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx with libnginx-mod-mail is installed");
-    wait_listening(port, "nginx", &mut child);
-    (Reaped(child), port)
+    let mut child = Reaped(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx with libnginx-mod-mail is installed"),
+    );
+    wait_listening(port, "nginx", &mut child.0)?;
+    Ok((child, port))
 }
 
 engine_test!(nginx_mail_proxy_reads_mail_byte_exact_and_passes_the_address);
