@@ -464,18 +464,18 @@ unsafe fn body_blocks<B: Block>(
 /// Stops when fewer than two blocks of input or three blocks of output are
 /// left (the fix-up loads and stores reach that far), or, if `LIMITED`, when
 /// TOP's budget is spent. Returns `(consumed, written)`: every byte of
-/// `dst[..written]` has been written, since each step stores its whole
+/// `out[..written]` has been written, since each step stores its whole
 /// output from where the last one ended (and may store garbage past it,
 /// within `room`).
 ///
 /// # Safety
-/// The CPU has `B`'s features, `flow.phase` is `Body`, and `dst` is valid
+/// The CPU has `B`'s features, `flow.phase` is `Body`, and `out` is valid
 /// for `room` writes.
 #[inline(always)]
 unsafe fn blocks<B: Block, const LIMITED: bool>(
     flow: &mut Flow,
     input: &[u8],
-    dst: *mut u8,
+    out: *mut u8,
     room: usize,
 ) -> (usize, usize) {
     let Phase::Body { mut lines_left } = flow.phase else {
@@ -487,7 +487,6 @@ unsafe fn blocks<B: Block, const LIMITED: bool>(
         u64::from(flow.prev_cr) << 63,
         u64::from(flow.line_start) << 63,
     );
-    let out = dst;
     while input.len() - consumed >= 2 * BLOCK && room - written >= 3 * BLOCK {
         // SAFETY: consumed + 2 * BLOCK <= input.len() and written + 3 * BLOCK
         // <= room (loop condition), so both pointers stay in bounds.
