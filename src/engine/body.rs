@@ -236,6 +236,15 @@ fn transform(
     limit: usize,
     done: &mut bool,
 ) {
+    // The whole fill in one allocation. Growing by doubling would copy what
+    // the earlier chunks wrote: on io_uring, where the buffer in flight
+    // keeps the allocator from growing the next one in place, that `memmove`
+    // was 1.9% of a RETR's CPU (perf, 1 MB messages).
+    let left = bytes.len().saturating_sub(*pos);
+    out.reserve(
+        room_for(left).min(limit.saturating_sub(out.len()) + room_for(CHUNK_BYTES))
+            + TERMINATOR_MAX,
+    );
     while out.len() < limit {
         if *pos >= bytes.len() || stuffer.is_input_done() {
             let len = out.len();
@@ -246,14 +255,17 @@ fn transform(
             return;
         }
         let input = &bytes[*pos..(*pos + CHUNK_BYTES).min(bytes.len())];
-        // Room for mail's usual growth (a CR per line of 16 bytes or more),
-        // not the worst case of two bytes per byte, so the buffer grows no
-        // larger than a chunk needs. Input with more growth than this is
-        // simply taken over more steps (the stuffer consumes what fits).
         // Appended into the spare capacity: the room is not zeroed first.
-        let room = input.len() + input.len() / 16 + 64 + Stuffer::OUT_MIN;
-        *pos += stuffer.transform_append(input, out, room);
+        *pos += stuffer.transform_append(input, out, room_for(input.len()));
     }
+}
+
+/// Output room for `input` bytes: mail's usual growth (a CR per line of 16
+/// bytes or more), not the worst case of two bytes per byte, so the buffer
+/// grows no larger than a chunk needs. Input with more growth than this is
+/// simply taken over more steps (the stuffer consumes what fits).
+fn room_for(input: usize) -> usize {
+    input + input / 16 + 64 + Stuffer::OUT_MIN
 }
 
 #[cfg(test)]
@@ -396,6 +408,38 @@ mod tests {
         s.fill(&mut out, 8192).unwrap();
         assert!(out.len() < 8192 + 2 * CHUNK_BYTES + 16, "{}", out.len());
         assert!(!s.is_done());
+    }
+
+    /// A fill of many chunks takes its whole room before the first chunk.
+    /// Grown chunk by chunk instead, the buffer would double and copy the
+    /// chunks written before, and end with the capacity of two chunks, not
+    /// of the whole fill.
+    #[test]
+    fn a_fill_takes_its_room_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = b"an ordinary line of mail, LF only\n".repeat(30_000);
+        let limit = 32 * 1024;
+        let mut s = BodyStream::new(map_of(tmp.path(), &body), Extent::Whole, false).unwrap();
+        let mut out = Vec::new();
+        s.fill(&mut out, limit).unwrap();
+        assert!(out.len() >= limit, "{}", out.len());
+        let whole_fill = limit + room_for(CHUNK_BYTES);
+        assert!(
+            (whole_fill..=whole_fill + TERMINATOR_MAX).contains(&out.capacity()),
+            "capacity {} for {} bytes",
+            out.capacity(),
+            out.len()
+        );
+        // A small message takes what it needs, not a whole fill's room.
+        let mut small = BodyStream::new(map_of(tmp.path(), b"hi\n"), Extent::Whole, false).unwrap();
+        let mut out = Vec::new();
+        small.fill(&mut out, limit).unwrap();
+        assert_eq!(out, b"hi\r\n.\r\n");
+        assert!(
+            out.capacity() <= room_for(3) + TERMINATOR_MAX,
+            "{}",
+            out.capacity()
+        );
     }
 
     #[test]
