@@ -29,21 +29,28 @@ fuzz_target!(|data: &[u8]| {
     ];
     let whole = [message.len() + 1];
     let ample = [2 * message.len() + 1];
-    let expected = stream(Tier::Reference, message, extent, &whole, &ample);
+    let expected = stream(
+        Tier::Reference,
+        message,
+        extent,
+        &whole,
+        &ample,
+        Output::Window,
+    );
     let facts = Tier::Reference.scan(message);
     for tier in Tier::available() {
         assert_eq!(
-            stream(tier, message, extent, &whole, &ample),
+            stream(tier, message, extent, &whole, &ample, Output::Window),
             expected,
             "{tier:?} whole"
         );
         assert_eq!(
-            stream(tier, message, extent, &chunks, &rooms),
+            stream(tier, message, extent, &chunks, &rooms, Output::Window),
             expected,
             "{tier:?} chunked"
         );
         assert_eq!(
-            stream_append(tier, message, extent, &chunks, &rooms),
+            stream(tier, message, extent, &chunks, &rooms, Output::Vec),
             expected,
             "{tier:?} appended"
         );
@@ -58,61 +65,60 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Streams `message` through `tier` with cycled chunk and window sizes.
+/// Where the transform writes.
+#[derive(Clone, Copy)]
+enum Output {
+    /// `transform` into a window of the room's size.
+    Window,
+    /// `transform_append` onto a Vec that already holds a reply and whose
+    /// spare capacity holds old bytes.
+    Vec,
+}
+
+/// Streams `message` through `tier` with cycled chunk and room sizes;
+/// returns the wire form with the terminator.
 fn stream(
     tier: Tier,
     message: &[u8],
     extent: Extent,
     chunks: &[usize],
     rooms: &[usize],
-) -> Vec<u8> {
-    let mut stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
-    let mut window = vec![0u8; rooms.iter().copied().max().unwrap_or(0).max(TERMINATOR_MAX)];
-    let (mut wire, mut consumed, mut call) = (Vec::new(), 0, 0);
-    while consumed < message.len() && !stuffer.is_input_done() {
-        let end = message.len().min(consumed + chunks[call % chunks.len()]);
-        let out = &mut window[..rooms[call % rooms.len()]];
-        let (c, w) = stuffer.transform(&message[consumed..end], out);
-        assert!(c > 0, "{tier:?}: no progress");
-        wire.extend_from_slice(&out[..w]);
-        consumed += c;
-        call += 1;
-    }
-    let n = stuffer.finish(&mut window[..TERMINATOR_MAX]);
-    wire.extend_from_slice(&window[..n]);
-    wire
-}
-
-/// The same with `transform_append` onto a Vec that already holds a reply
-/// and whose spare capacity holds old bytes.
-fn stream_append(
-    tier: Tier,
-    message: &[u8],
-    extent: Extent,
-    chunks: &[usize],
-    rooms: &[usize],
+    output: Output,
 ) -> Vec<u8> {
     const REPLY: &[u8] = b"+OK\r\n";
     let mut stuffer = Stuffer::with_tier(extent, tier).expect("available tier");
-    let mut out = REPLY.to_vec();
+    let mut window = vec![0u8; rooms.iter().copied().max().unwrap_or(0)];
+    let mut wire = REPLY.to_vec();
     let (mut consumed, mut call) = (0, 0);
     while consumed < message.len() && !stuffer.is_input_done() {
-        let end = message.len().min(consumed + chunks[call % chunks.len()]);
+        let input = &message[consumed..message.len().min(consumed + chunks[call % chunks.len()])];
         let room = rooms[call % rooms.len()];
-        out.reserve(room);
-        for byte in out.spare_capacity_mut() {
-            byte.write(b'#');
-        }
-        let before = out.len();
-        let c = stuffer.transform_append(&message[consumed..end], &mut out, room);
+        let before = wire.len();
+        let c = match output {
+            Output::Window => {
+                let (c, w) = stuffer.transform(input, &mut window[..room]);
+                wire.extend_from_slice(&window[..w]);
+                c
+            }
+            Output::Vec => {
+                wire.reserve(room);
+                for byte in wire.spare_capacity_mut() {
+                    byte.write(b'#');
+                }
+                stuffer.transform_append(input, &mut wire, room)
+            }
+        };
         assert!(c > 0, "{tier:?}: no progress");
-        assert!(out.len() - before <= room, "{tier:?}: past the room");
+        assert!(wire.len() - before <= room, "{tier:?}: past the room");
         consumed += c;
         call += 1;
     }
     let mut terminator = [0u8; TERMINATOR_MAX];
     let n = stuffer.finish(&mut terminator);
-    out.extend_from_slice(&terminator[..n]);
-    assert!(out.starts_with(REPLY), "{tier:?}: the reply before the body");
-    out.split_off(REPLY.len())
+    wire.extend_from_slice(&terminator[..n]);
+    assert!(
+        wire.starts_with(REPLY),
+        "{tier:?}: the reply before the body"
+    );
+    wire.split_off(REPLY.len())
 }

@@ -44,8 +44,9 @@ struct ThreadCost {
 }
 
 /// CPU nanoseconds the calling thread has run: the first field of
-/// `/proc/thread-self/schedstat`, nanosecond-exact where `getrusage` counts
-/// ticks.
+/// `/proc/thread-self/schedstat`. Per thread, so the sending and receiving
+/// sides of one process are told apart (`stats::process_cpu_s` reads the
+/// whole process), and nanosecond-exact where `/proc/self/stat` counts ticks.
 fn thread_cpu_ns() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     text.split_whitespace().next()?.parse().ok()

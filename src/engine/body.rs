@@ -237,9 +237,10 @@ fn transform(
     done: &mut bool,
 ) {
     // The whole fill in one allocation. Growing by doubling would copy what
-    // the earlier chunks wrote: on io_uring, where the buffer in flight
-    // keeps the allocator from growing the next one in place, that `memmove`
-    // was 1.9% of a RETR's CPU (perf, 1 MB messages).
+    // the earlier chunks wrote: that `memmove` was 1.4% of a RETR's CPU on
+    // epoll and 2.8% on io_uring, where the buffer in flight also keeps the
+    // allocator from growing the next one in place (`scripts/profile-server
+    // download`, 1-5 MB messages).
     let left = bytes.len().saturating_sub(*pos);
     out.reserve(
         room_for(left).min(limit.saturating_sub(out.len()) + room_for(CHUNK_BYTES))

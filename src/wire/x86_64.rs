@@ -401,8 +401,9 @@ unsafe fn transform_with<B: Block>(
 
 /// [`transform_with`] appending at most `room` bytes to `out`. The blocks
 /// are stored straight into `out`'s spare capacity, so that room is never
-/// zeroed first (zeroing it was 2.2% of the server's CPU in a perf profile
-/// of RETR of 1 MB messages); TOP's headers and the tail go through
+/// zeroed first (zeroing it was 2.7% of the server's CPU in
+/// `scripts/profile-server download` on 1-5 MB messages); TOP's headers
+/// and the tail go through
 /// [`append_zeroed`], over no more room than they can fill.
 ///
 /// # Safety
