@@ -256,6 +256,17 @@ pub fn expired<'a>(
         .collect()
 }
 
+/// False when [`update`] would touch no file: nothing marked and no EXPIRE
+/// policy. Most sessions of a polling client end so, and the engine then
+/// answers QUIT without a trip through the worker pool.
+pub fn update_has_work(snapshot: &Snapshot, deleted: &[usize]) -> bool {
+    !deleted.is_empty()
+        || matches!(
+            snapshot.policy.and_then(|p| p.expire),
+            Some(Expire::Days(_))
+        )
+}
+
 /// The UPDATE state for `snapshot`: removes `deleted`, and when the owner's
 /// policy is EXPIRE n, records `retrieved` (first retrieval: an earlier
 /// record is kept), removes every message retrieved at least n days before

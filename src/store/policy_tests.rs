@@ -349,3 +349,63 @@ fn the_prefixed_names_are_the_plain_ones_with_userdb() {
     );
     assert_eq!(USERDB_EXPIRE_FIELD, format!("userdb_{EXPIRE_FIELD}"));
 }
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(tree(&path));
+        } else {
+            out.push((path.clone(), fs::read(&path).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The engine skips the pool for an update without work: such an update
+/// must leave every file as it was, and every update that does something
+/// must say it has work.
+#[test]
+fn an_update_without_work_touches_no_file() {
+    let policies = [
+        SitePolicy::default(),
+        SitePolicy {
+            login_delay_secs: 0,
+            expire: Some(Expire::Never),
+        },
+        expire(0),
+        expire(3),
+    ];
+    for policy in policies {
+        for deleted in [&[][..], &[0][..]] {
+            for retrieved in [&[][..], &[1][..]] {
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = tmp.path().join("Maildir");
+                deliver(&dir, 2);
+                // An old record, so EXPIRE n has something to remove.
+                fs::write(
+                    dir.join(RETRIEVED_FILE),
+                    "shardpop-pop3-retrieved 1\n0 1700000002.M2.h\n",
+                )
+                .unwrap();
+                let m = mailbox(&dir, policy, NOW).unwrap();
+                let before = tree(&dir);
+                let has_work = update_has_work(&m.snapshot, deleted);
+                assert_eq!(
+                    has_work,
+                    !deleted.is_empty() || matches!(policy.expire, Some(Expire::Days(_))),
+                    "{policy:?} {deleted:?}"
+                );
+                update(&m.snapshot, deleted, retrieved, NOW);
+                if !has_work {
+                    assert_eq!(tree(&dir), before, "{policy:?} {retrieved:?}");
+                } else {
+                    assert_ne!(tree(&dir), before, "{policy:?} {deleted:?} {retrieved:?}");
+                }
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ use crate::engine::context::Cx;
 use crate::engine::worker::{ConnRef, Done, Full, Job, Outcome, Reply};
 use crate::metrics::LoginResult;
 use crate::protocol::{Completion, Effect, LoginFailure};
+use crate::store;
 use crate::tls::TlsLayer;
 
 impl Conn {
@@ -97,6 +98,9 @@ impl Conn {
                     debug_assert!(false, "commit without a mailbox");
                     return self.complete(Completion::Committed(false), cx);
                 };
+                if !store::policy::update_has_work(&mailbox.snapshot, &update.deleted) {
+                    return self.complete(Completion::Committed(true), cx);
+                }
                 let snapshot = Arc::clone(&mailbox.snapshot);
                 self.commit_marked = update.deleted.len();
                 let reply = self.reply_to(cx);
