@@ -145,6 +145,14 @@ pub(super) fn build(
     config.ticketer = resumption.ticketer.clone();
     config.send_tls13_tickets = TLS13_TICKETS_PER_HANDSHAKE;
     config.ignore_client_order = true;
+    // POP3 speaks first: the greeting leaves with the server's handshake
+    // flight (TLS 1.3 "0.5-RTT" data) instead of waiting a round trip for
+    // the client's Finished, so a session of an implicit-TLS listener costs
+    // one write, one read and one wakeup fewer on each side. The greeting is
+    // what any client that connects gets; no client certificates are asked
+    // for, so nothing is told to a peer less authenticated than it would be
+    // after Finished. (rustls ignores this for TLS 1.2.)
+    config.send_half_rtt_data = true;
     Ok(Arc::new(config))
 }
 

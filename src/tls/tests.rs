@@ -219,6 +219,36 @@ fn tls12_and_tls13_handshake_and_data_at_every_delivery_size() {
     }
 }
 
+/// Implicit TLS 1.3: the greeting leaves with the server's first flight
+/// (0.5-RTT data), so the client reads it without waiting one more round
+/// trip for its Finished to reach the server. TLS 1.2 has no such data: the
+/// greeting follows the handshake.
+#[test]
+fn the_greeting_leaves_with_the_first_flight_on_tls13_only() {
+    for (version, half_rtt) in [(&version::TLS13, true), (&version::TLS12, false)] {
+        let fx = Fixture::new();
+        let server = load_server_config(&fx.files()).expect("load");
+        let mut pair = Pair::new(server, fx.client_config(version), 1 << 20);
+        pair.server
+            .send_plaintext(b"+OK shardpop ready\r\n")
+            .unwrap();
+        pair.client_to_server(); // ClientHello
+        pair.server_to_client(); // the server's flight
+        assert!(
+            pair.server.is_handshaking(),
+            "the client's Finished is not in"
+        );
+        let expected: &[u8] = if half_rtt {
+            b"+OK shardpop ready\r\n"
+        } else {
+            b""
+        };
+        assert_eq!(pair.client_got, expected, "{version:?}");
+        pair.handshake();
+        assert_eq!(pair.client_got, b"+OK shardpop ready\r\n", "{version:?}");
+    }
+}
+
 #[test]
 fn a_client_defaulting_to_both_versions_gets_tls13() {
     let fx = Fixture::new();
