@@ -21,7 +21,7 @@
 use crate::corpus::{Corpus, User};
 use crate::session::{Ctx, Plan, Rng, Scenario, Session, SessionError};
 use crate::stats::{ErrorKind, Live, Stats, Timer};
-use crate::tls::{Handshake, TlsConn, TlsMode, TlsSettings};
+use crate::tls::{ClientConfigs, Handshake, TlsConn, TlsMode, TlsSettings};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -268,7 +268,7 @@ struct Worker<'a> {
     scratch: Vec<u8>,
     error_details: u32,
     /// This thread's TLS client config (its own session cache).
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<ClientConfigs>,
 }
 
 impl<'a> Worker<'a> {
@@ -311,11 +311,7 @@ impl<'a> Worker<'a> {
             rng: Rng::new(cfg.seed ^ (id as u64 + 1).wrapping_mul(0x5851_F42D_4C95_7F2D)),
             scratch: vec![0; READ_BYTES],
             error_details: 0,
-            tls: cfg
-                .tls
-                .as_ref()
-                .map(TlsSettings::client_config)
-                .transpose()?,
+            tls: cfg.tls.as_ref().map(ClientConfigs::new).transpose()?,
         })
     }
 
@@ -646,10 +642,10 @@ fn io_error(e: io::Error) -> SessionError {
 }
 
 /// What moves a thread's bytes: its read buffer and, with TLS, the run's
-/// settings and the thread's client config.
+/// settings and the thread's client configs.
 struct Transport<'a> {
     scratch: &'a mut Vec<u8>,
-    tls: Option<(&'a TlsSettings, &'a Arc<rustls::ClientConfig>)>,
+    tls: Option<(&'a TlsSettings, &'a ClientConfigs)>,
 }
 
 fn tls_error(detail: impl std::fmt::Display) -> SessionError {
@@ -663,10 +659,11 @@ fn tls_error(detail: impl std::fmt::Display) -> SessionError {
 fn start_tls(
     conn: &mut Conn,
     settings: &TlsSettings,
-    config: &Arc<rustls::ClientConfig>,
+    configs: &ClientConfigs,
     now: Instant,
 ) -> Result<(), SessionError> {
-    let tls = TlsConn::new(config.clone(), settings.server_name.clone(), now).map_err(tls_error)?;
+    let config = configs.for_user(conn.session.user);
+    let tls = TlsConn::new(config, settings.server_name.clone(), now).map_err(tls_error)?;
     conn.tls = Some(tls);
     Ok(())
 }

@@ -180,6 +180,17 @@ impl World {
     }
 
     fn run(&self, scenario: Scenario, addr: SocketAddr, tls: TlsArgs) -> Outcome {
+        self.run_with(scenario, addr, tls, 4, 2)
+    }
+
+    fn run_with(
+        &self,
+        scenario: Scenario,
+        addr: SocketAddr,
+        tls: TlsArgs,
+        concurrency: usize,
+        threads: usize,
+    ) -> Outcome {
         let settings = tls.settings(addr).unwrap().expect("TLS on");
         let location = MailLocation::parse(&self.location()).unwrap();
         engine::run(RunConfig {
@@ -191,9 +202,9 @@ impl World {
             addr,
             users: self.users.clone(),
             corpus: Some(Corpus::new(&location, &self.users, 16 << 20).unwrap()),
-            concurrency: 4,
+            concurrency,
             rate: None,
-            threads: 2,
+            threads,
             duration: Duration::from_millis(800),
             warmup: Duration::ZERO,
             drain: Duration::from_secs(10),
@@ -218,6 +229,36 @@ impl World {
             ..TlsArgs::default()
         }
     }
+}
+
+/// Each user resumes from its own tickets, as a mail client does: a user's
+/// first session is its only full handshake, however many sessions start
+/// at once on one thread (a store shared by the thread held 8 tickets and
+/// ran dry).
+#[test]
+fn with_resumption_only_each_users_first_handshake_is_full() {
+    let users = 24;
+    let world = World::new(users);
+    let server = world.start();
+    let Outcome { stats, .. } = world.run_with(
+        Scenario::Login,
+        server.tls,
+        world.trusting(true, true),
+        users,
+        1,
+    );
+    assert_eq!(stats.error_total(), 0);
+    assert!(
+        stats.sessions > 2 * users as u64,
+        "{} sessions",
+        stats.sessions
+    );
+    assert!(
+        stats.handshakes_full <= users as u64,
+        "full {} resumed {}",
+        stats.handshakes_full,
+        stats.handshakes_resumed
+    );
 }
 
 #[test]

@@ -270,7 +270,7 @@ fn implicit_tls_download_verifies_bodies_and_resumes_sessions() {
     assert!(corrupted > 0);
     assert_eq!(stats.mismatches, corrupted);
     assert_eq!(stats.verified + stats.mismatches, retr);
-    // Each thread's first connections are full handshakes, the rest resume.
+    // Each user's first connection is a full handshake, the rest resume.
     assert!(stats.handshakes_full >= 1);
     assert!(
         stats.handshakes_resumed > stats.handshakes_full,
