@@ -493,6 +493,27 @@ fn resumption_works_for_both_versions() {
     }
 }
 
+/// A client that opens two connections at once after one handshake (a mail
+/// client checking two accounts on one server) resumes both: each TLS 1.3
+/// handshake leaves it two tickets, and a ticket is used once.
+#[test]
+fn two_parallel_connections_both_resume_after_one_handshake() {
+    let fx = Fixture::new();
+    let server = load_server_config(&fx.files()).unwrap();
+    let client = fx.client_config(&version::TLS13);
+    let mut first = Pair::new(server.clone(), client.clone(), 1 << 20);
+    first.handshake();
+    let mut a = Pair::new(server.clone(), client.clone(), 1 << 20);
+    let mut b = Pair::new(server, client, 1 << 20);
+    // Both ClientHellos leave before either handshake ends.
+    a.client_to_server();
+    b.client_to_server();
+    a.handshake();
+    b.handshake();
+    assert_eq!(a.client.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(b.client.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
 #[test]
 fn tls12_clients_without_tickets_resume_from_the_session_cache() {
     let fx = Fixture::new();
