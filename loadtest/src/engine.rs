@@ -267,7 +267,8 @@ struct Worker<'a> {
     rng: Rng,
     scratch: Vec<u8>,
     error_details: u32,
-    /// This thread's TLS client config (its own session cache).
+    /// This thread's TLS client configs (with `--tls-resume`, a session
+    /// store per user).
     tls: Option<ClientConfigs>,
 }
 
