@@ -7,8 +7,8 @@
 //! load thread, so threads never contend on a store.) One store per thread,
 //! as before, held at most 8 TLS 1.3 tickets for the server (rustls' cap),
 //! and ran dry whenever more sessions started in one turn of the loop: at
-//! c=64, 28-38 % of the handshakes of a "resumed" run against shardpop were
-//! full, about half against Dovecot.
+//! c=64, 24-38 % of the handshakes of a "resumed" run against shardpop were
+//! full (docs/benchmarks.md, sixth session).
 //!
 //! The server's certificate is checked against `--tls-ca` (a PEM bundle).
 //! `--tls-insecure` skips the chain check for benchmarks against a server

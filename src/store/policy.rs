@@ -260,11 +260,15 @@ pub fn expired<'a>(
 /// policy. Most sessions of a polling client end so, and the engine then
 /// answers QUIT without a trip through the worker pool.
 pub fn update_has_work(snapshot: &Snapshot, deleted: &[usize]) -> bool {
-    !deleted.is_empty()
-        || matches!(
-            snapshot.policy.and_then(|p| p.expire),
-            Some(Expire::Days(_))
-        )
+    !deleted.is_empty() || expire_days(snapshot).is_some()
+}
+
+/// The owner's EXPIRE n, when the policy has one.
+fn expire_days(snapshot: &Snapshot) -> Option<u32> {
+    match snapshot.policy.and_then(|p| p.expire) {
+        Some(Expire::Days(days)) => Some(days),
+        _ => None,
+    }
 }
 
 /// The UPDATE state for `snapshot`: removes `deleted`, and when the owner's
@@ -274,10 +278,10 @@ pub fn update_has_work(snapshot: &Snapshot, deleted: &[usize]) -> bool {
 /// rewrites the retrieval file without the records of messages removed or
 /// no longer there. Returns how many files could not be removed.
 pub fn update(snapshot: &Snapshot, deleted: &[usize], retrieved: &[usize], now: u64) -> usize {
-    let keep_secs = match snapshot.policy.and_then(|p| p.expire) {
-        Some(Expire::Days(days)) => u64::from(days) * 86_400,
-        _ => return commit::commit(snapshot, deleted),
+    let Some(days) = expire_days(snapshot) else {
+        return commit::commit(snapshot, deleted);
     };
+    let keep_secs = u64::from(days) * 86_400;
     let path = snapshot.dir.join(RETRIEVED_FILE);
     let old = read_retrieved(&path);
     let mut times = old.clone();
