@@ -291,6 +291,11 @@ pub struct Server {
     /// proxy makes the connection count as TLS for `auth.plaintext_auth`.
     /// Only for proxies that terminate TLS themselves.
     pub proxy_ssl_counts_as_tls: bool,
+    /// A login that needs no wait (a passwd-file with a one-digest scheme,
+    /// a Maildir on a local file system whose entries, lock file and index
+    /// are cached and current) is answered on the shard; every other one
+    /// goes to the worker pool. `false`: every login goes to the pool.
+    pub login_on_shard: bool,
     /// `--takeover` only (never from the file: it is a way to start, not a
     /// setting): bind beside a process that already listens on the same
     /// addresses, for a zero-downtime restart. Without it such a start
@@ -338,6 +343,7 @@ impl Default for Server {
             engine: Engine::Auto,
             proxy_from: Vec::new(),
             proxy_ssl_counts_as_tls: false,
+            login_on_shard: true,
             takeover: false,
         }
     }

@@ -6,6 +6,8 @@
 
 #[macro_use]
 mod common;
+#[path = "common/scrape.rs"]
+mod scrape;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -377,4 +379,85 @@ fn effective_uid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn with_metrics(mut opts: Opts) -> Opts {
+    opts.args
+        .extend(["--metrics-listen".to_string(), "127.0.0.1:0".to_string()]);
+    opts
+}
+
+fn logins_on_shard(metrics: &str) -> f64 {
+    scrape::sample(&scrape::scrape(metrics), "shardpop_logins_on_shard_total")
+}
+
+engine_test!(a_login_with_nothing_to_wait_for_is_answered_on_its_shard);
+/// `server.login_on_shard` (the default): once a mailbox's index is
+/// current, a PLAIN-password login is answered on its shard, with the same
+/// listing as the pool gives; pipelined commands behind the PASS are
+/// answered at once; new mail sends the next login back to the pool, which
+/// shows it.
+fn a_login_with_nothing_to_wait_for_is_answered_on_its_shard(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw");
+    for n in 0..5 {
+        tree.deliver("alice", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
+    }
+    settle();
+    let server = Server::start_with(&tree, with_metrics(opts(engine)));
+    let metrics = scrape::metrics_addr(&server);
+    // The pool builds the index, then records the Maildir once the
+    // index's rename into it has settled.
+    let first = session(&server, "alice");
+    assert_eq!(first.len(), 5);
+    settle();
+    assert_eq!(session(&server, "alice"), first);
+    let before = logins_on_shard(&metrics);
+    for _ in 0..3 {
+        assert_eq!(session(&server, "alice"), first);
+    }
+    let mut c = server.connect();
+    c.send(b"USER alice\r\nPASS pw\r\nSTAT\r\nLIST 5\r\nQUIT\r\n");
+    assert!(c.line().starts_with("+OK"));
+    assert!(c.line().starts_with("+OK Logged in"));
+    assert!(c.line().starts_with("+OK 5 "));
+    assert_eq!(
+        c.line(),
+        format!("+OK 5 {}", first.values().last().unwrap())
+    );
+    assert!(c.line().starts_with("+OK"));
+    drop(c);
+    // A wrong password there is refused as anywhere.
+    let mut c = server.connect();
+    c.cmd("USER alice");
+    assert!(c.cmd("PASS nope").starts_with("-ERR [AUTH]"));
+    drop(c);
+    // The passwd-file's once-a-second freshness check sends one login a
+    // second to the pool: at least three of these five were the shard's.
+    let answered = logins_on_shard(&metrics) - before;
+    assert!(answered >= 3.0, "{answered} on the shard\n{}", server.log());
+    tree.deliver("alice", 9, b"Subject: 9\n\nnew\n");
+    assert_eq!(session(&server, "alice").len(), 6);
+}
+
+engine_test!(with_login_on_shard_off_every_login_goes_to_the_pool);
+fn with_login_on_shard_off_every_login_goes_to_the_pool(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw");
+    tree.deliver("alice", 1, b"Subject: 1\n\none\n");
+    settle();
+    let server = Server::start_with(
+        &tree,
+        with_metrics(Opts {
+            toml: "[server]\nlogin_on_shard = false\n".into(),
+            ..opts(engine)
+        }),
+    );
+    let metrics = scrape::metrics_addr(&server);
+    session(&server, "alice");
+    settle();
+    for _ in 0..4 {
+        assert_eq!(session(&server, "alice").len(), 1);
+    }
+    assert_eq!(logins_on_shard(&metrics), 0.0);
 }

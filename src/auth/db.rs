@@ -216,6 +216,27 @@ impl Passdb {
         self.finish(found)
     }
 
+    /// [`Passdb::verify_plain`] when it can be answered on a shard thread:
+    /// a passwd-file with a userdb that is `prefetch` or `static` (no
+    /// database to ask), and no costly hash
+    /// ([`super::passdb::FileDb::verify_plain_now`]). `None`: ask the pool.
+    pub fn verify_plain_now(
+        &self,
+        user: &str,
+        password: &[u8],
+    ) -> Option<Result<Option<UserEntry>, AuthError>> {
+        let Inner::File(file) = &self.inner else {
+            return None;
+        };
+        if !self.userdb.is_in_memory() {
+            return None;
+        }
+        let user = super::saslprep::prepare_str(user);
+        let password = super::saslprep::prepare(password);
+        let found = file.verify_plain_now(&user, &password)?;
+        Some(self.finish(found))
+    }
+
     /// Checks an APOP login: `digest_hex` must be the hex MD5 of
     /// `challenge` (our greeting's timestamp) followed by the password, and
     /// only users with a plaintext password can pass. Results as for

@@ -42,6 +42,11 @@ impl Userdb {
         Userdb { source, cache }
     }
 
+    /// Answers from memory (`prefetch` or `static`): no database to ask.
+    pub(crate) fn is_in_memory(&self) -> bool {
+        matches!(self.source, UserSource::Prefetch | UserSource::Static(_))
+    }
+
     /// The passdb's fields only.
     pub(crate) fn prefetch() -> Userdb {
         Userdb::new(UserSource::Prefetch, None)

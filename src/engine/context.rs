@@ -110,6 +110,9 @@ pub struct Process {
     pub tls: Option<Arc<TlsReloader>>,
     /// The worker pool's bounded queue.
     pub jobs: Jobs,
+    /// What logins check against (the workers' context), for the logins a
+    /// shard answers itself ([`super::worker::login_now`]).
+    pub logins: Arc<super::worker::Logins>,
     /// Per-shard counters, summed on scrape.
     pub metrics: Arc<Metrics>,
     /// The reloadable settings and their generation (bumped by SIGHUP);
@@ -128,6 +131,7 @@ impl Process {
         guard: Guard,
         tls: Option<Arc<TlsReloader>>,
         jobs: Jobs,
+        logins: Arc<super::worker::Logins>,
         metrics: Arc<Metrics>,
     ) -> Process {
         Process {
@@ -135,6 +139,7 @@ impl Process {
             guard,
             tls,
             jobs,
+            logins,
             metrics,
             settings: RwLock::new(Arc::new(Settings::new(config))),
             generation: AtomicU64::new(0),

@@ -197,6 +197,7 @@ fn login_context(config: &Config) -> Result<worker::LoginContext, StartError> {
         location,
         uidl_format,
         policy: config.pop3.policy(),
+        on_shard: config.server.login_on_shard,
     })
 }
 
@@ -257,7 +258,14 @@ pub fn serve_hooked(config: &Config, hooks: Hooks<'_>) -> Result<(), StartError>
         }
         None => None,
     };
-    let process = Arc::new(Process::new(config, guard, tls.clone(), jobs, metrics));
+    let process = Arc::new(Process::new(
+        config,
+        guard,
+        tls.clone(),
+        jobs,
+        Arc::clone(&logins),
+        metrics,
+    ));
 
     // Before the shards start and readiness is announced: a server that
     // cannot take signals (its pipe needs two descriptors) fails to start

@@ -239,6 +239,8 @@ pub struct LoginContext {
     /// The site's LOGIN-DELAY and EXPIRE (`[pop3]`), which a user's
     /// database fields override.
     pub policy: SitePolicy,
+    /// `server.login_on_shard`: shards try [`login_now`] first.
+    pub on_shard: bool,
 }
 
 /// The login context the workers use, replaced whole by SIGHUP (a new
@@ -386,6 +388,51 @@ fn login(ctx: &LoginContext, user: &[u8], credential: &Credential, peer: SocketA
         }
     };
     open(ctx, &entry)
+}
+
+/// A USER/PASS (or SASL PLAIN) login answered on the calling shard
+/// thread, when every step of it is known not to wait: the passdb's
+/// [`Passdb::verify_plain_now`] and the store's [`Mailbox::open_now`].
+/// `None`: it would have to wait (or do something only the pool does, such
+/// as log a database failure or rebuild an index), so the caller queues it
+/// for the pool, which does all of it again from the start. What it answers
+/// is what the pool would answer.
+pub fn login_now(
+    ctx: &LoginContext,
+    user: &[u8],
+    credential: &Credential,
+    peer: SocketAddr,
+) -> Option<Outcome> {
+    let Credential::Password(password) = credential else {
+        return None;
+    };
+    let name = std::str::from_utf8(user)
+        .ok()
+        .filter(|_| crate::auth::valid_username(user))?;
+    let failed = |why| {
+        Some(Outcome::LoginFailed {
+            why,
+            user: name.to_owned(),
+        })
+    };
+    let entry = match ctx.passdb.verify_plain_now(name, password)? {
+        Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
+        Ok(_) => return failed(LoginFailure::BadCredentials),
+        Err(_) => return None,
+    };
+    let paths = maildir_of(ctx, &entry).ok()?;
+    let policy = store::policy::for_user(ctx.policy, |key| entry.extra(key)).ok()?;
+    match Mailbox::open_now(&paths, &ctx.uidl_format, policy) {
+        Ok(Some(mailbox)) => Some(Outcome::LoggedIn {
+            user: entry.user,
+            mailbox,
+        }),
+        Ok(None) | Err(OpenError::Io(_)) | Err(OpenError::LoginDelay { .. }) => None,
+        Err(OpenError::InUse) => Some(Outcome::LoginFailed {
+            why: LoginFailure::InUse,
+            user: entry.user,
+        }),
+    }
 }
 
 /// Locks and scans a proven user's mailbox.

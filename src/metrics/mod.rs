@@ -123,6 +123,7 @@ pub struct ShardCells {
     auth_penalties: Counter,
     tls_handshakes: [Counter; TlsResult::ALL.len()],
     tls_offloaded: Counter,
+    logins_on_shard: Counter,
 }
 
 impl ShardCells {
@@ -175,6 +176,12 @@ impl ShardCells {
     /// pool instead of running on the shard.
     pub fn tls_offloaded(&self) {
         self.tls_offloaded.add(1);
+    }
+
+    /// A login was answered on its shard (`server.login_on_shard`), not
+    /// by the worker pool.
+    pub fn login_on_shard(&self) {
+        self.logins_on_shard.add(1);
     }
 }
 

@@ -92,7 +92,7 @@ pub(super) fn render(m: &Metrics) -> String {
 type CounterFamily = (&'static str, &'static str, fn(&ShardCells) -> &Counter);
 
 fn counter_families(out: &mut String, shards: &[&ShardCells]) {
-    let plain: [CounterFamily; 5] = [
+    let plain: [CounterFamily; 6] = [
         (
             "shardpop_retr_messages_total",
             "Messages sent by RETR and TOP, per shard.",
@@ -117,6 +117,11 @@ fn counter_families(out: &mut String, shards: &[&ShardCells]) {
             "shardpop_tls_handshakes_offloaded_total",
             "TLS handshakes whose costly signature (RSA, ECDSA P-384) ran on the worker pool, per shard.",
             |c| &c.tls_offloaded,
+        ),
+        (
+            "shardpop_logins_on_shard_total",
+            "Logins answered on their shard without the worker pool (server.login_on_shard), per shard; a subset of shardpop_logins_total.",
+            |c| &c.logins_on_shard,
         ),
     ];
     for (name, help, cell) in plain {

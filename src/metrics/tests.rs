@@ -138,6 +138,7 @@ fn every_family_has_help_and_type_once() {
         ("shardpop_retr_duration_seconds", "histogram"),
         ("shardpop_deleted_messages_total", "counter"),
         ("shardpop_auth_penalties_total", "counter"),
+        ("shardpop_logins_on_shard_total", "counter"),
         ("shardpop_worker_queue_depth", "gauge"),
         ("shardpop_tls_handshakes_total", "counter"),
         ("shardpop_build_info", "gauge"),

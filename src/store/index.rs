@@ -612,39 +612,56 @@ pub fn record_root(file: &fs::File, seal: &Seal, root: &Identity, at: Stamp) -> 
 /// Reads the index at `path`: `None` when there is none or it cannot be
 /// used (the reason is logged once).
 pub fn read(path: &Path) -> Option<Parsed> {
-    read_opened(fs::File::open(path), || path.to_path_buf())
+    read_opened(fs::File::open(path), || path.to_path_buf(), false).unwrap_or(None)
 }
 
-/// [`read`] of the index `name` in the Maildir `root`.
-pub fn read_in(root: &super::root::Root<'_>, name: &str) -> Option<Parsed> {
-    read_opened(root.open_file(name, false), || root.dir().join(name))
+/// [`read`] of the index `name` in the Maildir `root`. The one error is
+/// `WouldBlock`, from a `root` that must not wait ([`super::root::Root::open_now`])
+/// when the file's entry or its pages are not cached.
+pub fn read_in(root: &super::root::Root<'_>, name: &str) -> io::Result<Option<Parsed>> {
+    read_opened(
+        root.open_file(name, false),
+        || root.dir().join(name),
+        root.is_now(),
+    )
 }
 
-/// `path` names the file in a warning only.
-fn read_opened(opened: io::Result<fs::File>, path: impl Fn() -> PathBuf) -> Option<Parsed> {
+/// `path` names the file in a warning only. `now`: read only what the page
+/// cache holds, and give back `WouldBlock` instead of waiting.
+fn read_opened(
+    opened: io::Result<fs::File>,
+    path: impl Fn() -> PathBuf,
+    now: bool,
+) -> io::Result<Option<Parsed>> {
+    // A caller that must not wait leaves every failure to the pool, which
+    // reads again and logs it (once) as its own.
+    let would_block = || io::Error::from(io::ErrorKind::WouldBlock);
     let file = match opened {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if now => return Err(would_block()),
         Err(e) => {
             warn_once(&path(), "read", &e);
-            return None;
+            return Ok(None);
         }
     };
     READ_BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         let mut file = file;
-        let parsed = match read_whole(&mut file, &mut buffer) {
+        let parsed = match read_whole(&mut file, &mut buffer, now) {
             Ok(bytes) => parse(bytes),
+            Err(_) if now => return Err(would_block()),
             Err(e) => {
                 warn_once(&path(), "read", &e);
-                return None;
+                return Ok(None);
             }
         };
         if buffer.len() > READ_BUFFER_KEPT_MAX {
             *buffer = Vec::new();
         }
-        match parsed {
+        Ok(match parsed {
             Ok(parsed) => Some(parsed),
+            Err(_) if now => return Err(would_block()),
             Err(IndexError::Version(v)) if v < VERSION => {
                 tracing::debug!(index = %path().display(), version = v, "mailbox index of an older version: rebuilt");
                 None
@@ -653,7 +670,7 @@ fn read_opened(opened: io::Result<fs::File>, path: impl Fn() -> PathBuf) -> Opti
                 warn_once(&path(), "parse", &e);
                 None
             }
-        }
+        })
     })
 }
 
@@ -663,6 +680,12 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The largest index a caller that must not wait reads (a login on a
+/// shard): about 800 messages, read, checked and parsed in a few tens of
+/// µs. A larger mailbox's login is the pool's, so it never holds up the
+/// other connections of a shard.
+const NOW_INDEX_BYTES_MAX: usize = 64 << 10;
+
 /// Index files up to this size keep their buffer between logins.
 const READ_BUFFER_KEPT_MAX: usize = 4 << 20;
 
@@ -670,8 +693,11 @@ const READ_BUFFER_KEPT_MAX: usize = 4 << 20;
 /// bytes read. A read that comes back short of the room it had is the end
 /// of a regular file, so a small index costs one read(2). Should a short
 /// read ever stop early, the checksum refuses what was read.
-fn read_whole<'b>(file: &mut fs::File, buffer: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+fn read_whole<'b>(file: &mut fs::File, buffer: &'b mut Vec<u8>, now: bool) -> io::Result<&'b [u8]> {
     use std::io::Read;
+    if now {
+        return read_whole_cached(file, buffer);
+    }
     let mut filled = 0;
     loop {
         if filled == buffer.len() {
@@ -690,6 +716,56 @@ fn read_whole<'b>(file: &mut fs::File, buffer: &'b mut Vec<u8>) -> io::Result<&'
             Err(e) => return Err(e),
         }
     }
+}
+
+/// [`read_whole`] from the page cache alone, for a caller that must not
+/// wait: `WouldBlock` when a page is not cached or the file is larger than
+/// [`NOW_INDEX_BYTES_MAX`]. `RWF_NOWAIT` may stop short at a page that is
+/// not cached, so a short read is the end only when it holds the length its
+/// header gives; otherwise the next read says (0 at the real end, where
+/// the checksum then judges what was read).
+fn read_whole_cached<'b>(file: &fs::File, buffer: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+    let room = NOW_INDEX_BYTES_MAX + 1;
+    if buffer.len() < room {
+        buffer.resize(room, 0);
+    }
+    let mut filled = 0;
+    loop {
+        let n = match read_cached(file, &mut buffer[filled..room], filled as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(&buffer[..filled]);
+        }
+        filled += n;
+        if filled == room {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        if holds_whole_file(&buffer[..filled]) {
+            return Ok(&buffer[..filled]);
+        }
+    }
+}
+
+/// The bytes read so far are as long as the file length in their header.
+fn holds_whole_file(bytes: &[u8]) -> bool {
+    bytes.get(16..24).is_some_and(|len| {
+        u64::from_le_bytes(len.try_into().expect("8 bytes")) == bytes.len() as u64
+    })
+}
+
+/// Reads at `offset` what the page cache holds; `WouldBlock` when the next
+/// byte is not cached, and a short read may stop before the end of the file.
+fn read_cached(file: &fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    rustix::io::preadv2(
+        file,
+        &mut [io::IoSliceMut::new(buffer)],
+        offset,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    )
+    .map_err(super::root::rustix_error)
 }
 
 /// Writes the index of `snapshot` to `path` through a temporary file in the
@@ -884,7 +960,7 @@ mod tests {
             let body: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
             let path = tmp.path().join(format!("f{len}"));
             fs::write(&path, &body).unwrap();
-            let read = read_whole(&mut fs::File::open(&path).unwrap(), &mut buffer).unwrap();
+            let read = read_whole(&mut fs::File::open(&path).unwrap(), &mut buffer, false).unwrap();
             assert_eq!(read, &body[..], "{len} bytes");
         }
         // Through `read`: a large index, then a small one in the same

@@ -99,6 +99,11 @@ impl MailboxLock {
 /// The file to flock: the lock file, created when missing; in a Maildir we
 /// may not write, the existing lock file or the directory, read-only.
 fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
+    if root.is_now() {
+        // A caller that must not wait creates nothing and takes no other
+        // way in: any failure sends the login to the pool, which does.
+        return root.open_file(LOCK_FILE, true);
+    }
     let dir = root.dir();
     let path = || dir.join(LOCK_FILE);
     // The file almost always exists: an open without O_CREAT looks it up

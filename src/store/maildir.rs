@@ -331,7 +331,7 @@ pub fn load_in(root: &Root<'_>, place: &IndexDir, format: &UidlFormat) -> io::Re
     load_in_at(root, place, format, Stamp::now())
 }
 
-fn load_in_at(
+pub(crate) fn load_in_at(
     root: &Root<'_>,
     place: &IndexDir,
     format: &UidlFormat,
@@ -342,8 +342,13 @@ fn load_in_at(
     // the Maildir has not changed since, they still are, and the three
     // names need no lookup (on this VM a stat of one name is ~2.5 us of a
     // ~190 us login: `scripts/profile-gap`, docs/benchmarks.md).
+    // A Root that must not wait (a login on a shard) serves only an index
+    // in the Maildir that needs no rescan and no write; everything else
+    // gives `WouldBlock` and is done on the worker pool.
+    let would_block = || io::Error::from(io::ErrorKind::WouldBlock);
     let read = match place {
-        IndexDir::Maildir => index::read_in(root, INDEX_FILE),
+        IndexDir::Maildir => index::read_in(root, INDEX_FILE)?,
+        _ if root.is_now() => return Err(would_block()),
         _ => index_path(dir, place).as_deref().and_then(index::read),
     };
     let seal = read.as_ref().map(|p| p.seal);
@@ -394,10 +399,14 @@ fn load_in_at(
     let old = match old {
         Some((_, snapshot)) if stale.none() => {
             if let (Some(r), Some(seal)) = (record.filter(|_| !vouched), seal) {
+                if root.is_now() {
+                    return Err(would_block());
+                }
                 record_root(root, place, &seal, &r, checked_at);
             }
             return Ok(snapshot);
         }
+        _ if root.is_now() => return Err(would_block()),
         other => other.map(|(_, snapshot)| snapshot),
     };
     let (snapshot, header, measured) = rescan(dir, old.as_ref(), stale, now, format)?;
@@ -952,6 +961,108 @@ mod tests {
         let dir = tmp.path().join("Maildir");
         create(&dir).unwrap();
         (tmp, dir)
+    }
+
+    /// What a login on a shard sees through a Root that must not wait.
+    fn load_now(dir: &Path, place: &IndexDir, at: Stamp) -> io::Result<Snapshot> {
+        load_in_at(&Root::open_now(dir)?, place, &f(), at)
+    }
+
+    fn would_block(r: io::Result<Snapshot>) -> bool {
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Stamps 3 s apart, each later than the last (directory times made
+    /// by the test are past the dirty window at every one).
+    fn clock() -> impl FnMut() -> Stamp {
+        let mut secs = 0;
+        move || {
+            secs += 3;
+            later(secs)
+        }
+    }
+
+    /// Logins on the pool until the index is current and records the
+    /// Maildir (our own moves and renames change the directories, so that
+    /// takes more than one).
+    fn settle_by_pool(dir: &Path, place: &IndexDir, tick: &mut impl FnMut() -> Stamp) -> Snapshot {
+        for _ in 0..2 {
+            load_at(dir, place, &f(), tick()).unwrap();
+        }
+        load_at(dir, place, &f(), tick()).unwrap()
+    }
+
+    #[test]
+    fn a_root_that_must_not_wait_serves_only_a_current_index_and_writes_nothing() {
+        let (_tmp, dir) = maildir();
+        let mut tick = clock();
+        write(&dir, "cur", "1700000001.M1.h:2,S", b"a\nb\n");
+        write(&dir, "new", "1700000002.M2.h", b"c\n");
+        let place = IndexDir::Maildir;
+        // No index: nothing is built, nothing moved out of new/.
+        assert!(would_block(load_now(&dir, &place, tick())));
+        assert!(!dir.join(INDEX_FILE).exists());
+        assert!(dir.join("new/1700000002.M2.h").exists());
+        // The index just built (not yet recording the Maildir, which
+        // needs a write) is the pool's too.
+        load_at(&dir, &place, &f(), tick()).unwrap();
+        assert!(would_block(load_now(&dir, &place, tick())));
+        let built = settle_by_pool(&dir, &place, &mut tick);
+        let index = fs::read(dir.join(INDEX_FILE)).unwrap();
+        let reads = readdir_count();
+        let now = load_now(&dir, &place, tick()).unwrap();
+        assert_eq!(seen(&now), seen(&built));
+        assert_eq!(now.messages.len(), 2);
+        assert_eq!(readdir_count(), reads, "no directory read");
+        assert_eq!(
+            fs::read(dir.join(INDEX_FILE)).unwrap(),
+            index,
+            "nothing written"
+        );
+        // New mail, or a message gone: the pool's work again.
+        write(&dir, "new", "1700000003.M3.h", b"d\n");
+        assert!(would_block(load_now(&dir, &place, tick())));
+        assert_eq!(settle_by_pool(&dir, &place, &mut tick).messages.len(), 3);
+        assert_eq!(load_now(&dir, &place, tick()).unwrap().messages.len(), 3);
+        fs::remove_file(dir.join("cur/1700000001.M1.h:2,S")).unwrap();
+        assert!(would_block(load_now(&dir, &place, tick())));
+        // A corrupt index is never used, nor rebuilt here.
+        settle_by_pool(&dir, &place, &mut tick);
+        assert_eq!(load_now(&dir, &place, tick()).unwrap().messages.len(), 2);
+        let mut bytes = fs::read(dir.join(INDEX_FILE)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        fs::write(dir.join(INDEX_FILE), &bytes).unwrap();
+        assert!(would_block(load_now(&dir, &place, tick())));
+        assert_eq!(fs::read(dir.join(INDEX_FILE)).unwrap(), bytes);
+        // An index kept elsewhere is the pool's.
+        let elsewhere = IndexDir::At(dir.join("../indexes"));
+        settle_by_pool(&dir, &elsewhere, &mut tick);
+        assert!(would_block(load_now(&dir, &elsewhere, tick())));
+    }
+
+    #[test]
+    fn a_root_that_must_not_wait_leaves_a_large_index_to_the_pool() {
+        let (_tmp, dir) = maildir();
+        let mut tick = clock();
+        let name = |n: u32| {
+            // ~100 bytes of name each: 800 of them pass 64 KiB of index.
+            let pad = "x".repeat(70);
+            format!("{}.M{n}P{pad}.h:2,S", 1_700_000_000 + n)
+        };
+        for n in 0..800 {
+            write(&dir, "cur", &name(n), b"x\n");
+        }
+        let place = IndexDir::Maildir;
+        settle_by_pool(&dir, &place, &mut tick);
+        assert!(fs::metadata(dir.join(INDEX_FILE)).unwrap().len() > 64 << 10);
+        assert!(would_block(load_now(&dir, &place, tick())));
+        // The same mailbox with fewer messages is served.
+        for n in 0..500 {
+            fs::remove_file(dir.join("cur").join(name(n))).unwrap();
+        }
+        settle_by_pool(&dir, &place, &mut tick);
+        assert_eq!(load_now(&dir, &place, tick()).unwrap().messages.len(), 300);
     }
 
     #[test]

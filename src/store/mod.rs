@@ -8,7 +8,9 @@
 //! unless they changed. Every function here that
 //! touches the disk is blocking and runs on the worker pool, except
 //! [`Mailbox::open_message`], which the shard calls for RETR (an open by
-//! name in a directory the login just looked at, and a read or mmap).
+//! name in a directory the login just looked at, and a read or mmap), and
+//! [`Mailbox::open_now`], which a shard tries first for a login and which
+//! gives up rather than wait.
 
 pub mod body;
 pub mod commit;
@@ -90,6 +92,50 @@ impl Mailbox {
         now: u64,
     ) -> Result<Mailbox, OpenError> {
         Mailbox::open_inner(paths, format, Some((policy, now)))
+    }
+
+    /// [`Mailbox::open_for`] for a shard thread, where nothing may wait
+    /// ([`root::Root::open_now`]): `Ok(None)` when this login needs
+    /// anything but cached lookups and a cached index that is current (a
+    /// first login, a changed Maildir, an index kept elsewhere, a file to
+    /// write, a LOGIN-DELAY to check, a network file system): then the
+    /// worker pool opens it with [`Mailbox::open_for`]. `Err(InUse)` as
+    /// there.
+    pub fn open_now(
+        paths: &MailPaths,
+        format: &UidlFormat,
+        policy: crate::protocol::SitePolicy,
+    ) -> Result<Option<Mailbox>, OpenError> {
+        Mailbox::open_now_at(paths, format, policy, index::Stamp::now())
+    }
+
+    /// [`Mailbox::open_now`] checking the directories as at `checked_at`.
+    fn open_now_at(
+        paths: &MailPaths,
+        format: &UidlFormat,
+        policy: crate::protocol::SitePolicy,
+        checked_at: index::Stamp,
+    ) -> Result<Option<Mailbox>, OpenError> {
+        if policy.login_delay_secs > 0 {
+            return Ok(None);
+        }
+        let Ok(root) = Root::open_now(&paths.maildir) else {
+            return Ok(None);
+        };
+        let lock = match MailboxLock::acquire_in(&root) {
+            Ok(lock) => lock,
+            Err(LockError::InUse) => return Err(OpenError::InUse),
+            Err(LockError::Io(_)) => return Ok(None),
+        };
+        let Ok(mut snapshot) = maildir::load_in_at(&root, &paths.index, format, checked_at) else {
+            return Ok(None);
+        };
+        snapshot.policy = Some(policy);
+        Ok(Some(Mailbox {
+            snapshot: Arc::new(snapshot),
+            _lock: lock,
+            dirs: Default::default(),
+        }))
     }
 
     fn open_inner(
@@ -179,6 +225,78 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::SitePolicy;
+
+    fn later(secs: i64) -> index::Stamp {
+        let now = index::Stamp::now();
+        index::Stamp {
+            sec: now.sec + secs,
+            nsec: now.nsec,
+        }
+    }
+
+    #[test]
+    fn a_mailbox_opened_on_a_shard_is_locked_as_on_the_pool() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("Maildir");
+        maildir::create(&dir).unwrap();
+        std::fs::write(dir.join("cur/1700000001.M1.h:2,S"), b"a\n").unwrap();
+        let paths = MailPaths {
+            maildir: dir.clone(),
+            index: IndexDir::Maildir,
+        };
+        let format = UidlFormat::default();
+        let site = SitePolicy::default();
+        // First login: no lock file yet and no index; neither is made here.
+        assert!(matches!(
+            Mailbox::open_now_at(&paths, &format, site, later(3)),
+            Ok(None)
+        ));
+        assert!(!dir.join(lock::LOCK_FILE).exists());
+        // The pool's logins make both, and the index settles.
+        drop(Mailbox::open_paths(&paths, &format).unwrap());
+        for t in [6, 9, 12] {
+            maildir::load_at(&dir, &IndexDir::Maildir, &format, later(t)).unwrap();
+        }
+        let held = Mailbox::open_now_at(&paths, &format, site, later(15))
+            .unwrap()
+            .expect("answered on the shard");
+        assert_eq!(held.snapshot.messages.len(), 1);
+        assert_eq!(held.snapshot.policy, Some(site));
+        // One session per mailbox, whichever path opened it.
+        assert!(matches!(
+            Mailbox::open_now_at(&paths, &format, site, later(18)),
+            Err(OpenError::InUse)
+        ));
+        assert!(matches!(
+            Mailbox::open_paths(&paths, &format),
+            Err(OpenError::InUse)
+        ));
+        drop(held);
+        let pool = Mailbox::open_paths(&paths, &format).unwrap();
+        assert!(matches!(
+            Mailbox::open_now_at(&paths, &format, site, later(21)),
+            Err(OpenError::InUse)
+        ));
+        drop(pool);
+        // A LOGIN-DELAY reads and writes a file: the pool's.
+        let delayed = SitePolicy {
+            login_delay_secs: 60,
+            ..site
+        };
+        for t in [24, 27, 30] {
+            maildir::load_at(&dir, &IndexDir::Maildir, &format, later(t)).unwrap();
+        }
+        assert!(matches!(
+            Mailbox::open_now_at(&paths, &format, delayed, later(33)),
+            Ok(None)
+        ));
+        assert!(
+            Mailbox::open_now_at(&paths, &format, site, later(33))
+                .unwrap()
+                .is_some()
+        );
+    }
 
     #[test]
     fn a_missing_maildir_is_created_at_first_login() {

@@ -7,6 +7,21 @@
 //! opens the Maildir once (`O_PATH`: no permission to read it needed,
 //! nothing to read) and looks the names up in it: one walk, then one
 //! component each.
+//!
+//! A Root opened with [`Root::open_now`] is for a login answered on a shard
+//! thread, which must not wait on a disk or a file server. The Maildir must
+//! be on a local file system (an NFS lock or lookup is a network round
+//! trip); it and every file opened in it are resolved through cached
+//! directory entries only (`RESOLVE_CACHED`); a read takes only what the
+//! page cache holds (`RWF_NOWAIT`); nothing is written. Where that cannot
+//! hold, a call fails with [`io::ErrorKind::WouldBlock`] and the login goes
+//! to the worker pool. The one lookup that is not forced through the cache
+//! is [`Root::stat`] (`new/`, `cur/`): an O_PATH open and close for each
+//! cost as much as the hand-off to the pool saves (docs/benchmarks.md), and
+//! these entries are used by every login and delivery, as the lock file
+//! and index are, so they are cached whenever those are. Were they evicted
+//! alone, the stat would read one block of the Maildir's directory from a
+//! local disk, the same kind of wait as a RETR's page fault.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
@@ -24,6 +39,34 @@ use super::index::Identity;
 pub struct Root<'a> {
     dir: &'a Path,
     fd: Option<OwnedFd>,
+    /// Opened by [`Root::open_now`]: nothing may wait.
+    now: bool,
+}
+
+/// File systems whose lookups, stats and locks are answered from memory
+/// once cached (`statfs(2)` magic numbers): ext2/3/4, XFS, Btrfs, tmpfs,
+/// F2FS, ZFS, overlayfs. Network and FUSE file systems are not here.
+const LOCAL_FILE_SYSTEMS: [u64; 7] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x0102_1994,
+    0xF2F5_2010,
+    0x2FC1_2FC1,
+    0x794C_7630,
+];
+
+/// The error of every call that would have to wait.
+fn would_block() -> io::Error {
+    io::Error::from(io::ErrorKind::WouldBlock)
+}
+
+/// A rustix error as `io::Error`, `EAGAIN` as [`io::ErrorKind::WouldBlock`].
+pub(crate) fn rustix_error(e: rustix::io::Errno) -> io::Error {
+    if e == rustix::io::Errno::AGAIN {
+        return would_block();
+    }
+    io::Error::from_raw_os_error(e.raw_os_error())
 }
 
 fn io_error(e: nix::Error) -> io::Error {
@@ -36,12 +79,51 @@ impl<'a> Root<'a> {
     pub fn open(dir: &'a Path) -> io::Result<Root<'a>> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io_error)?;
-        Ok(Root { dir, fd: Some(fd) })
+        Ok(Root {
+            dir,
+            fd: Some(fd),
+            now: false,
+        })
+    }
+
+    /// [`Root::open`] for a caller that must not wait (see the module
+    /// comment): `WouldBlock` when `dir` is not in the directory cache or
+    /// not on a local file system.
+    pub fn open_now(dir: &'a Path) -> io::Result<Root<'a>> {
+        use rustix::fs::{OFlags, ResolveFlags};
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat2(
+            rustix::fs::CWD,
+            dir,
+            flags,
+            rustix::fs::Mode::empty(),
+            ResolveFlags::CACHED,
+        )
+        .map_err(rustix_error)?;
+        let kind = rustix::fs::fstatfs(&fd).map_err(rustix_error)?.f_type;
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        if !LOCAL_FILE_SYSTEMS.contains(&(kind as u64)) {
+            return Err(would_block());
+        }
+        Ok(Root {
+            dir,
+            fd: Some(fd),
+            now: true,
+        })
     }
 
     /// Lookups by path (no descriptor).
     pub fn by_path(dir: &'a Path) -> Root<'a> {
-        Root { dir, fd: None }
+        Root {
+            dir,
+            fd: None,
+            now: false,
+        }
+    }
+
+    /// Opened by [`Root::open_now`]: every call fails rather than wait.
+    pub fn is_now(&self) -> bool {
+        self.now
     }
 
     /// The Maildir.
@@ -84,12 +166,38 @@ impl<'a> Root<'a> {
         self.open_as(name, !write, write)
     }
 
-    /// Opens `name` to read and write (no create, no truncate).
+    /// Opens `name` to read and write (no create, no truncate). A Root
+    /// that must not wait writes nothing: `WouldBlock`.
     pub fn open_file_rw(&self, name: &str) -> io::Result<File> {
+        if self.now {
+            return Err(would_block());
+        }
         self.open_as(name, true, true)
     }
 
+    /// `name` opened through cached directory entries only.
+    fn open_cached(&self, name: &str, flags: rustix::fs::OFlags) -> io::Result<OwnedFd> {
+        let fd = self.fd.as_ref().ok_or_else(would_block)?;
+        rustix::fs::openat2(
+            fd,
+            name,
+            flags | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+            rustix::fs::ResolveFlags::CACHED,
+        )
+        .map_err(rustix_error)
+    }
+
     fn open_as(&self, name: &str, read: bool, write: bool) -> io::Result<File> {
+        if self.now {
+            use rustix::fs::OFlags;
+            let access = match (read, write) {
+                (true, true) => OFlags::RDWR,
+                (false, true) => OFlags::WRONLY,
+                _ => OFlags::RDONLY,
+            };
+            return Ok(File::from(self.open_cached(name, access)?));
+        }
         let Some(fd) = &self.fd else {
             return std::fs::OpenOptions::new()
                 .read(read)

@@ -401,3 +401,56 @@ fn debug_shows_no_secrets() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_shard_answers_only_one_digest_logins_and_answers_them_as_the_pool_does() {
+    // Mostly one-digest schemes: unknown users are checked against one.
+    let fixture = Fixture::new(&format!(
+        "plain:{{PLAIN}}tanstaaf\ncarol:{SSHA256_SECRET}\nanne:{{PLAIN}}x\nalice:{CRYPT_SECRET}\n\
+         nologin:{{PLAIN}}secret::::::nologin\n"
+    ));
+    let passdb = FileDb::open_with_interval(&fixture.path, Duration::from_secs(3600)).unwrap();
+    for (user, password) in [
+        ("plain", &b"tanstaaf"[..]),
+        ("plain", b"wrong"),
+        ("carol", b"secret"),
+        ("carol", b"Secret"),
+        ("nobody", b"x"),
+        ("nologin", b"secret"),
+        ("bad name", b"x"),
+    ] {
+        let now = passdb.verify_plain_now(user, password).expect(user);
+        let pool = passdb.verify_plain(user, password).unwrap();
+        assert_eq!(now.map(|e| e.user), pool.map(|e| e.user), "{user}");
+    }
+    assert!(
+        passdb
+            .verify_plain_now("plain", b"tanstaaf")
+            .unwrap()
+            .is_some()
+    );
+    // A work-factor hash is the pool's, right or wrong.
+    assert!(passdb.verify_plain_now("alice", b"secret").is_none());
+    assert!(passdb.verify_plain_now("alice", b"wrong").is_none());
+}
+
+#[test]
+fn a_shard_leaves_logins_to_the_pool_when_unknown_users_cost_a_costly_hash() {
+    // Mostly SHA512-CRYPT: the dummy for unknown names is one, so a name
+    // answered at once would tell that it exists.
+    let fixture = Fixture::new(&format!(
+        "plain:{{PLAIN}}tanstaaf\nalice:{CRYPT_SECRET}\nbob:{CRYPT_OTHER}\n"
+    ));
+    let passdb = FileDb::open_with_interval(&fixture.path, Duration::from_secs(3600)).unwrap();
+    assert!(passdb.verify_plain_now("plain", b"tanstaaf").is_none());
+    assert!(passdb.verify_plain_now("nobody", b"x").is_none());
+}
+
+#[test]
+fn a_shard_leaves_the_freshness_check_of_the_file_to_the_pool() {
+    let fixture = Fixture::new("alice:{PLAIN}one\n");
+    let passdb = FileDb::open_with_interval(&fixture.path, Duration::ZERO).unwrap();
+    assert!(passdb.verify_plain_now("alice", b"one").is_none());
+    fixture.replace("alice:{PLAIN}two\n");
+    assert!(passdb.verify_plain("alice", b"two").unwrap().is_some());
+}

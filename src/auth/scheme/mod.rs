@@ -389,6 +389,15 @@ impl StoredPassword {
         }
     }
 
+    /// Verified with one digest (no work factor): cheap enough for a shard
+    /// thread (a few µs), where a CRYPT, bcrypt, Argon2 or SCRAM check is not.
+    pub(crate) fn is_cheap(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Plain { .. } | Kind::Digest { .. } | Kind::Salted { .. }
+        )
+    }
+
     /// The scheme and work factors, to find a dummy of the same cost.
     pub(crate) fn cost(&self) -> Cost {
         let work = match &self.kind {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::Conn;
 use crate::auth::ScramNext;
 use crate::engine::context::Cx;
-use crate::engine::worker::{ConnRef, Done, Full, Job, Outcome, Reply};
+use crate::engine::worker::{self, ConnRef, Done, Full, Job, Outcome, Reply};
 use crate::metrics::LoginResult;
 use crate::protocol::{Completion, Effect, LoginFailure};
 use crate::store;
@@ -78,6 +78,19 @@ impl Conn {
         match effect {
             Effect::Login { user, credential } => {
                 self.login_started = Some(cx.now);
+                // Answered here when nothing in it can wait (see
+                // `worker::login_now`): no hand-off to a worker and back.
+                let ctx = cx.process.logins.current();
+                if ctx.on_shard
+                    && let Some(outcome) = worker::login_now(&ctx, &user, &credential, self.peer)
+                {
+                    cx.cells().login_on_shard();
+                    let conn = ConnRef {
+                        slot: cx.slot,
+                        id: self.id,
+                    };
+                    return self.on_done(Done { conn, outcome }, cx);
+                }
                 let reply = self.reply_to(cx);
                 self.submit(
                     Job::Login {
