@@ -284,6 +284,53 @@ mod tests {
     }
 
     #[test]
+    fn a_root_that_must_not_wait_refuses_what_is_not_local_and_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir(dir.join("cur")).unwrap();
+        std::fs::write(dir.join("file"), b"abc").unwrap();
+        let root = Root::open_now(dir).unwrap();
+        assert!(root.is_now());
+        assert_eq!(
+            root.stat("cur").unwrap(),
+            Identity::stat(&dir.join("cur")).unwrap()
+        );
+        assert_eq!(root.stat_optional("gone").unwrap(), Identity::ABSENT);
+        let mut s = String::new();
+        root.open_file("file", false)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "abc");
+        // It writes nothing.
+        assert_eq!(
+            root.open_file_rw("file").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // A file system that is not a local disk's (procfs stands in for
+        // NFS here) is the pool's.
+        assert_eq!(
+            Root::open_now(Path::new("/proc/self"))
+                .err()
+                .unwrap()
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // A name never looked up is not in the cache: finding out needs the
+        // disk. Once a lookup has cached its absence, it is known.
+        let missing = dir.join("missing");
+        assert_eq!(
+            Root::open_now(&missing).err().unwrap().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert!(std::fs::metadata(&missing).is_err());
+        assert_eq!(
+            Root::open_now(&missing).err().unwrap().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
     fn names_stay_inside_the_maildir_even_after_it_is_renamed() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("Maildir");
