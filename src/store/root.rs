@@ -101,7 +101,6 @@ impl<'a> Root<'a> {
         )
         .map_err(rustix_error)?;
         let kind = rustix::fs::fstatfs(&fd).map_err(rustix_error)?.f_type;
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         if !LOCAL_FILE_SYSTEMS.contains(&(kind as u64)) {
             return Err(would_block());
         }
