@@ -314,12 +314,8 @@ impl FileDb {
         user: &str,
         password: &[u8],
     ) -> Result<Option<UserEntry>, AuthError> {
-        if password.len() > PASSWORD_BYTES_MAX {
-            return Ok(None);
-        }
-        if !valid_username(user.as_bytes()) {
-            // Refused before touching the file, at the cost of a miss.
-            self.current.read().table.burn(password);
+        // Refused before touching the file.
+        if refused(&self.current.read().table, user, password) {
             return Ok(None);
         }
         Ok(verify_in(&*self.table()?, user, password))
@@ -346,11 +342,7 @@ impl FileDb {
             }
             Arc::clone(&current.table)
         };
-        if password.len() > PASSWORD_BYTES_MAX {
-            return Some(None);
-        }
-        if !valid_username(user.as_bytes()) {
-            table.burn(password);
+        if refused(&table, user, password) {
             return Some(None);
         }
         if let Some(entry) = table.users.get(&lookup_key(user))
@@ -361,6 +353,19 @@ impl FileDb {
         }
         Some(verify_in(&table, user, password))
     }
+}
+
+/// A password longer than any stored one, or a name no user may have: no
+/// user, the latter at the cost of a miss.
+fn refused(table: &Table, user: &str, password: &[u8]) -> bool {
+    if password.len() > PASSWORD_BYTES_MAX {
+        return true;
+    }
+    if !valid_username(user.as_bytes()) {
+        table.burn(password);
+        return true;
+    }
+    false
 }
 
 /// Checks `password` for the valid name `user` in `table`.
