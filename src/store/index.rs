@@ -229,6 +229,15 @@ impl Header {
             && self.root.settled_at(self.root_checked_at)
     }
 
+    /// True when a later login can trust every identity recorded here: each
+    /// was settled when it was taken. An index whose header is not settled
+    /// makes the next login read the directories again.
+    pub fn settled(&self) -> bool {
+        [self.new, self.cur, self.uidlist]
+            .iter()
+            .all(|id| id.settled_at(self.checked_at))
+    }
+
     /// Compares what this index was built from with the Maildir `now`.
     pub fn stale(&self, now: &Header) -> Stale {
         // A clock that went backwards since the check makes every stored

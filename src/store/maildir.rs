@@ -107,6 +107,21 @@ impl Snapshot {
         }
     }
 
+    /// True when `other` lists the same messages, in the same order, with
+    /// the same names, sizes and UIDLs.
+    pub(crate) fn same_messages(&self, other: &Snapshot) -> bool {
+        self.total_octets == other.total_octets
+            && self.messages.len() == other.messages.len()
+            && (0..self.messages.len()).all(|i| {
+                let (a, b) = (&self.messages[i], &other.messages[i]);
+                a.octets == b.octets
+                    && a.file_bytes == b.file_bytes
+                    && a.flags == b.flags
+                    && self.file_name(i) == other.file_name(i)
+                    && self.uidl(i) == other.uidl(i)
+            })
+    }
+
     /// The file name of message `index` inside `cur/` (or `new/`).
     pub fn file_name(&self, index: usize) -> &str {
         let m = &self.messages[index];
@@ -411,6 +426,16 @@ pub(crate) fn load_in_at(
     };
     let (snapshot, header, measured) = rescan(dir, old.as_ref(), stale, now, format)?;
     tracing::debug!(dir = %dir.display(), new = stale.new, cur = stale.cur, uidls = stale.uidls, messages = snapshot.messages.len(), "maildir read");
+    // Within the dirty window (a delivery, another program's rename, a
+    // flag change a moment ago) every login reads the directories again,
+    // whatever is written now: an index can only vouch for settled times.
+    // When that reading found what the index already holds, a rewrite would
+    // change nothing a later login uses, yet it costs a file creation and a
+    // rename into the Maildir (which unsettles the Maildir's own times), on
+    // every login until the window passes.
+    if !header.settled() && old.as_ref().is_some_and(|old| old.same_messages(&snapshot)) {
+        return Ok(snapshot);
+    }
     // Built here, not at the top: an unchanged Maildir needs no path.
     let persisted = match &index_path(dir, place) {
         Some(path) => match index::write(path, &header, &snapshot) {
@@ -1197,6 +1222,46 @@ mod tests {
             2,
             "recorded with the index"
         );
+    }
+
+    #[test]
+    fn within_the_dirty_window_the_index_is_rewritten_only_for_a_change() {
+        use std::os::unix::fs::MetadataExt;
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1.a:2,", b"x\n");
+        let place = IndexDir::Maildir;
+        let index = dir.join(INDEX_FILE);
+        let inode = || fs::metadata(&index).unwrap().ino();
+        let names = |s: &Snapshot| seen(s).into_iter().map(|m| m.0).collect::<Vec<_>>();
+        // Checked at once: cur/ is dirty. The first index is written.
+        load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        let first = inode();
+        // Still dirty, nothing new: the directory is read, the file left.
+        let before = readdir_count();
+        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        assert!(readdir_count() > before, "a dirty directory is read again");
+        assert_eq!(names(&s), ["1.a:2,"]);
+        assert_eq!(inode(), first, "no rewrite for the same messages");
+        // A delivery within the window is seen and written at once.
+        write(&dir, "new", "2.b", b"yy\n");
+        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        assert_eq!(names(&s), ["1.a:2,", "2.b:2,"]);
+        let second = inode();
+        assert_ne!(second, first, "a change is written");
+        // So is a removal by another program.
+        fs::remove_file(dir.join("cur/1.a:2,")).unwrap();
+        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        assert_eq!(names(&s), ["2.b:2,"]);
+        assert_eq!(s.messages[0].octets, 4);
+        assert_ne!(inode(), second);
+        // Once the window has passed, one login writes an index that vouches
+        // for the directories, and the next reads none.
+        let s = load_at(&dir, &place, &f(), later(5)).unwrap();
+        assert_eq!(names(&s), ["2.b:2,"]);
+        let before = readdir_count();
+        let s = load_at(&dir, &place, &f(), later(6)).unwrap();
+        assert_eq!(readdir_count(), before);
+        assert_eq!(names(&s), ["2.b:2,"]);
     }
 
     #[test]
