@@ -13,9 +13,11 @@
 //!   A truncated, torn, foreign or corrupt file is reported by [`parse`],
 //!   logged once, and rebuilt from the directories. Deleting it is always safe.
 //! - Directory times are trusted only once they are older than the check
-//!   that recorded them by [`DIRTY_WINDOW`] (Dovecot's maildir sync calls such
+//!   that recorded them by a dirty window (Dovecot's maildir sync calls such
 //!   directories dirty): a change made within the file system's timestamp
-//!   granularity of the check could leave the time unchanged.
+//!   granularity of the check could leave the time unchanged. The window is
+//!   [`DIRTY_WINDOW`], or [`LOCAL_DIRTY_WINDOW`] where this kernel's clock
+//!   stamped the times in nanoseconds ([`Times::Local`]).
 //!
 //! File layout, little-endian (`HEADER_BYTES` then `count` entries then the
 //! names):
@@ -66,6 +68,25 @@ pub const VERSION: u32 = 2;
 /// Two seconds cover file systems with one-second times (NFS, ext3) and
 /// coarse kernel clocks, as Dovecot's maildir sync does.
 pub const DIRTY_WINDOW: Duration = Duration::from_secs(2);
+
+/// The dirty window of times this kernel stamped in nanoseconds: a local
+/// file system's times come from the same clock as the check, at most one
+/// timer tick (10 ms at HZ=100) behind it, with no other host's clock skew
+/// in them. Ten ticks of margin. After a delivery, logins read the
+/// directory again for this long, not for [`DIRTY_WINDOW`].
+pub const LOCAL_DIRTY_WINDOW: Duration = Duration::from_millis(100);
+
+/// Who stamped a Maildir's times, which sets how long they stay dirty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Times {
+    /// This kernel, on a local file system (`statfs` magic: see
+    /// [`super::root`]): [`LOCAL_DIRTY_WINDOW`] for times kept in
+    /// nanoseconds.
+    Local,
+    /// Anything else, or not known (NFS and cluster file systems, whose
+    /// server clock may differ from ours, FUSE): [`DIRTY_WINDOW`].
+    Other,
+}
 
 const MAGIC: [u8; 8] = *b"SPOPIDX\0";
 const HEADER_BYTES: usize = 272;
@@ -165,12 +186,19 @@ impl Identity {
 
     /// True when nothing can have changed unseen since a check at
     /// `checked_at` found this identity: its times are older than the check
-    /// by at least [`DIRTY_WINDOW`].
-    pub fn settled_at(&self, checked_at: Stamp) -> bool {
+    /// by at least the dirty window of `times`.
+    pub fn settled_at(&self, checked_at: Stamp, times: Times) -> bool {
         if *self == Identity::ABSENT {
             return true;
         }
-        let window = DIRTY_WINDOW.as_nanos() as i128;
+        // The ctime is always the kernel's own (a program may set the mtime
+        // to a whole second): a file system that keeps seconds only, such
+        // as ext4 with 128-byte inodes, shows no nanoseconds there.
+        let window = match times {
+            Times::Local if self.ctime.nsec != 0 => LOCAL_DIRTY_WINDOW,
+            _ => DIRTY_WINDOW,
+        };
+        let window = window.as_nanos() as i128;
         let latest = self.mtime.nanos().max(self.ctime.nanos());
         latest + window <= checked_at.nanos()
     }
@@ -221,30 +249,30 @@ impl Header {
     /// True when the UIDL source files are known to be still absent: they
     /// were, the Maildir has the identity it had then (`root_now`, taken at
     /// `checked_at`), and that identity was settled when it was recorded.
-    pub fn vouches_absent(&self, root_now: &Identity, checked_at: Stamp) -> bool {
+    pub fn vouches_absent(&self, root_now: &Identity, checked_at: Stamp, times: Times) -> bool {
         self.uidlist == Identity::ABSENT
             && self.root != Identity::ABSENT
             && self.root == *root_now
             && self.root_checked_at <= checked_at
-            && self.root.settled_at(self.root_checked_at)
+            && self.root.settled_at(self.root_checked_at, times)
     }
 
     /// True when a later login can trust every identity recorded here: each
     /// was settled when it was taken. An index whose header is not settled
     /// makes the next login read the directories again.
-    pub fn settled(&self) -> bool {
+    pub fn settled(&self, times: Times) -> bool {
         [self.new, self.cur, self.uidlist]
             .iter()
-            .all(|id| id.settled_at(self.checked_at))
+            .all(|id| id.settled_at(self.checked_at, times))
     }
 
     /// Compares what this index was built from with the Maildir `now`.
-    pub fn stale(&self, now: &Header) -> Stale {
+    pub fn stale(&self, now: &Header, times: Times) -> Stale {
         // A clock that went backwards since the check makes every stored
         // time suspect.
         let clock_ok = self.checked_at <= now.checked_at;
         let fresh = |then: &Identity, now: &Identity| {
-            clock_ok && then == now && then.settled_at(self.checked_at)
+            clock_ok && then == now && then.settled_at(self.checked_at, times)
         };
         Stale {
             new: !fresh(&self.new, &now.new),
@@ -933,12 +961,12 @@ mod tests {
             }
         );
         let later = Stamp { sec: 300, nsec: 0 };
-        assert!(parsed.header.vouches_absent(&root, later));
+        assert!(parsed.header.vouches_absent(&root, later, Times::Other));
         let moved = Identity { ino: 8, ..root };
-        assert!(!parsed.header.vouches_absent(&moved, later));
+        assert!(!parsed.header.vouches_absent(&moved, later, Times::Other));
         let earlier = Stamp { sec: 150, nsec: 0 };
         assert!(
-            !parsed.header.vouches_absent(&root, earlier),
+            !parsed.header.vouches_absent(&root, earlier, Times::Other),
             "clock went back"
         );
         // Recorded again over the updated file.
@@ -1067,25 +1095,97 @@ mod tests {
         assert!(with_crc(&|_| {}).is_ok());
     }
 
-    #[test]
-    fn identities_settle_after_the_dirty_window() {
-        let id = Identity {
+    /// A directory's identity with these times.
+    fn dir_with(mtime: Stamp, ctime: Stamp) -> Identity {
+        Identity {
             dev: 1,
             ino: 2,
             size: 3,
-            mtime: Stamp { sec: 100, nsec: 5 },
-            ctime: Stamp { sec: 101, nsec: 0 },
+            mtime,
+            ctime,
+        }
+    }
+
+    #[test]
+    fn times_this_kernel_stamped_settle_after_the_local_window() {
+        let id = dir_with(
+            Stamp { sec: 100, nsec: 0 },
+            Stamp {
+                sec: 100,
+                nsec: 500_000_000,
+            },
+        );
+        let at = |sec, nsec| Stamp { sec, nsec };
+        // A local file system: 100 ms after the latest time.
+        assert!(!id.settled_at(at(100, 599_999_999), Times::Local));
+        assert!(id.settled_at(at(100, 600_000_000), Times::Local));
+        // Anything else, at the same moments: 2 s.
+        assert!(!id.settled_at(at(100, 600_000_000), Times::Other));
+        assert!(!id.settled_at(at(102, 499_999_999), Times::Other));
+        assert!(id.settled_at(at(102, 500_000_000), Times::Other));
+        // Seconds only (no nanoseconds in the ctime the kernel set): the
+        // file system may keep whole seconds, so 2 s even when local.
+        let coarse = Identity {
+            ctime: at(100, 0),
+            mtime: at(100, 0),
+            ..id
         };
-        assert!(!id.settled_at(Stamp {
-            sec: 102,
-            nsec: 999_999_999
-        }));
-        assert!(id.settled_at(Stamp { sec: 103, nsec: 0 }));
+        assert!(!coarse.settled_at(at(101, 0), Times::Local));
+        assert!(coarse.settled_at(at(102, 0), Times::Local));
+        // A future time is never settled.
+        assert!(!id.settled_at(at(99, 0), Times::Local));
+        let then = Header {
+            format: 1,
+            checked_at: at(100, 550_000_000),
+            new: id,
+            cur: id,
+            uidlist: Identity::ABSENT,
+            ..Header::default()
+        };
+        assert!(!then.settled(Times::Local));
+        let later = Header {
+            checked_at: at(100, 700_000_000),
+            ..then
+        };
+        assert!(later.settled(Times::Local));
+        assert!(!later.settled(Times::Other));
         assert!(
-            !id.settled_at(Stamp { sec: 50, nsec: 0 }),
+            later
+                .stale(
+                    &Header {
+                        checked_at: at(101, 0),
+                        ..later
+                    },
+                    Times::Local
+                )
+                .none()
+        );
+        let s = later.stale(
+            &Header {
+                checked_at: at(101, 0),
+                ..later
+            },
+            Times::Other,
+        );
+        assert!(s.new && s.cur);
+    }
+
+    #[test]
+    fn identities_settle_after_the_dirty_window() {
+        let id = dir_with(Stamp { sec: 100, nsec: 5 }, Stamp { sec: 101, nsec: 0 });
+        assert!(!id.settled_at(
+            Stamp {
+                sec: 102,
+                nsec: 999_999_999
+            },
+            Times::Other
+        ));
+        assert!(id.settled_at(Stamp { sec: 103, nsec: 0 }, Times::Other));
+        assert!(
+            !id.settled_at(Stamp { sec: 50, nsec: 0 }, Times::Other),
             "a time in the future"
         );
-        assert!(Identity::ABSENT.settled_at(Stamp::default()));
+        assert!(Identity::ABSENT.settled_at(Stamp::default(), Times::Other));
         let then = Header {
             format: 1,
             checked_at: Stamp { sec: 200, nsec: 0 },
@@ -1095,24 +1195,30 @@ mod tests {
             ..Header::default()
         };
         assert!(
-            then.stale(&Header {
-                checked_at: Stamp { sec: 300, nsec: 0 },
-                ..then
-            })
+            then.stale(
+                &Header {
+                    checked_at: Stamp { sec: 300, nsec: 0 },
+                    ..then
+                },
+                Times::Other
+            )
             .none()
         );
-        let back = then.stale(&Header {
-            checked_at: Stamp { sec: 199, nsec: 0 },
-            ..then
-        });
+        let back = then.stale(
+            &Header {
+                checked_at: Stamp { sec: 199, nsec: 0 },
+                ..then
+            },
+            Times::Other,
+        );
         assert!(
             back.new && back.cur && back.uidls,
             "the clock went backwards"
         );
         let moved = Identity { ino: 9, ..id };
-        let s = then.stale(&Header { cur: moved, ..then });
+        let s = then.stale(&Header { cur: moved, ..then }, Times::Other);
         assert!(s.cur && !s.new && !s.uidls);
-        let s = then.stale(&Header { format: 2, ..then });
+        let s = then.stale(&Header { format: 2, ..then }, Times::Other);
         assert!(s.uidls && !s.cur);
     }
 }

@@ -380,7 +380,7 @@ pub(crate) fn load_in_at(
         (Some(_), _) | (None, IndexDir::At(_)) => Some(root.identity()?),
         (None, _) => None,
     };
-    let vouched = matches!((&old, &root_now), (Some((header, _)), Some(r)) if header.vouches_absent(r, checked_at));
+    let vouched = matches!((&old, &root_now), (Some((header, _)), Some(r)) if header.vouches_absent(r, checked_at, root.times()));
     let uidlist = if vouched {
         Identity::ABSENT
     } else {
@@ -388,7 +388,8 @@ pub(crate) fn load_in_at(
     };
     // Worth recording: the sources are absent and the Maildir's times are
     // old enough that a change made at the same tick would show.
-    let record = root_now.filter(|r| uidlist == Identity::ABSENT && r.settled_at(checked_at));
+    let record =
+        root_now.filter(|r| uidlist == Identity::ABSENT && r.settled_at(checked_at, root.times()));
     let now = Header {
         format: format.fingerprint(),
         checked_at,
@@ -404,7 +405,7 @@ pub(crate) fn load_in_at(
         root_checked_at: checked_at,
     };
     let stale = match &old {
-        Some((header, _)) => header.stale(&now),
+        Some((header, _)) => header.stale(&now, root.times()),
         None => Stale {
             new: true,
             cur: true,
@@ -433,7 +434,8 @@ pub(crate) fn load_in_at(
     // change nothing a later login uses, yet it costs a file creation and a
     // rename into the Maildir (which unsettles the Maildir's own times), on
     // every login until the window passes.
-    if !header.settled() && old.as_ref().is_some_and(|old| old.same_messages(&snapshot)) {
+    if !header.settled(root.times()) && old.as_ref().is_some_and(|old| old.same_messages(&snapshot))
+    {
         return Ok(snapshot);
     }
     // Built here, not at the top: an unchanged Maildir needs no path.
@@ -964,6 +966,24 @@ mod tests {
         }
     }
 
+    /// A moment after the latest change to `dir`, `cur/` and `new/`: inside
+    /// every dirty window however slowly the test runs.
+    fn just_after_changes(dir: &Path) -> Stamp {
+        let latest = ["", "cur", "new"]
+            .iter()
+            .map(|sub| {
+                let id = Identity::stat(&dir.join(sub)).unwrap();
+                id.mtime.max(id.ctime)
+            })
+            .max()
+            .unwrap();
+        let nsec = latest.nsec + 1_000_000;
+        Stamp {
+            sec: latest.sec + i64::from(nsec / 1_000_000_000),
+            nsec: nsec % 1_000_000_000,
+        }
+    }
+
     /// Everything a session sees, message by message.
     type Seen = (String, bool, Vec<u8>, u64, Option<u64>);
 
@@ -1182,7 +1202,7 @@ mod tests {
         // Checked at once, the Maildir's times are too recent to vouch for
         // anything: every login looks the sources up.
         for _ in 0..3 {
-            let (n, _) = lookups(&dir, &place, Stamp::now());
+            let (n, _) = lookups(&dir, &place, just_after_changes(&dir));
             assert_eq!(n, 5);
         }
         // Later: cur/ is read again (it was recent too) and the index

@@ -32,7 +32,7 @@ use std::path::Path;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
 
-use super::index::Identity;
+use super::index::{Identity, Times};
 
 /// Where names are looked up: relative to an open Maildir, or by path when
 /// it could not be opened (then every call behaves as the path calls do).
@@ -41,11 +41,14 @@ pub struct Root<'a> {
     fd: Option<OwnedFd>,
     /// Opened by [`Root::open_now`]: nothing may wait.
     now: bool,
+    /// Who stamped the Maildir's times.
+    times: Times,
 }
 
 /// File systems whose lookups, stats and locks are answered from memory
-/// once cached (`statfs(2)` magic numbers): ext2/3/4, XFS, Btrfs, tmpfs,
-/// F2FS, ZFS, overlayfs. Network and FUSE file systems are not here.
+/// once cached, and whose times this kernel's clock stamps (`statfs(2)`
+/// magic numbers): ext2/3/4, XFS, Btrfs, tmpfs, F2FS, ZFS, overlayfs.
+/// Network, cluster and FUSE file systems are not here.
 const LOCAL_FILE_SYSTEMS: [u64; 7] = [
     0xEF53,
     0x5846_5342,
@@ -55,6 +58,13 @@ const LOCAL_FILE_SYSTEMS: [u64; 7] = [
     0x2FC1_2FC1,
     0x794C_7630,
 ];
+
+/// `f_type` names a file system in [`LOCAL_FILE_SYSTEMS`].
+fn is_local(f_type: impl TryInto<u64>) -> bool {
+    f_type
+        .try_into()
+        .is_ok_and(|kind| LOCAL_FILE_SYSTEMS.contains(&kind))
+}
 
 /// The error of every call that would have to wait.
 fn would_block() -> io::Error {
@@ -79,10 +89,16 @@ impl<'a> Root<'a> {
     pub fn open(dir: &'a Path) -> io::Result<Root<'a>> {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io_error)?;
+        // Not known is safe: the longer dirty window.
+        let times = match rustix::fs::fstatfs(&fd) {
+            Ok(fs) if is_local(fs.f_type) => Times::Local,
+            _ => Times::Other,
+        };
         Ok(Root {
             dir,
             fd: Some(fd),
             now: false,
+            times,
         })
     }
 
@@ -101,13 +117,14 @@ impl<'a> Root<'a> {
         )
         .map_err(rustix_error)?;
         let kind = rustix::fs::fstatfs(&fd).map_err(rustix_error)?.f_type;
-        if !LOCAL_FILE_SYSTEMS.contains(&(kind as u64)) {
+        if !is_local(kind) {
             return Err(would_block());
         }
         Ok(Root {
             dir,
             fd: Some(fd),
             now: true,
+            times: Times::Local,
         })
     }
 
@@ -117,7 +134,14 @@ impl<'a> Root<'a> {
             dir,
             fd: None,
             now: false,
+            times: Times::Other,
         }
+    }
+
+    /// Who stamped the Maildir's times: [`Times::Local`] only when it was
+    /// opened and found on a local file system.
+    pub fn times(&self) -> Times {
+        self.times
     }
 
     /// Opened by [`Root::open_now`]: every call fails rather than wait.
