@@ -1254,23 +1254,23 @@ mod tests {
         let inode = || fs::metadata(&index).unwrap().ino();
         let names = |s: &Snapshot| seen(s).into_iter().map(|m| m.0).collect::<Vec<_>>();
         // Checked at once: cur/ is dirty. The first index is written.
-        load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        load_at(&dir, &place, &f(), just_after_changes(&dir)).unwrap();
         let first = inode();
         // Still dirty, nothing new: the directory is read, the file left.
         let before = readdir_count();
-        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        let s = load_at(&dir, &place, &f(), just_after_changes(&dir)).unwrap();
         assert!(readdir_count() > before, "a dirty directory is read again");
         assert_eq!(names(&s), ["1.a:2,"]);
         assert_eq!(inode(), first, "no rewrite for the same messages");
         // A delivery within the window is seen and written at once.
         write(&dir, "new", "2.b", b"yy\n");
-        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        let s = load_at(&dir, &place, &f(), just_after_changes(&dir)).unwrap();
         assert_eq!(names(&s), ["1.a:2,", "2.b:2,"]);
         let second = inode();
         assert_ne!(second, first, "a change is written");
         // So is a removal by another program.
         fs::remove_file(dir.join("cur/1.a:2,")).unwrap();
-        let s = load_at(&dir, &place, &f(), Stamp::now()).unwrap();
+        let s = load_at(&dir, &place, &f(), just_after_changes(&dir)).unwrap();
         assert_eq!(names(&s), ["2.b:2,"]);
         assert_eq!(s.messages[0].octets, 4);
         assert_ne!(inode(), second);
