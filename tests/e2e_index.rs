@@ -35,6 +35,18 @@ fn settle() {
     thread::sleep(index::DIRTY_WINDOW + Duration::from_millis(200));
 }
 
+/// A tree with user `alice` (password `pw`) and `messages` small messages,
+/// settled.
+fn alice_with(messages: u32) -> Tree {
+    let mut tree = Tree::new();
+    tree.user("alice", "pw");
+    for n in 0..messages {
+        tree.deliver("alice", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
+    }
+    settle();
+    tree
+}
+
 /// UIDL and LIST of one session, by UIDL.
 fn listing(c: &mut Client) -> BTreeMap<String, u64> {
     assert!(c.cmd("UIDL").starts_with("+OK"));
@@ -72,12 +84,7 @@ fn reads(server: &Server) -> usize {
 
 engine_test!(an_unchanged_mailbox_is_served_from_its_index);
 fn an_unchanged_mailbox_is_served_from_its_index(engine: Engine) {
-    let mut tree = Tree::new();
-    tree.user("alice", "pw");
-    for n in 0..20 {
-        tree.deliver("alice", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
-    }
-    settle();
+    let tree = alice_with(20);
     let server = Server::start_with(&tree, opts(engine));
     let first = session(&server, "alice");
     assert_eq!(first.len(), 20);
@@ -398,12 +405,7 @@ engine_test!(a_login_with_nothing_to_wait_for_is_answered_on_its_shard);
 /// answered at once; new mail sends the next login back to the pool, which
 /// shows it.
 fn a_login_with_nothing_to_wait_for_is_answered_on_its_shard(engine: Engine) {
-    let mut tree = Tree::new();
-    tree.user("alice", "pw");
-    for n in 0..5 {
-        tree.deliver("alice", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
-    }
-    settle();
+    let tree = alice_with(5);
     let server = Server::start_with(&tree, with_metrics(opts(engine)));
     let metrics = scrape::metrics_addr(&server);
     // The pool builds the index, then records the Maildir once the

@@ -318,7 +318,8 @@ impl FileDb {
         if refused(&self.current.read().table, user, password) {
             return Ok(None);
         }
-        Ok(verify_in(&*self.table()?, user, password))
+        // Every scheme is checked here, so nothing is left unchecked.
+        Ok(verify_in(&*self.table()?, user, password, false).flatten())
     }
 
     /// [`FileDb::verify_plain`] when it can be answered at once, without a
@@ -345,13 +346,7 @@ impl FileDb {
         if refused(&table, user, password) {
             return Some(None);
         }
-        if let Some(entry) = table.users.get(&lookup_key(user))
-            && let Password::Stored(stored) = &entry.password
-            && !stored.is_cheap()
-        {
-            return None;
-        }
-        Some(verify_in(&table, user, password))
+        verify_in(&table, user, password, true)
     }
 }
 
@@ -368,14 +363,22 @@ fn refused(table: &Table, user: &str, password: &[u8]) -> bool {
     false
 }
 
-/// Checks `password` for the valid name `user` in `table`.
-fn verify_in(table: &Table, user: &str, password: &[u8]) -> Option<UserEntry> {
+/// Checks `password` for the valid name `user` in `table`. `None` (not
+/// checked) only when `cheap_only` and the user's password is stored in a
+/// costly scheme.
+fn verify_in(
+    table: &Table,
+    user: &str,
+    password: &[u8],
+    cheap_only: bool,
+) -> Option<Option<UserEntry>> {
     let key = lookup_key(user);
     let Some(entry) = table.users.get(&key) else {
         table.burn(password);
-        return None;
+        return Some(None);
     };
     let matched = match &entry.password {
+        Password::Stored(stored) if cheap_only && !stored.is_cheap() => return None,
         Password::Stored(stored) => stored.verify(password),
         Password::Any => true,
         Password::Locked => {
@@ -383,7 +386,7 @@ fn verify_in(table: &Table, user: &str, password: &[u8]) -> Option<UserEntry> {
             false
         }
     };
-    admit(matched, key, entry)
+    Some(admit(matched, key, entry))
 }
 
 impl FileDb {

@@ -409,15 +409,14 @@ pub fn login_now(
     let name = std::str::from_utf8(user)
         .ok()
         .filter(|_| crate::auth::valid_username(user))?;
-    let failed = |why| {
-        Some(Outcome::LoginFailed {
-            why,
-            user: name.to_owned(),
-        })
-    };
     let entry = match ctx.passdb.verify_plain_now(name, password)? {
         Ok(Some(entry)) if entry.allows_peer(Some(peer.ip())) => entry,
-        Ok(_) => return failed(LoginFailure::BadCredentials),
+        Ok(_) => {
+            return Some(Outcome::LoginFailed {
+                why: LoginFailure::BadCredentials,
+                user: name.to_owned(),
+            });
+        }
         Err(_) => return None,
     };
     let paths = maildir_of(ctx, &entry).ok()?;
