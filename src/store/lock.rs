@@ -1,27 +1,39 @@
 //! One session per mailbox: a process-wide table (all shards) plus an
-//! exclusive `flock` on a file in the Maildir (other processes, e.g. a second
-//! shardpop during a rolling restart). The guard releases both when it is
-//! dropped, so a dropped connection frees its mailbox at once, and a crashed
-//! process frees it because the kernel drops its flocks.
+//! exclusive `flock` (other processes, e.g. a second shardpop during a
+//! rolling restart, or another node on shared storage). The guard releases
+//! both when it is dropped, so a dropped connection frees its mailbox at
+//! once, and a crashed process frees it because the kernel drops its flocks.
 //!
-//! A Maildir the server may not write (read-only mount, or owned by someone
-//! else) is locked through a read-only descriptor (flock needs no write
-//! access): the lock file if it exists, else the Maildir directory itself.
+//! What is flocked depends only on the Maildir's file system, so every
+//! process agrees:
+//! - on a local file system ([`Root::local_dir`]), the Maildir directory
+//!   itself, through the descriptor the login already opened it with: no
+//!   lock file to open and close (a sixth of the file system calls' cost
+//!   of a login on the shard; docs/benchmarks.md, ninth session);
+//! - elsewhere (NFS, cluster file systems), the lock file
+//!   [`LOCK_FILE`]: a directory cannot carry an NFSv4 lock, a regular file
+//!   can, which is what makes `[IN-USE]` hold across nodes. A Maildir the
+//!   server may not write (read-only mount, or owned by someone else) is
+//!   locked through a read-only descriptor (flock needs no write access):
+//!   the lock file if it exists, else the Maildir directory itself.
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rustix::fs::FlockOperation;
 
 use super::root::Root;
 
-/// The lock file's name inside the Maildir. A dot file, so Maildir readers
-/// (ours included) never take it for mail.
+/// The lock file's name inside a Maildir that is not on a local file
+/// system. A dot file, so Maildir readers (ours included) never take it for
+/// mail.
 pub const LOCK_FILE: &str = ".shardpop-pop3.lock";
 
 /// Keyed by the path's bytes: hashing a `Path` hashes it component by
@@ -43,8 +55,9 @@ pub enum LockError {
 pub struct MailboxLock {
     /// The table's key, shared with the table (one copy of the path).
     dir: Arc<[u8]>,
-    // Held for its flock; closing the file releases it.
-    _file: File,
+    // Held for its flock; closing the last descriptor of its open file
+    // releases it. Shared with the login's Root while that lives.
+    _file: Arc<OwnedFd>,
 }
 
 impl MailboxLock {
@@ -72,32 +85,41 @@ impl MailboxLock {
                 held.remove(dir.as_os_str().as_bytes());
             }
         };
-        let file = match open_lock_file(root) {
+        let file = match open_lock_target(root) {
             Ok(f) => f,
             Err(e) => {
                 release();
                 return Err(LockError::Io(e));
             }
         };
-        match file.try_lock() {
+        match rustix::fs::flock(&*file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(MailboxLock {
                 dir: key,
                 _file: file,
             }),
-            Err(TryLockError::WouldBlock) => {
+            Err(e) => {
                 release();
-                Err(LockError::InUse)
-            }
-            Err(TryLockError::Error(e)) => {
-                release();
-                Err(LockError::Io(e))
+                Err(if e == rustix::io::Errno::WOULDBLOCK {
+                    LockError::InUse
+                } else {
+                    LockError::Io(io::Error::from(e))
+                })
             }
         }
     }
 }
 
-/// The file to flock: the lock file, created when missing; in a Maildir we
-/// may not write, the existing lock file or the directory, read-only.
+/// The file to flock: the Maildir on a local file system; elsewhere
+/// [`open_lock_file`].
+fn open_lock_target(root: &Root<'_>) -> io::Result<Arc<OwnedFd>> {
+    match root.local_dir()? {
+        Some(dir) => Ok(dir),
+        None => Ok(Arc::new(OwnedFd::from(open_lock_file(root)?))),
+    }
+}
+
+/// The lock file, created when missing; in a Maildir we may not write, the
+/// existing lock file or the directory, read-only.
 fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
     if root.is_now() {
         // A caller that must not wait creates nothing and takes no other
@@ -143,6 +165,7 @@ impl Drop for MailboxLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::TryLockError;
 
     #[test]
     fn second_lock_is_refused_until_the_first_drops() {
@@ -156,18 +179,50 @@ mod tests {
         let _b = MailboxLock::acquire(tmp.path()).unwrap();
     }
 
+    /// Whether `dir` is on a file system whose Maildirs are locked
+    /// through themselves.
+    fn local(dir: &Path) -> bool {
+        Root::by_path(dir).local_dir().unwrap().is_some()
+    }
+
     #[test]
     fn flock_held_by_another_open_file_is_in_use() {
         let tmp = tempfile::tempdir().unwrap();
-        // Another process would hold it through its own open file description.
-        let other = File::create(tmp.path().join(LOCK_FILE)).unwrap();
-        other.lock().unwrap();
-        assert!(matches!(
-            MailboxLock::acquire(tmp.path()),
-            Err(LockError::InUse)
-        ));
-        other.unlock().unwrap();
-        assert!(MailboxLock::acquire(tmp.path()).is_ok());
+        assert!(local(tmp.path()), "the tests' temporary directory is local");
+        // Another process would hold it through its own open file
+        // description, however it opened the directory.
+        for root in [Root::open(tmp.path()).unwrap(), Root::by_path(tmp.path())] {
+            let other = File::open(tmp.path()).unwrap();
+            other.lock().unwrap();
+            assert!(matches!(
+                MailboxLock::acquire_in(&root),
+                Err(LockError::InUse)
+            ));
+            other.unlock().unwrap();
+            let held = MailboxLock::acquire_in(&root).unwrap();
+            assert!(matches!(
+                File::open(tmp.path()).unwrap().try_lock(),
+                Err(TryLockError::WouldBlock)
+            ));
+            drop(held);
+        }
+        assert!(
+            !tmp.path().join(LOCK_FILE).exists(),
+            "no lock file on a local file system"
+        );
+    }
+
+    #[test]
+    fn a_maildir_elsewhere_is_locked_through_the_lock_file() {
+        // What a Maildir on NFS takes (a local one stands in for it here).
+        let tmp = tempfile::tempdir().unwrap();
+        let held = open_lock_file(&Root::by_path(tmp.path())).unwrap();
+        held.lock().unwrap();
+        assert!(tmp.path().join(LOCK_FILE).is_file(), "created");
+        let again = open_lock_file(&Root::open(tmp.path()).unwrap()).unwrap();
+        assert!(matches!(again.try_lock(), Err(TryLockError::WouldBlock)));
+        drop(held);
+        again.try_lock().unwrap();
     }
 
     #[test]

@@ -247,13 +247,13 @@ mod tests {
         };
         let format = UidlFormat::default();
         let site = SitePolicy::default();
-        // First login: no lock file yet and no index; neither is made here.
+        // First login: no index yet, and none is made here.
         assert!(matches!(
             Mailbox::open_now_at(&paths, &format, site, later(3)),
             Ok(None)
         ));
-        assert!(!dir.join(lock::LOCK_FILE).exists());
-        // The pool's logins make both, and the index settles.
+        assert!(!dir.join(index::INDEX_FILE).exists());
+        // The pool's logins make it, and it settles.
         drop(Mailbox::open_paths(&paths, &format).unwrap());
         for t in [6, 9, 12] {
             maildir::load_at(&dir, &IndexDir::Maildir, &format, later(t)).unwrap();

@@ -1,12 +1,13 @@
 //! Names in a Maildir looked up relative to it. A login touches up to seven
-//! names in the Maildir (the lock file, `new/`, `cur/`, `dovecot-uidlist`,
+//! names in the Maildir (a lock file, `new/`, `cur/`, `dovecot-uidlist`,
 //! Courier's two files, the index); by absolute path each costs a walk of
 //! every component from `/`, and the dentry lookups of those walks were a
 //! fifth of a worker's CPU per login (perf on the worker thread, 1 shard, 1
 //! worker, loadtest login c=64; docs/benchmarks.md, third session). A login
-//! opens the Maildir once (`O_PATH`: no permission to read it needed,
-//! nothing to read) and looks the names up in it: one walk, then one
-//! component each.
+//! opens the Maildir once and looks the names up in it: one walk, then one
+//! component each. It is opened to read (not `O_PATH`) because on a local
+//! file system the same descriptor carries the session lock
+//! ([`Root::local_dir`]), which saves the lock file's open and close.
 //!
 //! A Root opened with [`Root::open_now`] is for a login answered on a shard
 //! thread, which must not wait on a disk or a file server. The Maildir must
@@ -18,7 +19,7 @@
 //! to the worker pool. The one lookup that is not forced through the cache
 //! is [`Root::stat`] (`new/`, `cur/`): an O_PATH open and close for each
 //! cost as much as the hand-off to the pool saves (docs/benchmarks.md), and
-//! these entries are used by every login and delivery, as the lock file
+//! these entries are used by every login and delivery, as the Maildir
 //! and index are, so they are cached whenever those are. Were they evicted
 //! alone, the stat would read one block of the Maildir's directory from a
 //! local disk, the same kind of wait as a RETR's page fault.
@@ -28,6 +29,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
@@ -38,7 +40,9 @@ use super::index::{Identity, Times};
 /// it could not be opened (then every call behaves as the path calls do).
 pub struct Root<'a> {
     dir: &'a Path,
-    fd: Option<OwnedFd>,
+    /// Shared with the session lock when the Maildir carries it
+    /// ([`Root::local_dir`]).
+    fd: Option<Arc<OwnedFd>>,
     /// Opened by [`Root::open_now`]: nothing may wait.
     now: bool,
     /// Who stamped the Maildir's times.
@@ -87,7 +91,7 @@ impl<'a> Root<'a> {
     /// Opens `dir` for lookups; a Maildir that does not exist gives
     /// `NotFound` (the caller creates it).
     pub fn open(dir: &'a Path) -> io::Result<Root<'a>> {
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io_error)?;
         // Not known is safe: the longer dirty window.
         let times = match rustix::fs::fstatfs(&fd) {
@@ -96,7 +100,7 @@ impl<'a> Root<'a> {
         };
         Ok(Root {
             dir,
-            fd: Some(fd),
+            fd: Some(Arc::new(fd)),
             now: false,
             times,
         })
@@ -107,7 +111,7 @@ impl<'a> Root<'a> {
     /// not on a local file system.
     pub fn open_now(dir: &'a Path) -> io::Result<Root<'a>> {
         use rustix::fs::{OFlags, ResolveFlags};
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::openat2(
             rustix::fs::CWD,
             dir,
@@ -122,7 +126,7 @@ impl<'a> Root<'a> {
         }
         Ok(Root {
             dir,
-            fd: Some(fd),
+            fd: Some(Arc::new(fd)),
             now: true,
             times: Times::Local,
         })
@@ -142,6 +146,24 @@ impl<'a> Root<'a> {
     /// opened and found on a local file system.
     pub fn times(&self) -> Times {
         self.times
+    }
+
+    /// The Maildir itself, open, when it is on a local file system: there
+    /// its own `flock` is the session lock ([`super::lock`]). `None`
+    /// elsewhere (NFS, cluster and FUSE file systems), where the lock is a
+    /// file in it. The answer depends on the file system alone, never on
+    /// how this Root was opened, so every process takes the same lock.
+    /// Shares this Root's descriptor (no system call) when it has one.
+    pub fn local_dir(&self) -> io::Result<Option<Arc<OwnedFd>>> {
+        match &self.fd {
+            Some(fd) if self.times == Times::Local => Ok(Some(Arc::clone(fd))),
+            Some(_) => Ok(None),
+            None => {
+                let dir = OwnedFd::from(File::open(self.dir)?);
+                let kind = rustix::fs::fstatfs(&dir).map_err(rustix_error)?.f_type;
+                Ok(is_local(kind).then(|| Arc::new(dir)))
+            }
+        }
     }
 
     /// Opened by [`Root::open_now`]: every call fails rather than wait.
