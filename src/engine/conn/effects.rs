@@ -9,6 +9,7 @@ use super::Conn;
 use crate::auth::ScramNext;
 use crate::engine::context::Cx;
 use crate::engine::worker::{self, ConnRef, Done, Full, Job, Outcome, Reply};
+use crate::log_format::Rip;
 use crate::metrics::LoginResult;
 use crate::protocol::{Completion, Effect, LoginFailure};
 use crate::store;
@@ -194,7 +195,7 @@ impl Conn {
                 let tls = self.tls.as_ref().and_then(|t| t.describe());
                 tracing::info!(
                     "pop3 login: user=<{user}>, rip={}, shard={}, messages={}, tls={}",
-                    self.peer.ip(),
+                    Rip(self.peer.ip()),
                     cx.local.shard,
                     mailbox.snapshot.messages.len(),
                     tls.as_deref().unwrap_or("no")
@@ -263,7 +264,7 @@ impl Conn {
         tracing::warn!(
             "pop3 login failed ({why:?}): user=<{}>, rip={}, shard={}",
             user.escape_debug(),
-            self.peer.ip(),
+            Rip(self.peer.ip()),
             cx.local.shard
         );
         if why == LoginFailure::BadCredentials {

@@ -384,7 +384,7 @@ impl Conn {
         let s = self.session.summary();
         tracing::info!(
             "pop3 logout: user=<{user}>, rip={}, shard={shard}, messages={}, retr={}, bytes={}, deleted={}",
-            self.peer.ip(),
+            crate::log_format::Rip(self.peer.ip()),
             s.messages,
             s.bodies_sent,
             self.bytes_sent,
