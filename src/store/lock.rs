@@ -8,8 +8,8 @@
 //! process agrees:
 //! - on a local file system ([`Root::local_dir`]), the Maildir directory
 //!   itself, through the descriptor the login already opened it with: no
-//!   lock file to open and close (a sixth of the file system calls' cost
-//!   of a login on the shard; docs/benchmarks.md, ninth session);
+//!   lock file to open and close (25.1 → 22.9 system calls per login
+//!   session; docs/benchmarks.md, ninth session);
 //! - elsewhere (NFS, cluster file systems), the lock file
 //!   [`LOCK_FILE`]: a directory cannot carry an NFSv4 lock, a regular file
 //!   can, which is what makes `[IN-USE]` hold across nodes. A Maildir the
