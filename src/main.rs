@@ -204,9 +204,15 @@ fn init_logging(log: Option<&str>, format: LogFormat) -> SetFilter {
     }
     match format {
         LogFormat::Text => {
+            // Colours first: `with_ansi` configures the writer that the
+            // event format then asks (`Text` leaves coloured lines to the
+            // stock format).
             let builder = builder
                 .fmt_fields(shardpop::log_format::Fields)
                 .with_ansi(std::io::stderr().is_terminal())
+                .event_format(shardpop::log_format::Text::new(
+                    shardpop::log_format::Rfc3339Micros,
+                ))
                 .with_filter_reloading();
             let set = setter(builder.reload_handle());
             builder.init();
