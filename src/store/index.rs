@@ -430,9 +430,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, IndexError> {
     };
     let mut whole = crc32fast::Hasher::new();
     whole.update(&bytes[16..HEADER_BYTES]);
-    // `combine` costs ~2,700 instructions whatever the length (a 32×32
-    // bit-matrix power), hashing a 10-message index's body a second time
-    // ~150: a login's index is small, a big mailbox's is not.
+    // `combine` cost ~2,700 instructions per login whatever the length (a
+    // 32×32 bit-matrix power; callgrind of 10-message logins, and the
+    // login's whole parse fell from ~7,700 to ~5,500 without it:
+    // docs/benchmarks.md, ninth session). A login's index is small, a big
+    // mailbox's is not.
     if bytes.len() - HEADER_BYTES <= COMBINE_ABOVE {
         whole.update(&bytes[HEADER_BYTES..]);
     } else {

@@ -112,20 +112,20 @@ impl MailboxLock {
 /// The file to flock: the Maildir on a local file system; elsewhere
 /// [`open_lock_file`].
 fn open_lock_target(root: &Root<'_>) -> io::Result<Arc<OwnedFd>> {
-    match root.local_dir()? {
-        Some(dir) => Ok(dir),
-        None => Ok(Arc::new(OwnedFd::from(open_lock_file(root)?))),
+    if let Some(dir) = root.local_dir()? {
+        return Ok(dir);
     }
+    // A Root that must not wait is on a local file system by construction
+    // (`Root::open_now`); were it not, it may create and wait for nothing.
+    if root.is_now() {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    Ok(Arc::new(OwnedFd::from(open_lock_file(root)?)))
 }
 
 /// The lock file, created when missing; in a Maildir we may not write, the
 /// existing lock file or the directory, read-only.
 fn open_lock_file(root: &Root<'_>) -> io::Result<File> {
-    if root.is_now() {
-        // A caller that must not wait creates nothing and takes no other
-        // way in: any failure sends the login to the pool, which does.
-        return root.open_file(LOCK_FILE, true);
-    }
     let dir = root.dir();
     let path = || dir.join(LOCK_FILE);
     // The file almost always exists: an open without O_CREAT looks it up

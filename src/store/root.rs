@@ -89,14 +89,17 @@ fn io_error(e: nix::Error) -> io::Error {
 
 impl<'a> Root<'a> {
     /// Opens `dir` for lookups; a Maildir that does not exist gives
-    /// `NotFound` (the caller creates it).
+    /// `NotFound` (the caller creates it). A failed `statfs` is an error
+    /// too, not a guess: the lock target ([`Root::local_dir`]) must depend
+    /// on the file system alone.
     pub fn open(dir: &'a Path) -> io::Result<Root<'a>> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(io_error)?;
-        // Not known is safe: the longer dirty window.
-        let times = match rustix::fs::fstatfs(&fd) {
-            Ok(fs) if is_local(fs.f_type) => Times::Local,
-            _ => Times::Other,
+        let kind = rustix::fs::fstatfs(&fd).map_err(rustix_error)?.f_type;
+        let times = if is_local(kind) {
+            Times::Local
+        } else {
+            Times::Other
         };
         Ok(Root {
             dir,
@@ -152,17 +155,15 @@ impl<'a> Root<'a> {
     /// its own `flock` is the session lock ([`super::lock`]). `None`
     /// elsewhere (NFS, cluster and FUSE file systems), where the lock is a
     /// file in it. The answer depends on the file system alone, never on
-    /// how this Root was opened, so every process takes the same lock.
-    /// Shares this Root's descriptor (no system call) when it has one.
+    /// how this Root was opened, so every process takes the same lock: a
+    /// Root by path opens the Maildir as [`Root::open`] does, and fails
+    /// where that fails. Shares this Root's descriptor (no system call)
+    /// when it has one.
     pub fn local_dir(&self) -> io::Result<Option<Arc<OwnedFd>>> {
         match &self.fd {
             Some(fd) if self.times == Times::Local => Ok(Some(Arc::clone(fd))),
             Some(_) => Ok(None),
-            None => {
-                let dir = OwnedFd::from(File::open(self.dir)?);
-                let kind = rustix::fs::fstatfs(&dir).map_err(rustix_error)?.f_type;
-                Ok(is_local(kind).then(|| Arc::new(dir)))
-            }
+            None => Root::open(self.dir)?.local_dir(),
         }
     }
 
