@@ -24,6 +24,9 @@ use slab::Slab;
 pub const FLOOR_MESSAGES: u64 = 10;
 /// RFC 1939 size of each canned message.
 pub const FLOOR_MESSAGE_OCTETS: u64 = 2000;
+/// The reply to STAT: `FLOOR_MESSAGES` of `FLOOR_MESSAGE_OCTETS` (a test
+/// checks the two agree).
+const STAT_REPLY: &[u8] = b"+OK 10 20000\r\n";
 /// A command line longer than this closes the connection (RFC 2449: 255).
 const LINE_BYTES_MAX: usize = 512;
 const LISTENER: Token = Token(usize::MAX);
@@ -56,7 +59,7 @@ pub fn serve_on(
     threads: usize,
     duration: Duration,
 ) -> io::Result<FloorReport> {
-    std_listener.set_nonblocking(true)?;
+    prepare(&std_listener)?;
     let local = std_listener.local_addr()?;
     eprintln!("floor: listening addr={local}");
     let stop = Arc::new(AtomicBool::new(false));
@@ -88,13 +91,26 @@ pub fn serve_on(
     })
 }
 
+/// Non-blocking, and `TCP_NODELAY` set once on the listener, which accepted
+/// sockets inherit (as the server does): no setsockopt per connection.
+fn prepare(listener: &std::net::TcpListener) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
+}
+
 struct Conn {
     stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
     /// QUIT answered (or the client misbehaved): close once output is sent.
     closing: bool,
+    /// Registered for writability too: a write would have blocked.
+    wants_write: bool,
 }
+
+/// Read size: a POP3 command line fits many times over, so a read that
+/// fills less than this emptied the socket.
+const READ_BYTES: usize = 1024;
 
 fn run_loop(mut listener: TcpListener, stop: &AtomicBool, sessions: &AtomicU64) -> io::Result<()> {
     let mut poll = Poll::new()?;
@@ -109,16 +125,17 @@ fn run_loop(mut listener: TcpListener, stop: &AtomicBool, sessions: &AtomicU64) 
         }
         for event in &events {
             if event.token() == LISTENER {
-                accept_all(&listener, &poll, &mut conns)?;
+                accept_all(&listener, &poll, &mut conns, sessions)?;
                 continue;
             }
             let key = event.token().0;
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            if !pump(conn) {
-                let mut conn = conns.remove(key);
-                let _ = poll.registry().deregister(&mut conn.stream);
+            if !pump(conn, &poll, key, event.is_readable()) {
+                // Closing the socket takes it out of the epoll set: no
+                // deregister call (the server does not make one either).
+                conns.remove(key);
                 sessions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -126,67 +143,119 @@ fn run_loop(mut listener: TcpListener, stop: &AtomicBool, sessions: &AtomicU64) 
     Ok(())
 }
 
-/// Accepts until the queue is empty (edge-triggered); greets each client.
-fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Conn>) -> io::Result<()> {
+/// Accepts until the queue is empty (edge-triggered); greets each client
+/// at once, as a server does, rather than on a first writable event.
+fn accept_all(
+    listener: &TcpListener,
+    poll: &Poll,
+    conns: &mut Slab<Conn>,
+    sessions: &AtomicU64,
+) -> io::Result<()> {
     loop {
-        let (mut stream, _) = match listener.accept() {
+        let (stream, _) = match listener.accept() {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             // Another loop took it, or the client gave up already.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => return Err(e),
         };
-        let _ = stream.set_nodelay(true);
-        let entry = conns.vacant_entry();
-        poll.registry().register(
-            &mut stream,
-            Token(entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-        entry.insert(Conn {
+        let mut conn = Conn {
             stream,
             input: Vec::with_capacity(128),
             output: b"+OK floor ready\r\n".to_vec(),
             closing: false,
-        });
+            wants_write: false,
+        };
+        if !flush(&mut conn) {
+            sessions.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let entry = conns.vacant_entry();
+        conn.wants_write = !conn.output.is_empty();
+        poll.registry().register(
+            &mut conn.stream,
+            Token(entry.key()),
+            interest(conn.wants_write),
+        )?;
+        entry.insert(conn);
+    }
+}
+
+fn interest(wants_write: bool) -> Interest {
+    if wants_write {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
     }
 }
 
 /// Reads what there is, answers every complete line, writes what it can.
-/// False when the connection is finished.
-fn pump(conn: &mut Conn) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match conn.stream.read(&mut buf) {
-            Ok(0) => return false,
-            Ok(n) => conn.input.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return false,
+/// False when the connection is finished. One read per command when the
+/// client waits for each reply: a short read means the socket is empty (a
+/// later arrival raises a new edge), so there is no read that only finds
+/// `EAGAIN`, as in the server's own pump.
+fn pump(conn: &mut Conn, poll: &Poll, key: usize, readable: bool) -> bool {
+    if readable {
+        let mut buf = [0u8; READ_BYTES];
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    conn.input.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
         }
     }
+    let mut used = 0;
     while !conn.closing {
-        let Some(end) = conn.input.iter().position(|&b| b == b'\n') else {
-            if conn.input.len() > LINE_BYTES_MAX {
+        let rest = &conn.input[used..];
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            if rest.len() > LINE_BYTES_MAX {
                 conn.output.extend_from_slice(b"-ERR line too long\r\n");
                 conn.closing = true;
             }
             break;
         };
-        let line: Vec<u8> = conn.input.drain(..=end).collect();
-        conn.closing = reply(&line, &mut conn.output);
+        conn.closing = reply(&rest[..=end], &mut conn.output);
+        used += end + 1;
     }
-    while !conn.output.is_empty() {
-        match conn.stream.write(&conn.output) {
-            Ok(n) => {
-                conn.output.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+    conn.input.drain(..used);
+    if !flush(conn) {
+        return false;
+    }
+    let wants_write = !conn.output.is_empty();
+    if wants_write != conn.wants_write {
+        conn.wants_write = wants_write;
+        if poll
+            .registry()
+            .reregister(&mut conn.stream, Token(key), interest(wants_write))
+            .is_err()
+        {
+            return false;
+        }
+    }
+    conn.wants_write || !conn.closing
+}
+
+/// Writes what the socket takes; false on a dead connection.
+fn flush(conn: &mut Conn) -> bool {
+    let mut sent = 0;
+    while sent < conn.output.len() {
+        match conn.stream.write(&conn.output[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
     }
-    !conn.closing
+    conn.output.drain(..sent);
+    true
 }
 
 /// The canned reply to one command line; true after QUIT.
@@ -194,14 +263,20 @@ pub fn reply(line: &[u8], out: &mut Vec<u8>) -> bool {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    let word = line[..word_end].to_ascii_uppercase();
-    match word.as_slice() {
+    // A word is at most four letters: upper-cased in place, no allocation
+    // (the floor should spend nothing a real server need not).
+    let mut upper = [0u8; 4];
+    let word: &[u8] = if word_end == upper.len() {
+        upper.copy_from_slice(&line[..word_end]);
+        upper.make_ascii_uppercase();
+        &upper
+    } else {
+        b""
+    };
+    match word {
         b"USER" | b"APOP" | b"NOOP" | b"RSET" | b"DELE" => out.extend_from_slice(b"+OK\r\n"),
         b"PASS" => out.extend_from_slice(b"+OK Logged in.\r\n"),
-        b"STAT" => {
-            let total = FLOOR_MESSAGES * FLOOR_MESSAGE_OCTETS;
-            out.extend_from_slice(format!("+OK {FLOOR_MESSAGES} {total}\r\n").as_bytes());
-        }
+        b"STAT" => out.extend_from_slice(STAT_REPLY),
         b"LIST" | b"UIDL" => {
             out.extend_from_slice(b"+OK\r\n");
             for n in 1..=FLOOR_MESSAGES {
@@ -239,6 +314,14 @@ mod tests {
         assert_eq!(answer(b"USER a\r\n"), ("+OK\r\n".into(), false));
         assert_eq!(answer(b"pass x\r\n"), ("+OK Logged in.\r\n".into(), false));
         assert_eq!(answer(b"STAT\r\n"), ("+OK 10 20000\r\n".into(), false));
+        let total = FLOOR_MESSAGES * FLOOR_MESSAGE_OCTETS;
+        assert_eq!(
+            STAT_REPLY,
+            format!("+OK {FLOOR_MESSAGES} {total}\r\n").as_bytes()
+        );
+        assert!(answer(b"Quit\r\n").1);
+        assert!(answer(b"QUITX\r\n").0.starts_with("-ERR"));
+        assert!(answer(b"\r\n").0.starts_with("-ERR"));
         assert_eq!(answer(b"QUIT\n"), ("+OK Bye\r\n".into(), true));
         let (list, _) = answer(b"LIST\r\n");
         assert_eq!(list.lines().count(), 12);
@@ -267,5 +350,72 @@ mod tests {
         let report = handle.join().unwrap().unwrap();
         assert_eq!(report.sessions_total, 3);
         assert!(report.server_cpu_s >= 0.0);
+    }
+
+    /// A floor on a free port for `seconds`; its port and the join handle.
+    fn floor(seconds: u64) -> (u16, std::thread::JoinHandle<io::Result<FloorReport>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle =
+            std::thread::spawn(move || serve_on(listener, 1, Duration::from_secs(seconds)));
+        (port, handle)
+    }
+
+    #[test]
+    fn a_line_split_across_reads_is_answered_once_whole() {
+        let (port, handle) = floor(2);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for part in [&b"US"[..], b"ER u\r", b"\nQU", b"IT\r\n"] {
+            s.write_all(part).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "+OK floor ready\r\n+OK\r\n+OK Bye\r\n");
+        assert_eq!(handle.join().unwrap().unwrap().sessions_total, 1);
+    }
+
+    #[test]
+    fn accepted_sockets_have_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        prepare(&listener).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+
+    #[test]
+    fn replies_the_socket_cannot_take_at_once_are_all_sent() {
+        // 100,000 LISTs (11 MB of replies, more than a loopback socket's
+        // send and receive buffers hold) before the client reads a byte:
+        // the floor's writes block, and it must finish them on writable
+        // events, in order, then close after QUIT.
+        let (port, handle) = floor(3);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut script = b"LIST\r\n".repeat(100_000);
+        script.extend_from_slice(b"QUIT\r\n");
+        s.write_all(&script).unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        let mut one = Vec::new();
+        reply(b"LIST\r\n", &mut one);
+        let one = String::from_utf8(one).unwrap();
+        let want = format!("+OK floor ready\r\n{}+OK Bye\r\n", one.repeat(100_000));
+        assert_eq!(all.len(), want.len());
+        assert!(all == want);
+        assert_eq!(handle.join().unwrap().unwrap().sessions_total, 1);
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_and_closed() {
+        let (port, handle) = floor(2);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&[b'x'; 3000]).unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        assert_eq!(all, "+OK floor ready\r\n-ERR line too long\r\n");
+        assert_eq!(handle.join().unwrap().unwrap().sessions_total, 1);
     }
 }
