@@ -106,6 +106,9 @@ struct Conn {
     closing: bool,
     /// Registered for writability too: a write would have blocked.
     wants_write: bool,
+    /// An event said the peer closed its side: read to the end of file, as
+    /// a short read may stop just before it and no later event reports it.
+    peer_closed: bool,
 }
 
 /// Read size: a POP3 command line fits many times over, so a read that
@@ -132,7 +135,13 @@ fn run_loop(mut listener: TcpListener, stop: &AtomicBool, sessions: &AtomicU64) 
             let Some(conn) = conns.get_mut(key) else {
                 continue;
             };
-            if !pump(conn, &poll, key, event.is_readable()) {
+            conn.peer_closed |= event.is_read_closed();
+            if !pump(
+                conn,
+                &poll,
+                key,
+                event.is_readable() || event.is_read_closed(),
+            ) {
                 // Closing the socket takes it out of the epoll set: no
                 // deregister call (the server does not make one either).
                 conns.remove(key);
@@ -165,6 +174,7 @@ fn accept_all(
             output: b"+OK floor ready\r\n".to_vec(),
             closing: false,
             wants_write: false,
+            peer_closed: false,
         };
         if !flush(&mut conn) {
             sessions.fetch_add(1, Ordering::Relaxed);
@@ -193,16 +203,21 @@ fn interest(wants_write: bool) -> Interest {
 /// False when the connection is finished. One read per command when the
 /// client waits for each reply: a short read means the socket is empty (a
 /// later arrival raises a new edge), so there is no read that only finds
-/// `EAGAIN`, as in the server's own pump.
+/// `EAGAIN`, as in the server's own pump; except after the peer closed
+/// its side, when the end of file may wait behind the data.
 fn pump(conn: &mut Conn, poll: &Poll, key: usize, readable: bool) -> bool {
+    let mut eof = false;
     if readable {
         let mut buf = [0u8; READ_BYTES];
         loop {
             match conn.stream.read(&mut buf) {
-                Ok(0) => return false,
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
                 Ok(n) => {
                     conn.input.extend_from_slice(&buf[..n]);
-                    if n < buf.len() {
+                    if n < buf.len() && !conn.peer_closed {
                         break;
                     }
                 }
@@ -226,6 +241,9 @@ fn pump(conn: &mut Conn, poll: &Poll, key: usize, readable: bool) -> bool {
         used += end + 1;
     }
     conn.input.drain(..used);
+    // Commands that came before the end of file are answered, then the
+    // connection closes (as the server does).
+    conn.closing |= eof;
     if !flush(conn) {
         return false;
     }
@@ -406,6 +424,24 @@ mod tests {
         assert_eq!(all.len(), want.len());
         assert!(all == want);
         assert_eq!(handle.join().unwrap().unwrap().sessions_total, 1);
+    }
+
+    #[test]
+    fn a_command_and_the_end_of_file_together_get_a_reply_and_a_close() {
+        let (port, handle) = floor(3);
+        for _ in 0..20 {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let mut greeting = [0u8; 17];
+            s.read_exact(&mut greeting).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            s.write_all(b"NOOP\r\n").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut rest = String::new();
+            s.read_to_string(&mut rest).unwrap();
+            assert_eq!(rest, "+OK\r\n");
+        }
+        assert_eq!(handle.join().unwrap().unwrap().sessions_total, 20);
     }
 
     #[test]

@@ -36,6 +36,11 @@ struct Socket {
     /// event: edge-triggered epoll reports any later data as a new event,
     /// so reading again now would only cost an EAGAIN.
     drained: bool,
+    /// An event said the peer closed its side (`EPOLLRDHUP`). A short read
+    /// then does not mean drained: when the last data and the FIN arrive
+    /// before one event, the read that returns the data stops short of
+    /// the end of file, and no later event would report it.
+    peer_closed: bool,
 }
 
 /// A listener and whether it may have connections waiting that were not
@@ -152,6 +157,7 @@ impl Backend for Epoll {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             socket.drained = false;
                         }
+                        socket.peer_closed |= event.is_read_closed();
                         events.push(Event::Ready(slot));
                     }
                 }
@@ -178,6 +184,7 @@ impl Backend for Epoll {
         self.sockets[slot] = Some(Socket {
             stream,
             drained: true,
+            peer_closed: false,
         });
         Ok(())
     }
@@ -207,7 +214,7 @@ impl Backend for Epoll {
                 Ok(n) => {
                     conn.on_input(n, now);
                     total += n;
-                    socket.drained = n < offered;
+                    socket.drained = n < offered && !socket.peer_closed;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.drained = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
