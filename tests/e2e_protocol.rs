@@ -418,13 +418,7 @@ fn pipelined_commands_are_answered_in_order(engine: Engine) {
 engine_test!(hostile_input_gets_err_and_others_are_unharmed);
 fn hostile_input_gets_err_and_others_are_unharmed(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(
-        &tree,
-        Opts {
-            shards: 1,
-            ..Opts::new(engine)
-        },
-    );
+    let server = one_shard(&tree, engine);
     let mut other = server.connect();
     other.login("empty", "pw-e");
 
@@ -506,13 +500,7 @@ fn silent_client_is_timed_out_before_login(engine: Engine) {
 engine_test!(slow_reader_gets_the_whole_body_with_bounded_buffering);
 fn slow_reader_gets_the_whole_body_with_bounded_buffering(engine: Engine) {
     let (tree, corpus) = tree_with_corpus();
-    let server = Server::start_with(
-        &tree,
-        Opts {
-            shards: 1,
-            ..Opts::new(engine)
-        },
-    );
+    let server = one_shard(&tree, engine);
     let mut c = server.connect();
     c.login("alice", "pw-a");
     let (_, big) = corpus.last().unwrap();
@@ -570,16 +558,21 @@ fn half_closed_client_still_gets_its_quit_committed(engine: Engine) {
     assert_eq!(tree.files("alice"), before[1..]);
 }
 
-engine_test!(a_command_and_the_end_of_file_in_one_event_get_a_reply_and_a_close);
-fn a_command_and_the_end_of_file_in_one_event_get_a_reply_and_a_close(engine: Engine) {
-    let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(
-        &tree,
+/// A server with one shard: every connection meets the same loop.
+fn one_shard(tree: &Tree, engine: Engine) -> Server {
+    Server::start_with(
+        tree,
         Opts {
             shards: 1,
             ..Opts::new(engine)
         },
-    );
+    )
+}
+
+engine_test!(a_command_and_the_end_of_file_in_one_event_get_a_reply_and_a_close);
+fn a_command_and_the_end_of_file_in_one_event_get_a_reply_and_a_close(engine: Engine) {
+    let (tree, _) = tree_with_corpus();
+    let server = one_shard(&tree, engine);
     // The command and the FIN leave while the shard sleeps, so they often
     // arrive before one readiness event, and the read that returns the
     // command stops short of the end of file. epoll took that short read
@@ -609,13 +602,7 @@ fn a_command_and_the_end_of_file_in_one_event_get_a_reply_and_a_close(engine: En
 engine_test!(writes_to_a_closed_socket_do_not_hurt_the_server);
 fn writes_to_a_closed_socket_do_not_hurt_the_server(engine: Engine) {
     let (tree, _) = tree_with_corpus();
-    let server = Server::start_with(
-        &tree,
-        Opts {
-            shards: 1,
-            ..Opts::new(engine)
-        },
-    );
+    let server = one_shard(&tree, engine);
     for _ in 0..20 {
         let mut c = server.connect();
         c.login("alice", "pw-a");
