@@ -294,6 +294,12 @@ impl Conn {
                 Status::Linger
             };
         }
+        if self.proxy_header.is_some() {
+            // Admission, the greeting and any commands that came with the
+            // header are still to come, even when the end of file came
+            // with them too.
+            return Status::Open;
+        }
         if self.peer_eof && !self.busy() && flushed {
             // The client is gone and nothing it sent is left to answer.
             // A dropped session deletes nothing.
