@@ -240,9 +240,15 @@ impl Conn {
         }
     }
 
-    /// True while pool work, a held answer or a body is outstanding.
+    /// True while pool work, a held answer, a body or the admission of a
+    /// parsed PROXY header is outstanding. The last keeps a connection
+    /// whose end of file came with its header open until the greeting and
+    /// the answers to the commands after the header are out.
     fn busy(&self) -> bool {
-        self.session.is_waiting() || self.held.is_some() || self.body.is_some()
+        self.session.is_waiting()
+            || self.held.is_some()
+            || self.body.is_some()
+            || self.proxy_header.is_some()
     }
 
     /// Lets the session answer what is buffered. Returns whether it did anything.
@@ -293,12 +299,6 @@ impl Conn {
             } else {
                 Status::Linger
             };
-        }
-        if self.proxy_header.is_some() {
-            // Admission, the greeting and any commands that came with the
-            // header are still to come, even when the end of file came
-            // with them too.
-            return Status::Open;
         }
         if self.peer_eof && !self.busy() && flushed {
             // The client is gone and nothing it sent is left to answer.
