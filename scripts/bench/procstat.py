@@ -12,6 +12,13 @@
                            and a one-process server (shardpop) gets its RSS.
   procstat.py rss PID...   Resident set size (KiB) summed the same way.
   procstat.py tree PID...  The PIDs counted, one per line.
+  procstat.py machine      CPU seconds the whole machine spent busy (user,
+                           nice, system, irq, softirq; not idle, iowait or
+                           steal), then those of softirq alone, from
+                           /proc/stat. On loopback a sender's kernel also
+                           runs the receiver's delivery, charged to whichever
+                           task was on the CPU; the machine's total does not
+                           depend on who was charged.
 
 The times are clock ticks of USER_HZ (os.sysconf('SC_CLK_TCK')).
 """
@@ -59,6 +66,13 @@ def cpu(roots):
     return total / HZ
 
 
+def machine():
+    with open("/proc/stat") as f:
+        ticks = [int(t) for t in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
+    return (user + nice + system + irq + softirq) / HZ, softirq / HZ
+
+
 def memory(roots, key):
     total = 0
     for pid in tree(roots):
@@ -80,6 +94,8 @@ def main():
         print(memory(roots, "Pss"))
     elif what == "rss":
         print(memory(roots, "Rss"))
+    elif what == "machine":
+        print("%.2f %.2f" % machine())
     elif what == "tree":
         print("\n".join(map(str, tree(roots))))
     else:
