@@ -96,6 +96,52 @@ fn dovecot_and_shardpop_on_one_tree_verify_identical_then_differences_are_named(
     assert!(text.contains("\n  only-new: 2 user(s)"), "{text}");
 }
 
+engine_test!(saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them);
+/// A `dovecot-uidlist` as Dovecot's dsync leaves it after a migration: a
+/// saved UIDL (`P`) that is the base file name is written bare, others in
+/// full, with a saved order (`O`); one message is in no record. A real
+/// Dovecot and shardpop serve the tree, and `migrate verify` finds every
+/// user identical (same order, sizes and UIDLs).
+fn saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("dave", "pw-d");
+    for n in 1..=4 {
+        tree.deliver("dave", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
+    }
+    fs::write(
+        tree.maildir("dave").join("dovecot-uidlist"),
+        "3 V1655390361 N4 G3085f01b7f11094c501100008c4a11c1\n\
+         1 P O2 :1700000001.M1.test\n\
+         2 P :1700000002.M2.test\n\
+         3 Pold-three O1 :1700000003.M3.test\n",
+    )
+    .unwrap();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    fs::write(users.path(), "dave pw-d\n").unwrap();
+    let dovecot = Dovecot::start(&tree.root().join("mail"), &tree.users);
+    let server = Server::start(&tree, engine);
+    let out = verify(dovecot.addr, server.addr, users.path(), &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", dovecot.log());
+    assert!(text.contains("dave: identical (4 messages,"), "{text}");
+    // And what both say is the base names for the bare records.
+    let mut c = server.connect();
+    c.login("dave", "pw-d");
+    assert!(c.cmd("UIDL").starts_with("+OK"));
+    let (uidls, _) = c.multiline();
+    let uidls = String::from_utf8(uidls).unwrap();
+    let lines: Vec<&str> = uidls.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "1 old-three",
+            "2 1700000001.M1.test",
+            "3 1700000002.M2.test"
+        ],
+        "{uidls}"
+    );
+}
+
 engine_test!(verify_reports_failures_resumes_and_never_deletes);
 fn verify_reports_failures_resumes_and_never_deletes(engine: Engine) {
     let (tree, users) = tree();

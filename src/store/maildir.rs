@@ -669,8 +669,14 @@ fn uidl<'a>(
     uid_validity: Option<u32>,
     format: &UidlFormat,
 ) -> Cow<'a, str> {
-    if let Some(saved) = record.and_then(|r| r.pop3_uidl.as_deref()) {
-        return Cow::Owned(valid_uidl(saved).into_owned());
+    match record.and_then(|r| r.pop3_uidl.as_deref()) {
+        // A bare `P` is how Dovecot saves a UIDL equal to the base name (its
+        // maildir storage writes the empty value to save space and reads it
+        // back as the name), so a tree migrated with dsync has one wherever
+        // the old server's UIDL was the file name.
+        Some("") => return valid_uidl(base),
+        Some(saved) => return Cow::Owned(valid_uidl(saved).into_owned()),
+        None => {}
     }
     let own = match format.render(base, record.map(|r| r.uid), uid_validity) {
         Some(rendered) => Cow::Owned(valid_uidl(&rendered).into_owned()),
@@ -836,6 +842,39 @@ fn digest_uidl(uidl: &str) -> String {
         hex.push_str(&format!("{b:02x}"));
     }
     hex
+}
+
+/// The fuzz target's entry (`fuzz/fuzz_targets/dovecot_uidlist.rs`): a
+/// `dovecot-uidlist` and a Maildir's file names are other programs' bytes.
+/// The first byte of `data` picks a `pop3_uidl_format`; the rest up to the
+/// first NUL is the uidlist, and what follows it the file names, one per
+/// line. Never panics; every UIDL is a valid RFC 1939 unique-id, the same
+/// when made again, and the base name's for a bare saved `P`.
+#[doc(hidden)]
+pub fn fuzz_uidls(data: &[u8]) {
+    const FORMATS: [&str; 5] = ["%08Xu%08Xv", "%f", "%v.%u", "UID%u-%v", "%xu%f"];
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let format = UidlFormat::parse(FORMATS[usize::from(pick) % FORMATS.len()])
+        .expect("the fuzz templates are valid");
+    let (list, names) = match rest.iter().position(|&b| b == 0) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let uidlist = std::str::from_utf8(list).ok().and_then(Uidlist::parse);
+    let validity = uidlist.as_ref().map(|l| l.uid_validity);
+    for name in String::from_utf8_lossy(names).lines() {
+        let base = base_name(name);
+        let record = uidlist.as_ref().and_then(|l| l.records.get(base));
+        let made = uidl(base, record, validity, &format);
+        assert!(is_valid_uidl(&made), "{made:?}");
+        assert_eq!(made, uidl(base, record, validity, &format));
+        if record.and_then(|r| r.pop3_uidl.as_deref()) == Some("") {
+            assert_eq!(made, valid_uidl(base));
+        }
+        let _ = (field(base, 'S'), field(base, 'W'), order(base, record));
+    }
 }
 
 /// How many measured sizes the process keeps before starting over. At about
@@ -1458,6 +1497,40 @@ mod tests {
         let by_name = f();
         let s = load_at(&dir, &place, &by_name, later(9)).unwrap();
         assert_eq!(s.uidl(0), b"1700000006.M6.h");
+    }
+
+    #[test]
+    fn a_bare_saved_uidl_is_the_base_name_as_dovecot_reads_it() {
+        let (_tmp, dir) = maildir();
+        write(&dir, "cur", "1700000001.M1.h,S=2:2,S", b"a\n");
+        write(&dir, "cur", "1700000002.M2.h:2,", b"b\n");
+        write(&dir, "cur", "1700000003.M3.h:2,", b"c\n");
+        // What Dovecot's dsync leaves when the old server's UIDLs were the
+        // file names (a bare `P`), beside a saved UIDL of another form.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V1655390361 N4 G0\n1 P :1700000001.M1.h,S=2\n2 P :1700000002.M2.h\n\
+             3 Pold-3 :1700000003.M3.h\n",
+        )
+        .unwrap();
+        let s = scan(&dir, &UidlFormat::default()).unwrap();
+        let uidls: Vec<&[u8]> = (0..3).map(|i| s.uidl(i)).collect();
+        assert_eq!(
+            uidls,
+            [
+                &b"1700000001.M1.h,S=2"[..],
+                &b"1700000002.M2.h"[..],
+                &b"old-3"[..]
+            ]
+        );
+    }
+
+    #[test]
+    fn the_fuzz_seeds_of_the_uidl_rules_hold() {
+        for seed in ["dsync", "imported"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/seed_uidlist");
+            fuzz_uidls(&fs::read(path.join(seed)).unwrap());
+        }
     }
 
     #[test]

@@ -215,8 +215,10 @@ impl UidlFormat {
         }
         // The rules version: bumped when UIDLs are made differently for the
         // same template (2: mail no imported list knows avoids imported
-        // forms), so indexes built by an older build are rebuilt.
-        const RULES: u32 = 2;
+        // forms; 3: a bare saved `P` is the base name, as Dovecot reads it),
+        // so an index made by an older build has its UIDLs made again (its
+        // sizes are kept).
+        const RULES: u32 = 3;
         let fingerprint = crc32fast::hash(format!("{RULES} {parts:?}").as_bytes());
         Ok(UidlFormat { parts, fingerprint })
     }
@@ -276,8 +278,8 @@ mod tests {
     use super::*;
 
     // crc32 of the templates' `Debug` text, as every earlier build computed them.
-    const FP_DEFAULT: u32 = 3_391_309_355;
-    const FP_FILE_NAME: u32 = 464_157_039;
+    const FP_DEFAULT: u32 = 3_130_459_524;
+    const FP_FILE_NAME: u32 = 2_148_480_256;
 
     const LIST: &str = "3 V1655390361 N4 Gbe88b9389940ab62f7580b00ce89bbd1\n\
         1 :1655390418.M100238P743770.host,S=3734\n\
@@ -342,7 +344,8 @@ mod tests {
     fn fingerprints_stay_what_existing_indexes_hold() {
         // Computed once at parse time; the values must not move by accident,
         // or every index on disk would be rebuilt for nothing. They moved
-        // once on purpose, with the rules version 2 (imported UIDL forms).
+        // on purpose with the rules versions 2 (imported UIDL forms) and 3
+        // (a bare saved `P`).
         assert_eq!(UidlFormat::default().fingerprint(), FP_DEFAULT);
         assert_eq!(UidlFormat::parse("%f").unwrap().fingerprint(), FP_FILE_NAME);
         assert_ne!(FP_DEFAULT, FP_FILE_NAME);
