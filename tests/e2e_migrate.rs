@@ -99,9 +99,11 @@ fn dovecot_and_shardpop_on_one_tree_verify_identical_then_differences_are_named(
 engine_test!(saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them);
 /// A `dovecot-uidlist` as Dovecot's dsync leaves it after a migration: a
 /// saved UIDL (`P`) that is the base file name is written bare, others in
-/// full, with a saved order (`O`); one message is in no record. A real
-/// Dovecot and shardpop serve the tree, and `migrate verify` finds every
-/// user identical (same order, sizes and UIDLs).
+/// full; some records have a saved order (`O`), one has none, and one
+/// message is in no record. A real Dovecot and shardpop serve the tree, and
+/// `migrate verify` finds every user identical (same order, sizes and
+/// UIDLs): the record without `O` comes after those with one, whatever its
+/// UID.
 fn saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them(engine: Engine) {
     let mut tree = Tree::new();
     tree.user("dave", "pw-d");
@@ -111,7 +113,7 @@ fn saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them(engine: Engine)
     fs::write(
         tree.maildir("dave").join("dovecot-uidlist"),
         "3 V1655390361 N4 G3085f01b7f11094c501100008c4a11c1\n\
-         1 P O2 :1700000001.M1.test\n\
+         1 P O5 :1700000001.M1.test\n\
          2 P :1700000002.M2.test\n\
          3 Pold-three O1 :1700000003.M3.test\n",
     )

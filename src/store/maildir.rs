@@ -649,14 +649,21 @@ fn entries<'a>(
     Ok((out, measured))
 }
 
-/// POP3 order: Dovecot's (its UIDs, or a migration's saved order) first;
-/// mail Dovecot has not numbered yet follows in delivery order.
+/// POP3 order, Dovecot's: messages with a migration's saved order (`O`)
+/// first, by it; then the rest it has numbered, as if their order were the
+/// largest (equal orders go by UID); then mail it has not numbered yet, in
+/// delivery order.
 fn order<'a>(base: &'a str, record: Option<&Record>) -> (u8, u64, &'a str) {
     match record {
-        Some(r) => (0, u64::from(r.pop3_order.unwrap_or(r.uid)), ""),
+        Some(&Record {
+            pop3_order: Some(saved),
+            uid,
+            ..
+        }) => (0, u64::from(saved) << 32 | u64::from(uid), ""),
+        Some(r) => (1, u64::from(r.uid), ""),
         None => {
             let (time, base) = order_key(base);
-            (1, time, base)
+            (2, time, base)
         }
     }
 }
@@ -1523,6 +1530,25 @@ mod tests {
                 &b"old-3"[..]
             ]
         );
+    }
+
+    #[test]
+    fn saved_orders_come_first_then_the_other_numbered_then_the_new() {
+        let (_tmp, dir) = maildir();
+        for n in 1..=6 {
+            write(&dir, "cur", &format!("170000000{n}.M{n}.h:2,"), b"x\n");
+        }
+        // As Dovecot sorts: by `O`, a record without one as if its `O` were
+        // the largest, equal orders by UID; unnumbered mail after all.
+        fs::write(
+            dir.join(UIDLIST_FILE),
+            "3 V1 N6 G0\n1 O5 :1700000001.M1.h\n2 :1700000002.M2.h\n\
+             3 O1 :1700000003.M3.h\n4 O5 :1700000004.M4.h\n5 :1700000005.M5.h\n",
+        )
+        .unwrap();
+        let s = scan(&dir, &UidlFormat::default()).unwrap();
+        let order: Vec<&str> = (0..6).map(|i| &s.base_name(i)[9..10]).collect();
+        assert_eq!(order, ["3", "1", "4", "2", "5", "6"]);
     }
 
     #[test]

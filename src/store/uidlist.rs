@@ -215,7 +215,8 @@ impl UidlFormat {
         }
         // The rules version: bumped when UIDLs are made differently for the
         // same template (2: mail no imported list knows avoids imported
-        // forms; 3: a bare saved `P` is the base name, as Dovecot reads it),
+        // forms; 3: a bare saved `P` is the base name, and a message with
+        // no saved `O` follows those with one, as Dovecot reads them),
         // so an index made by an older build has its UIDLs made again (its
         // sizes are kept).
         const RULES: u32 = 3;
