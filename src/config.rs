@@ -292,8 +292,8 @@ pub struct Server {
     /// Only for proxies that terminate TLS themselves.
     pub proxy_ssl_counts_as_tls: bool,
     /// A login that needs no wait (a passwd-file with a one-digest scheme,
-    /// a Maildir on a local file system whose entries, lock file and index
-    /// are cached and current) is answered on the shard; every other one
+    /// a Maildir on a local file system whose entries and index are cached
+    /// and current) is answered on the shard; every other one
     /// goes to the worker pool. `false`: every login goes to the pool.
     pub login_on_shard: bool,
     /// `--takeover` only (never from the file: it is a way to start, not a

@@ -57,9 +57,9 @@ pub enum LoginResult {
     Failed,
     /// The credentials were right but the mailbox is held (`[IN-USE]`).
     InUse,
-    /// Refused by policy: before the password was judged (plaintext not
-    /// allowed here, the address is blocked by penalties, a limit), or
-    /// after it, by the user's LOGIN-DELAY (RFC 2449).
+    /// Refused by the user's LOGIN-DELAY (RFC 2449) after the password was
+    /// judged. Refusals before any login is tried (plaintext not allowed,
+    /// an address blocked by penalties) are not login attempts.
     Rejected,
     /// The passdb or the store failed (`[SYS/TEMP]`).
     TempFail,

@@ -19,6 +19,7 @@
 //!   page over the faulting page and flags the thread, so the read finishes
 //!   with zeros and `read_guarded` reports [`Truncated`]. A SIGBUS anywhere
 //!   else is not ours and still kills the process, as it should.
+#![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::fs::File;

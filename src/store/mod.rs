@@ -11,6 +11,8 @@
 //! name in a directory the login just looked at, and a read or mmap), and
 //! [`Mailbox::open_now`], which a shard tries first for a login and which
 //! gives up rather than wait.
+// Only `body.rs` opts out; everything else in the store stays safe.
+#![deny(unsafe_code)]
 
 pub mod body;
 pub mod commit;

@@ -24,6 +24,8 @@
 //! a line that begins with `.` gets one more `.`; [`Stuffer::finish`] writes
 //! the terminator `.CRLF`, preceded by CRLF when the output is not at a line
 //! start. A line starts at the first byte of the message and after every LF.
+// Only `x86_64.rs` opts out; everything else in the layer stays safe.
+#![deny(unsafe_code)]
 
 #[cfg(not(any(shardpop_force_scalar, miri)))]
 #[cfg(target_arch = "x86_64")]

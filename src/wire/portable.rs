@@ -3,6 +3,7 @@
 //! line-start `.` go through the per-byte rule. Safe code on every target;
 //! the vector tiers also use it for TOP's headers and for tails too short for
 //! a block.
+#![forbid(unsafe_code)]
 
 use std::sync::OnceLock;
 

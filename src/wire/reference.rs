@@ -3,6 +3,7 @@
 //! against this file (unit tests, proptest, `fuzz/stuff_vs_reference`), and the
 //! benchmark uses it as the scalar baseline. Owns no state of its own: it
 //! drives the shared [`Flow`].
+#![forbid(unsafe_code)]
 
 use super::{Flow, Phase, Scan};
 

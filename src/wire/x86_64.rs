@@ -17,6 +17,7 @@
 //! in one `vpexpandb`. A 64-byte block of mail has at most one insertion
 //! nearly always (lines are ~80 bytes), so only the rare others loop. TOP's
 //! headers and the tails shorter than two blocks go to the portable tier.
+#![allow(unsafe_code)]
 
 use core::arch::x86_64::{
     __m128i, __m256i, __m512i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
