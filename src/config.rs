@@ -499,7 +499,8 @@ pub struct Mail {
     /// `maildir:/srv/mail/%d/%n`. A user's `userdb_mail` extra field wins.
     pub location: Option<String>,
     /// Dovecot's `pop3_uidl_format`: `%08Xu%08Xv` (Dovecot's default, from
-    /// `dovecot-uidlist`), `%f` (the Maildir base name), `%v`, `%u`.
+    /// `dovecot-uidlist`), `%f` (the Maildir base name), `%g` (the GUID
+    /// `dovecot-uidlist` keeps, else the base name), `%v`, `%u`.
     /// Messages Dovecot has not numbered fall back to their base name.
     pub pop3_uidl_format: String,
 }

@@ -96,6 +96,29 @@ fn dovecot_and_shardpop_on_one_tree_verify_identical_then_differences_are_named(
     assert!(text.contains("\n  only-new: 2 user(s)"), "{text}");
 }
 
+/// `user` (password `pw-` and its first letter) with `messages` messages
+/// and a `dovecot-uidlist` of these `records`, and a users file for verify.
+fn one_user_with_uidlist(
+    user: &str,
+    messages: u32,
+    records: &str,
+) -> (Tree, tempfile::NamedTempFile) {
+    let mut tree = Tree::new();
+    let password = format!("pw-{}", &user[..1]);
+    tree.user(user, &password);
+    for n in 1..=messages {
+        tree.deliver(user, n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
+    }
+    fs::write(
+        tree.maildir(user).join("dovecot-uidlist"),
+        format!("3 V1655390361 N{messages} G3085f01b7f11094c501100008c4a11c1\n{records}"),
+    )
+    .unwrap();
+    let users = tempfile::NamedTempFile::new().unwrap();
+    fs::write(users.path(), format!("{user} {password}\n")).unwrap();
+    (tree, users)
+}
+
 engine_test!(saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them);
 /// A `dovecot-uidlist` as Dovecot's dsync leaves it after a migration: a
 /// saved UIDL (`P`) that is the base file name is written bare, others in
@@ -105,21 +128,13 @@ engine_test!(saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them);
 /// UIDLs): the record without `O` comes after those with one, whatever its
 /// UID.
 fn saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them(engine: Engine) {
-    let mut tree = Tree::new();
-    tree.user("dave", "pw-d");
-    for n in 1..=4 {
-        tree.deliver("dave", n, format!("Subject: {n}\n\nbody {n}\n").as_bytes());
-    }
-    fs::write(
-        tree.maildir("dave").join("dovecot-uidlist"),
-        "3 V1655390361 N4 G3085f01b7f11094c501100008c4a11c1\n\
-         1 P O5 :1700000001.M1.test\n\
+    let (tree, users) = one_user_with_uidlist(
+        "dave",
+        4,
+        "1 P O5 :1700000001.M1.test\n\
          2 P :1700000002.M2.test\n\
          3 Pold-three O1 :1700000003.M3.test\n",
-    )
-    .unwrap();
-    let users = tempfile::NamedTempFile::new().unwrap();
-    fs::write(users.path(), "dave pw-d\n").unwrap();
+    );
     let dovecot = Dovecot::start(&tree.root().join("mail"), &tree.users);
     let server = Server::start(&tree, engine);
     let out = verify(dovecot.addr, server.addr, users.path(), &[]);
@@ -142,6 +157,34 @@ fn saved_uidls_in_dovecot_uidlist_are_read_as_dovecot_reads_them(engine: Engine)
         ],
         "{uidls}"
     );
+}
+
+engine_test!(a_guid_uidl_format_matches_dovecots);
+/// `pop3_uidl_format = %g` (stable across dsync migrations): the GUID
+/// dsync kept in `dovecot-uidlist` (`G`), else the base file name. A real
+/// Dovecot and shardpop with that format agree on every UIDL.
+fn a_guid_uidl_format_matches_dovecots(engine: Engine) {
+    let (tree, users) = one_user_with_uidlist(
+        "erin",
+        3,
+        "1 G9f2c4e1a7b3d5f60718293a4b5c6d7e8 :1700000001.M1.test\n\
+         2 :1700000002.M2.test\n",
+    );
+    let dovecot = Dovecot::start_with_uidl_format(&tree.root().join("mail"), &tree.users, "%g");
+    let mut opts = Opts::new(engine);
+    opts.toml = "[mail]\npop3_uidl_format = \"%g\"\n".into();
+    let server = Server::start_with(&tree, opts);
+    let out = verify(dovecot.addr, server.addr, users.path(), &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", dovecot.log());
+    assert!(text.contains("erin: identical (3 messages,"), "{text}");
+    let mut c = server.connect();
+    c.login("erin", "pw-e");
+    assert!(
+        c.cmd("UIDL 1")
+            .ends_with(" 9f2c4e1a7b3d5f60718293a4b5c6d7e8")
+    );
+    assert!(c.cmd("UIDL 3").ends_with(" 1700000003.M3.test"));
 }
 
 engine_test!(verify_reports_failures_resumes_and_never_deletes);

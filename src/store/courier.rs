@@ -246,6 +246,7 @@ pub fn to_uidlist(pop3: Option<&Pop3List>, imap: Option<&ImapUidDb>) -> Uidlist 
                 uid,
                 pop3_uidl: None,
                 pop3_order: Some(listed.saturating_add(uid)),
+                guid: None,
             };
             records.insert(base.clone(), record);
         }
@@ -267,6 +268,7 @@ pub fn to_uidlist(pop3: Option<&Pop3List>, imap: Option<&ImapUidDb>) -> Uidlist 
                 uid,
                 pop3_uidl: Some(entry.uidl.clone()),
                 pop3_order: Some(line),
+                guid: None,
             };
             records.insert(entry.base.clone(), record);
         }

@@ -685,7 +685,7 @@ fn uidl<'a>(
         Some(saved) => return Cow::Owned(valid_uidl(saved).into_owned()),
         None => {}
     }
-    let own = match format.render(base, record.map(|r| r.uid), uid_validity) {
+    let own = match format.render(base, record, uid_validity) {
         Some(rendered) => Cow::Owned(valid_uidl(&rendered).into_owned()),
         None => valid_uidl(base),
     };
@@ -859,7 +859,7 @@ fn digest_uidl(uidl: &str) -> String {
 /// when made again, and the base name's for a bare saved `P`.
 #[doc(hidden)]
 pub fn fuzz_uidls(data: &[u8]) {
-    const FORMATS: [&str; 5] = ["%08Xu%08Xv", "%f", "%v.%u", "UID%u-%v", "%xu%f"];
+    const FORMATS: [&str; 6] = ["%08Xu%08Xv", "%f", "%v.%u", "UID%u-%v", "%xu%f", "%g"];
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };

@@ -33,6 +33,9 @@ pub struct Record {
     pub pop3_uidl: Option<Box<str>>,
     /// A POP3 order stored by a migration (`O` field).
     pub pop3_order: Option<u32>,
+    /// The message's GUID (`G` field, kept by dsync); Dovecot's `%g` is the
+    /// base file name without one.
+    pub guid: Option<Box<str>>,
 }
 
 /// A parsed `dovecot-uidlist`.
@@ -96,11 +99,14 @@ impl Uidlist {
                 uid,
                 pop3_uidl: None,
                 pop3_order: None,
+                guid: None,
             };
             for field in fields {
                 match field.as_bytes().first() {
                     Some(b'P') => record.pop3_uidl = Some(field[1..].into()),
                     Some(b'O') => record.pop3_order = field[1..].parse().ok(),
+                    // An empty GUID is corrupt: Dovecot then uses the name.
+                    Some(b'G') if field.len() > 1 => record.guid = Some(field[1..].into()),
                     _ => {}
                 }
             }
@@ -115,8 +121,9 @@ impl Uidlist {
     }
 }
 
-/// A `pop3_uidl_format` template: `%f` (base file name), `%u` (UID), `%v`
-/// (UIDVALIDITY), each optionally with a zero-padded width and `X` for
+/// A `pop3_uidl_format` template: `%f` (base file name), `%g` (the GUID
+/// the uidlist keeps for the message, else its base file name, as Dovecot's
+/// Maildir storage has it), `%u` (UID), `%v` (UIDVALIDITY), each optionally with a zero-padded width and `X` for
 /// lowercase hex as Dovecot prints it (`%08Xu%08Xv`, Dovecot's default), and `%%`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UidlFormat {
@@ -130,6 +137,7 @@ pub struct UidlFormat {
 enum Part {
     Literal(String),
     FileName,
+    Guid,
     Number {
         var: NumberVar,
         width: usize,
@@ -185,6 +193,7 @@ impl UidlFormat {
                     continue;
                 }
                 Some('f') if width.is_empty() && hex.is_none() => Part::FileName,
+                Some('g') if width.is_empty() && hex.is_none() => Part::Guid,
                 Some('u') => Part::Number {
                     var: NumberVar::Uid,
                     width: width.parse().unwrap_or(0),
@@ -240,14 +249,16 @@ impl UidlFormat {
     pub fn render(
         &self,
         base: &str,
-        uid: Option<u32>,
+        record: Option<&Record>,
         uid_validity: Option<u32>,
     ) -> Option<String> {
+        let uid = record.map(|r| r.uid);
         let mut out = String::with_capacity(24);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
                 Part::FileName => out.push_str(base),
+                Part::Guid => out.push_str(record.and_then(|r| r.guid.as_deref()).unwrap_or(base)),
                 Part::Number { var, width, hex } => {
                     let n = match var {
                         NumberVar::Uid => uid?,
@@ -278,6 +289,15 @@ impl Default for UidlFormat {
 mod tests {
     use super::*;
 
+    fn rec(uid: u32) -> Record {
+        Record {
+            uid,
+            pop3_uidl: None,
+            pop3_order: None,
+            guid: None,
+        }
+    }
+
     // crc32 of the templates' `Debug` text, as every earlier build computed them.
     const FP_DEFAULT: u32 = 3_130_459_524;
     const FP_FILE_NAME: u32 = 2_148_480_256;
@@ -298,7 +318,8 @@ mod tests {
             Record {
                 uid: 3,
                 pop3_uidl: Some("0000abcd".into()),
-                pop3_order: Some(7)
+                pop3_order: Some(7),
+                guid: None,
             }
         );
     }
@@ -316,7 +337,9 @@ mod tests {
         let default = UidlFormat::default();
         assert!(default.needs_uidlist());
         assert_eq!(
-            default.render("b", Some(1), Some(1_655_390_361)).unwrap(),
+            default
+                .render("b", Some(&rec(1)), Some(1_655_390_361))
+                .unwrap(),
             "0000000162ab4099"
         );
         assert_eq!(default.render("b", None, Some(1)), None);
@@ -324,21 +347,44 @@ mod tests {
         assert!(!f.needs_uidlist());
         assert_eq!(f.render("1.M2.h,S=3", None, None).unwrap(), "1.M2.h,S=3");
         let f = UidlFormat::parse("%v.%u-%%").unwrap();
-        assert_eq!(f.render("b", Some(42), Some(7)).unwrap(), "7.42-%");
+        assert_eq!(f.render("b", Some(&rec(42)), Some(7)).unwrap(), "7.42-%");
         let f = UidlFormat::parse("%08xu").unwrap();
-        assert_eq!(f.render("b", Some(255), None).unwrap(), "000000ff");
+        assert_eq!(f.render("b", Some(&rec(255)), None).unwrap(), "000000ff");
         // Cyrus's uidl_format values: cyrus, uidonly, courier.
         let cyrus = UidlFormat::parse("%v.%u").unwrap();
         assert_eq!(
-            cyrus.render("b", Some(42), Some(1_600_000_000)).unwrap(),
+            cyrus
+                .render("b", Some(&rec(42)), Some(1_600_000_000))
+                .unwrap(),
             "1600000000.42"
         );
         let uid_only = UidlFormat::parse("%u").unwrap();
-        assert_eq!(uid_only.render("b", Some(42), Some(7)).unwrap(), "42");
+        assert_eq!(uid_only.render("b", Some(&rec(42)), Some(7)).unwrap(), "42");
         let courier = UidlFormat::parse("%v-%u").unwrap();
-        assert_eq!(courier.render("b", Some(42), Some(7)).unwrap(), "7-42");
+        assert_eq!(
+            courier.render("b", Some(&rec(42)), Some(7)).unwrap(),
+            "7-42"
+        );
         assert!(UidlFormat::parse("%m").is_err());
         assert!(UidlFormat::parse("").is_err());
+    }
+
+    #[test]
+    fn guid_is_the_uidlists_else_the_base_name() {
+        let list = Uidlist::parse(
+            "3 V1 N3 G3085f01b7f11094c501100008c4a11c1\n\
+             1 G0a1b2c3d4e5f :1.M1.h\n2 G :2.M2.h\n3 W9 :3.M3.h\n",
+        )
+        .unwrap();
+        let g = UidlFormat::parse("%g").unwrap();
+        assert!(!g.needs_uidlist());
+        let uidl = |base: &str| g.render(base, list.records.get(base), Some(1)).unwrap();
+        assert_eq!(uidl("1.M1.h"), "0a1b2c3d4e5f");
+        // An empty G is corrupt (Dovecot clears it): the name, as without one.
+        assert_eq!(uidl("2.M2.h"), "2.M2.h");
+        assert_eq!(uidl("3.M3.h"), "3.M3.h");
+        assert_eq!(g.render("4.M4.h", None, None).unwrap(), "4.M4.h");
+        assert!(UidlFormat::parse("%08g").is_err());
     }
 
     #[test]

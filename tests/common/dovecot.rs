@@ -55,6 +55,15 @@ impl Dovecot {
     /// `users` (name, password). The mail tree is chowned to `vmail` and
     /// its parents made enterable.
     pub fn start(mail_root: &Path, users: &[(String, String)]) -> Dovecot {
+        Dovecot::start_with_uidl_format(mail_root, users, "%08Xu%08Xv")
+    }
+
+    /// [`start`](Self::start) with another `pop3_uidl_format`.
+    pub fn start_with_uidl_format(
+        mail_root: &Path,
+        users: &[(String, String)],
+        uidl_format: &str,
+    ) -> Dovecot {
         assert!(
             Path::new("/usr/lib/dovecot/pop3").exists(),
             "dovecot-pop3d is not installed (.ci/run installs it)"
@@ -94,7 +103,11 @@ impl Dovecot {
             .local_addr()
             .unwrap()
             .port();
-        fs::write(d.join("dovecot.conf"), config(d, mail_root, port, uid)).unwrap();
+        fs::write(
+            d.join("dovecot.conf"),
+            config(d, mail_root, port, uid, uidl_format),
+        )
+        .unwrap();
         let child = Command::new("dovecot")
             .arg("-F")
             .arg("-c")
@@ -135,9 +148,10 @@ impl Dovecot {
 }
 
 /// Defaults but for isolation (own dirs, loopback, no TLS, plaintext
-/// passwords allowed, no failure delay); POP3 UIDLs in Dovecot's default
-/// format (`%08Xu%08Xv`), the one a real migration carries over.
-fn config(d: &Path, mail_root: &Path, port: u16, uid: u32) -> String {
+/// passwords allowed, no failure delay); POP3 UIDLs in `uidl_format`
+/// (tests use Dovecot's default, `%08Xu%08Xv`, the one a real migration
+/// carries over, unless they test another).
+fn config(d: &Path, mail_root: &Path, port: u16, uid: u32, uidl_format: &str) -> String {
     let d = d.display();
     let mail = mail_root.display();
     format!(
@@ -162,7 +176,7 @@ userdb {{
 first_valid_uid = {uid}
 last_valid_uid = {uid}
 mail_location = maildir:{mail}/%u/Maildir
-pop3_uidl_format = %08Xu%08Xv
+pop3_uidl_format = {uidl_format}
 service pop3-login {{
   inet_listener pop3 {{
     address = 127.0.0.1
