@@ -170,7 +170,7 @@ fn a_guid_uidl_format_matches_dovecots(engine: Engine) {
         "1 G9f2c4e1a7b3d5f60718293a4b5c6d7e8 :1700000001.M1.test\n\
          2 :1700000002.M2.test\n",
     );
-    let dovecot = Dovecot::start_with_uidl_format(&tree.root().join("mail"), &tree.users, "%g");
+    let dovecot = Dovecot::start_with(&tree.root().join("mail"), &tree.users, "%g", "");
     let mut opts = Opts::new(engine);
     opts.toml = "[mail]\npop3_uidl_format = \"%g\"\n".into();
     let server = Server::start_with(&tree, opts);
@@ -185,6 +185,57 @@ fn a_guid_uidl_format_matches_dovecots(engine: Engine) {
             .ends_with(" 9f2c4e1a7b3d5f60718293a4b5c6d7e8")
     );
     assert!(c.cmd("UIDL 3").ends_with(" 1700000003.M3.test"));
+}
+
+/// Storage (KiB) and messages of `user`'s quota, as `doveadm quota get`
+/// reports them.
+fn dovecot_quota(dovecot: &Dovecot, user: &str) -> (u64, u64) {
+    let text = dovecot.doveadm(&["quota", "get", "-u", user]);
+    let value = |kind: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind} in {text}"));
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    (value("STORAGE"), value("MESSAGE"))
+}
+
+engine_test!(deletions_come_off_a_maildir_quota_as_dovecot_counts_it);
+/// Dovecot's `quota = maildir` (Maildir++ `maildirsize`): mail a POP3
+/// client deletes through shardpop comes off the quota Dovecot reads, and
+/// Dovecot's own recount agrees, so deliveries do not bounce for mail that
+/// is gone.
+fn deletions_come_off_a_maildir_quota_as_dovecot_counts_it(engine: Engine) {
+    let mut tree = Tree::new();
+    tree.user("fay", "pw-f");
+    for n in 1..=3u32 {
+        let body = format!("Subject: {n}\n\n{}\n", "q".repeat(3000));
+        let name = format!("{}.M{n}.test,S={}:2,", 1_700_000_000 + n, body.len());
+        fs::write(tree.maildir("fay").join("cur").join(name), body).unwrap();
+    }
+    let quota = "mail_plugins = quota\n\
+                 plugin {\n  quota = maildir:User quota\n  quota_rule = *:storage=10M\n}\n";
+    let dovecot = Dovecot::start_with(&tree.root().join("mail"), &tree.users, "%08Xu%08Xv", quota);
+    dovecot.doveadm(&["quota", "recalc", "-u", "fay"]);
+    let (storage, messages) = dovecot_quota(&dovecot, "fay");
+    assert_eq!(messages, 3);
+    let server = Server::start(&tree, engine);
+    let mut c = server.connect();
+    c.login("fay", "pw-f");
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("DELE 3").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+    let after = dovecot_quota(&dovecot, "fay");
+    assert_eq!(
+        after.1,
+        1,
+        "{:?}",
+        fs::read_to_string(tree.maildir("fay").join("maildirsize"))
+    );
+    assert!(after.0 < storage, "{after:?} against {storage}");
+    dovecot.doveadm(&["quota", "recalc", "-u", "fay"]);
+    assert_eq!(dovecot_quota(&dovecot, "fay"), after);
 }
 
 engine_test!(verify_reports_failures_resumes_and_never_deletes);

@@ -55,14 +55,16 @@ impl Dovecot {
     /// `users` (name, password). The mail tree is chowned to `vmail` and
     /// its parents made enterable.
     pub fn start(mail_root: &Path, users: &[(String, String)]) -> Dovecot {
-        Dovecot::start_with_uidl_format(mail_root, users, "%08Xu%08Xv")
+        Dovecot::start_with(mail_root, users, "%08Xu%08Xv", "")
     }
 
-    /// [`start`](Self::start) with another `pop3_uidl_format`.
-    pub fn start_with_uidl_format(
+    /// [`start`](Self::start) with another `pop3_uidl_format`, and `extra`
+    /// settings appended to the configuration.
+    pub fn start_with(
         mail_root: &Path,
         users: &[(String, String)],
         uidl_format: &str,
+        extra: &str,
     ) -> Dovecot {
         assert!(
             Path::new("/usr/lib/dovecot/pop3").exists(),
@@ -105,7 +107,7 @@ impl Dovecot {
             .port();
         fs::write(
             d.join("dovecot.conf"),
-            config(d, mail_root, port, uid, uidl_format),
+            config(d, mail_root, port, uid, uidl_format) + extra,
         )
         .unwrap();
         let child = Command::new("dovecot")
@@ -139,6 +141,25 @@ impl Dovecot {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs `doveadm` against this instance; returns its output, failing
+    /// the test when it fails.
+    pub fn doveadm(&self, args: &[&str]) -> String {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.dir.path().join("dovecot.conf"))
+            .args(args)
+            .output()
+            .expect("run doveadm");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "doveadm {args:?}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Dovecot's log.
