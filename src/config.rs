@@ -514,9 +514,10 @@ impl Default for Mail {
     }
 }
 
-/// `[pop3]`: the RFC 2449 policy, announced by CAPA and enforced. A user's
+/// `[pop3]`: the RFC 2449 policy, announced by CAPA and enforced (a user's
 /// `pop3_login_delay_secs` / `pop3_expire_days` field in the user database
-/// wins over these (see `docs/operations.md`).
+/// wins over these, see `docs/operations.md`), and Dovecot's
+/// `pop3_no_flag_updates`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pop3 {
@@ -529,6 +530,10 @@ pub struct Pop3 {
     /// nothing deleted by policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expire_days: Option<ExpireDays>,
+    /// Dovecot's `pop3_no_flag_updates`: false (the default, as Dovecot's)
+    /// gives a message RETR fetched the \Seen flag at QUIT, so it shows as
+    /// read in IMAP and webmail; true leaves every file name as it is.
+    pub no_flag_updates: bool,
 }
 
 impl Pop3 {

@@ -238,6 +238,69 @@ fn deletions_come_off_a_maildir_quota_as_dovecot_counts_it(engine: Engine) {
     assert_eq!(dovecot_quota(&dovecot, "fay"), after);
 }
 
+/// A tree with one user and five messages, flags as an IMAP client left
+/// them: 3 read, 5 replied and trashed.
+fn flagged_tree() -> Tree {
+    let mut tree = Tree::new();
+    tree.user("gus", "pw-g");
+    for (n, flags) in [(1, ""), (2, ""), (3, "S"), (4, ""), (5, "RT")] {
+        let name = format!("{}.M{n}.test:2,{flags}", 1_700_000_000 + n);
+        let body = format!("Subject: {n}\n\nbody {n}\n");
+        fs::write(tree.maildir("gus").join("cur").join(name), body).unwrap();
+    }
+    tree
+}
+
+/// RETR 1, TOP 2, RETR 3, RETR 4 and DELE 4, RETR 5, QUIT.
+fn fetch_some(addr: std::net::SocketAddr) {
+    let mut c = common::Client::connect(addr);
+    c.login("gus", "pw-g");
+    for cmd in ["RETR 1", "TOP 2 0", "RETR 3", "RETR 4", "RETR 5"] {
+        assert!(c.cmd(cmd).starts_with("+OK"), "{cmd}");
+        c.multiline();
+    }
+    assert!(c.cmd("DELE 4").starts_with("+OK"));
+    assert!(c.cmd("QUIT").starts_with("+OK"));
+}
+
+engine_test!(retrieved_mail_is_flagged_seen_as_dovecot_flags_it);
+/// Dovecot gives mail a POP3 client fetched with RETR the \Seen flag at
+/// QUIT (`pop3_no_flag_updates = no`, its default), so webmail shows it as
+/// read. The same session against Dovecot and against shardpop, each on
+/// its own copy of one tree, leaves the same file names; with
+/// `no_flag_updates` shardpop renames nothing.
+fn retrieved_mail_is_flagged_seen_as_dovecot_flags_it(engine: Engine) {
+    let theirs = flagged_tree();
+    let dovecot = Dovecot::start(&theirs.root().join("mail"), &theirs.users);
+    fetch_some(dovecot.addr);
+    let ours = flagged_tree();
+    let server = Server::start(&ours, engine);
+    fetch_some(server.addr);
+    let expected = [
+        "1700000001.M1.test:2,S",
+        "1700000002.M2.test:2,",
+        "1700000003.M3.test:2,S",
+        "1700000005.M5.test:2,RST",
+    ];
+    assert_eq!(theirs.files("gus"), expected, "Dovecot's own result");
+    assert_eq!(ours.files("gus"), expected);
+
+    let unflagged = flagged_tree();
+    let mut opts = Opts::new(engine);
+    opts.toml = "[pop3]\nno_flag_updates = true\n".into();
+    let server = Server::start_with(&unflagged, opts);
+    fetch_some(server.addr);
+    assert_eq!(
+        unflagged.files("gus"),
+        [
+            "1700000001.M1.test:2,",
+            "1700000002.M2.test:2,",
+            "1700000003.M3.test:2,S",
+            "1700000005.M5.test:2,RT"
+        ]
+    );
+}
+
 engine_test!(verify_reports_failures_resumes_and_never_deletes);
 fn verify_reports_failures_resumes_and_never_deletes(engine: Engine) {
     let (tree, users) = tree();

@@ -8,7 +8,9 @@
 //!   and are not in it);
 //! - no input is taken while an effect is out, none once closed;
 //! - `Commit` comes only after a QUIT in TRANSACTION, with exactly the
-//!   messages DELE'd since login or the last RSET;
+//!   messages DELE'd since login or the last RSET, and to flag \Seen
+//!   exactly those RETR sent since then that were not \Seen and are not
+//!   DELE'd; a QUIT with neither closes at once;
 //! - RETR/TOP stream only existing, non-deleted messages, and RETR's status
 //!   line gives the message's size;
 //! - STAT and LIST agree with the model (octets of non-deleted messages).
@@ -52,6 +54,7 @@ impl Script<'_> {
 struct MemDrop {
     sizes: Vec<u64>,
     uidls: Vec<String>,
+    seen: Vec<bool>,
 }
 
 impl Maildrop for MemDrop {
@@ -63,6 +66,9 @@ impl Maildrop for MemDrop {
     }
     fn uidl(&self, index: usize) -> &[u8] {
         self.uidls[index].as_bytes()
+    }
+    fn seen(&self, index: usize) -> bool {
+        self.seen[index]
     }
 }
 
@@ -80,7 +86,8 @@ fn maildrop(script: &mut Script<'_>) -> MemDrop {
         .map(|i| ((i + 1) * (seed * 131 + 7)) % 50_000 * scale)
         .collect();
     let uidls = (0..count).map(|i| format!("uid{i}.{seed}")).collect();
-    MemDrop { sizes, uidls }
+    let seen = (0..count as u64).map(|i| (i + seed) % 3 == 0).collect();
+    MemDrop { sizes, uidls, seen }
 }
 
 /// What the engine owes the session.
@@ -101,7 +108,10 @@ enum Pending {
 struct Model {
     logged_in: bool,
     sizes: Vec<u64>,
+    seen: Vec<bool>,
     deleted: BTreeSet<usize>,
+    /// Unseen messages RETR sent since login or the last RSET.
+    to_flag: BTreeSet<usize>,
     /// Skipping the rest of an overlong line, as the session does.
     discarding: bool,
     /// The last command the session answered in TRANSACTION.
@@ -157,10 +167,16 @@ impl Model {
             }
             Command::Rset => {
                 self.deleted.clear();
+                self.to_flag.clear();
                 Last::Other
             }
             _ => Last::Other,
         });
+    }
+
+    /// What QUIT should flag \Seen: unseen and retrieved, not deleted.
+    fn flag_at_quit(&self) -> Vec<usize> {
+        self.to_flag.difference(&self.deleted).copied().collect()
     }
 
     fn index(&self, n: u32) -> Option<usize> {
@@ -281,7 +297,8 @@ impl Harness {
                 assert_eq!(self.model.last, Some(Last::Quit), "commit without QUIT");
                 let want: Vec<usize> = self.model.deleted.iter().copied().collect();
                 assert_eq!(update.deleted, want, "commit of the wrong messages");
-                assert!(!update.deleted.is_empty());
+                assert_eq!(update.seen, self.model.flag_at_quit(), "wrong \\Seen flags");
+                assert!(!update.deleted.is_empty() || !update.seen.is_empty());
                 // No EXPIRE here: no retrieval is ever recorded.
                 assert!(update.retrieved.is_empty(), "retrievals without EXPIRE");
                 assert_eq!(self.session.summary().deleted, update.deleted.len());
@@ -304,6 +321,10 @@ impl Harness {
             }
             Effect::Close => {
                 assert!(self.session.is_closed());
+                if self.model.logged_in && self.model.last == Some(Last::Quit) {
+                    assert!(self.model.deleted.is_empty(), "QUIT dropped deletions");
+                    assert!(self.model.flag_at_quit().is_empty(), "QUIT dropped flags");
+                }
                 Pending::Closed
             }
         };
@@ -326,6 +347,7 @@ impl Harness {
                         self.model = Model {
                             logged_in: true,
                             sizes: drop.sizes.clone(),
+                            seen: drop.seen.clone(),
                             ..Model::default()
                         };
                         Completion::LoggedIn(Box::new(drop))
@@ -372,6 +394,9 @@ impl Harness {
         if let Some(Last::Body(n, None)) = self.model.last {
             let size = self.model.sizes[n as usize - 1];
             assert_eq!(status, format!("+OK {size} octets\r\n").as_bytes());
+            if !self.model.seen[n as usize - 1] {
+                self.model.to_flag.insert(n as usize - 1);
+            }
         } else {
             assert_eq!(status, b"+OK\r\n");
         }

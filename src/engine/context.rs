@@ -64,6 +64,7 @@ impl Settings {
                 policy: config.pop3.policy(),
                 // A SASL response may fill the receive buffer, no more.
                 sasl_line_bytes_max: config.limits.recv_buffer_bytes,
+                seen_on_retr: !config.pop3.no_flag_updates,
             },
             apop: config.auth.apop,
             plaintext_auth: config.auth.plaintext_auth,

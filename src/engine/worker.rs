@@ -345,6 +345,7 @@ fn run(ctx: &LoginContext, job: Job) {
                 &update.retrieved,
                 store::policy::unix_now(),
             );
+            store::commit::mark_seen(&snapshot, &update.seen);
             (reply, Outcome::Committed { failed })
         }
     };

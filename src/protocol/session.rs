@@ -35,6 +35,11 @@ pub trait Maildrop: Send {
     fn total_octets(&self) -> u64 {
         (0..self.count()).map(|i| self.octets(i)).sum()
     }
+    /// Whether message `index` already carries the \Seen flag. A store
+    /// without flags says yes, and RETR then changes nothing.
+    fn seen(&self, _index: usize) -> bool {
+        true
+    }
 }
 
 /// Limits and choices fixed for every session of a listener.
@@ -54,6 +59,9 @@ pub struct Limits {
     /// Longest SASL response line (RFC 5034 sets no limit; an OAuth token
     /// is 1–2 KiB of base64). At most the engine's receive buffer.
     pub sasl_line_bytes_max: usize,
+    /// RETR marks a message \Seen at QUIT, as Dovecot does unless
+    /// `pop3_no_flag_updates`: mail fetched by POP3 shows as read in IMAP.
+    pub seen_on_retr: bool,
 }
 
 impl Default for Limits {
@@ -65,6 +73,7 @@ impl Default for Limits {
             output_high_water_bytes: 64 * 1024,
             policy: SitePolicy::default(),
             sasl_line_bytes_max: 4096,
+            seen_on_retr: true,
         }
     }
 }
@@ -160,6 +169,9 @@ pub struct Update {
     /// retrieval time is recorded when the user's policy expires messages
     /// (RFC 2449 §6.7); messages only seen with TOP do not count.
     pub retrieved: Vec<usize>,
+    /// Retrieved with RETR since login or the last RSET, not marked, and
+    /// not \Seen yet: they get the flag (Dovecot's rule; TOP does not).
+    pub seen: Vec<usize>,
 }
 
 /// Why a body could not be opened for RETR or TOP.
@@ -280,6 +292,8 @@ struct Transaction {
     deleted: Bitset,
     /// Messages whose body RETR started sending.
     retrieved: Bitset,
+    /// Of those, the ones to flag \Seen at QUIT (cleared by RSET).
+    to_flag_seen: Bitset,
     deleted_count: usize,
     deleted_octets: u64,
     total_octets: u64,
@@ -466,6 +480,9 @@ impl Session {
         match (opened, t.pending_body) {
             (Ok(()), Some((index, None))) => {
                 t.retrieved.set(index);
+                if self.limits.seen_on_retr && !t.maildrop.seen(index) {
+                    t.to_flag_seen.set(index);
+                }
                 out.extend_from_slice(b"+OK ");
                 reply::push_u64(out, t.maildrop.octets(index));
                 out.extend_from_slice(b" octets\r\n");
@@ -506,6 +523,7 @@ impl Session {
                     policy: maildrop.policy().unwrap_or(self.limits.policy),
                     deleted: Bitset::new(count),
                     retrieved: Bitset::new(count),
+                    to_flag_seen: Bitset::new(count),
                     maildrop,
                     deleted_count: 0,
                     deleted_octets: 0,
@@ -985,6 +1003,7 @@ impl Session {
             }
             Command::Rset => {
                 t.deleted.clear();
+                t.to_flag_seen.clear();
                 t.deleted_count = 0;
                 t.deleted_octets = 0;
                 reply::messages_octets(
@@ -1005,10 +1024,15 @@ impl Session {
             }
             Command::Quit => {
                 let deleted: Vec<usize> = t.deleted.iter().collect();
+                let seen: Vec<usize> = t
+                    .to_flag_seen
+                    .iter()
+                    .filter(|&i| !t.deleted.get(i))
+                    .collect();
                 // With EXPIRE n the UPDATE state runs at every QUIT: it
                 // records this session's retrievals and removes what
                 // expired, even when nothing was marked.
-                if deleted.is_empty() && !t.policy.expires() {
+                if deleted.is_empty() && seen.is_empty() && !t.policy.expires() {
                     reply::ok(out, "Logging out.");
                     self.state = State::Closed;
                     self.quit_answered = true;
@@ -1022,7 +1046,11 @@ impl Session {
                 self.summary.deleted = deleted.len();
                 self.state = State::Update;
                 self.waiting = true;
-                Some(Effect::Commit(Update { deleted, retrieved }))
+                Some(Effect::Commit(Update {
+                    deleted,
+                    retrieved,
+                    seen,
+                }))
             }
             _ => self.bad_command(text::WRONG_STATE, out),
         }

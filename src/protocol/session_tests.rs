@@ -342,7 +342,8 @@ fn quit_commits_exactly_the_marked_messages() {
             update,
             Update {
                 deleted: vec![0, 2],
-                retrieved: vec![]
+                retrieved: vec![],
+                seen: vec![]
             }
         ),
         other => panic!("{other:?}"),
@@ -949,7 +950,8 @@ fn quit_with_expire_always_updates_and_reports_retrievals() {
             update,
             Update {
                 deleted: vec![0],
-                retrieved: vec![1]
+                retrieved: vec![1],
+                seen: vec![]
             }
         ),
         other => panic!("{other:?}"),
@@ -1003,7 +1005,8 @@ fn expire_never_or_absent_quits_without_update_and_records_nothing() {
                 update,
                 Update {
                     deleted: vec![1],
-                    retrieved: vec![]
+                    retrieved: vec![],
+                    seen: vec![]
                 }
             ),
             other => panic!("{other:?}"),
@@ -1124,4 +1127,90 @@ fn a_listing_grows_its_buffer_once_per_chunk() {
         assert_eq!(text.lines().count(), 5_000 + 2, "{command}");
         assert!(text.ends_with(".\r\n"));
     }
+}
+
+/// `drop3()`'s messages, of which only the second is already \Seen.
+struct FlaggedDrop(MemDrop);
+
+impl Maildrop for FlaggedDrop {
+    fn count(&self) -> usize {
+        self.0.count()
+    }
+    fn octets(&self, index: usize) -> u64 {
+        self.0.octets(index)
+    }
+    fn uidl(&self, index: usize) -> &[u8] {
+        self.0.uidl(index)
+    }
+    fn seen(&self, index: usize) -> bool {
+        index == 1
+    }
+}
+
+fn logged_in_flagged(seen_on_retr: bool) -> Session {
+    let limits = Limits {
+        seen_on_retr,
+        ..Limits::default()
+    };
+    let mut s = Session::new(limits, offer(), None);
+    say(&mut s, "USER alice\r\n");
+    assert!(feed(&mut s, "PASS secret\r\n").1.is_some());
+    let records = MemDrop(vec![(120, "uid-a"), (200, "uid-b"), (5, "uid-c")]);
+    let mut out = Vec::new();
+    assert!(
+        s.complete(
+            Completion::LoggedIn(Box::new(FlaggedDrop(records))),
+            &mut out
+        )
+        .is_none()
+    );
+    s
+}
+
+fn top(s: &mut Session, n: u32) {
+    assert!(matches!(
+        feed(s, &format!("TOP {n} 0\r\n")).1,
+        Some(Effect::SendBody {
+            top_lines: Some(0),
+            ..
+        })
+    ));
+    let mut out = Vec::new();
+    s.body_ready(Ok(()), &mut out);
+    s.body_sent();
+}
+
+#[test]
+fn retr_flags_unseen_messages_seen_at_quit_as_dovecot_does() {
+    // RETR of an unseen message: QUIT goes through UPDATE for the flag
+    // alone. A message already \Seen and one only read by TOP are not in it.
+    let mut s = logged_in_flagged(true);
+    retr(&mut s, 1);
+    retr(&mut s, 2);
+    top(&mut s, 3);
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert_eq!(
+            update,
+            Update {
+                deleted: vec![],
+                retrieved: vec![],
+                seen: vec![0]
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    // RSET forgets the flags (Dovecot's too); a marked message gets none.
+    let mut s = logged_in_flagged(true);
+    retr(&mut s, 1);
+    say(&mut s, "RSET\r\n");
+    retr(&mut s, 3);
+    say(&mut s, "DELE 3\r\n");
+    match feed(&mut s, "QUIT\r\n").1 {
+        Some(Effect::Commit(update)) => assert_eq!(update.seen, Vec::<usize>::new()),
+        other => panic!("{other:?}"),
+    }
+    // pop3_no_flag_updates: nothing to do at QUIT.
+    let mut s = logged_in_flagged(false);
+    retr(&mut s, 1);
+    assert!(matches!(feed(&mut s, "QUIT\r\n").1, Some(Effect::Close)));
 }

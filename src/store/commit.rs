@@ -84,6 +84,45 @@ fn update_maildirsize(dir: &Path, bytes: u64, count: u64) {
     }
 }
 
+/// Gives messages `seen` (0-based) of `snapshot` the \Seen flag: `S` added
+/// to the `:2,` info of their name in `cur/`, the letters kept in ASCII
+/// order as the Maildir convention and Dovecot write them. A file renamed
+/// meanwhile (another flag change) is found again by base name; a file
+/// gone is left alone. A failure is logged and changes nothing else: a
+/// flag is not worth failing a QUIT for.
+pub fn mark_seen(snapshot: &Snapshot, seen: &[usize]) {
+    let mut renamed: Option<HashMap<String, String>> = None;
+    let cur = snapshot.dir.join("cur");
+    for &index in seen {
+        let mut name = snapshot.file_name(index).to_owned();
+        let mut result = fs::rename(cur.join(&name), cur.join(with_seen(&name)));
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            let base = snapshot.base_name(index);
+            let names = renamed.get_or_insert_with(|| current_names(snapshot));
+            let Some(now) = names.get(base) else {
+                continue;
+            };
+            name.clone_from(now);
+            result = fs::rename(cur.join(&name), cur.join(with_seen(&name)));
+        }
+        if let Err(e) = result {
+            tracing::warn!(file = %cur.join(&name).display(), error = %e, "cannot flag a retrieved message seen");
+        }
+    }
+}
+
+/// `name` with `S` among its flags (a name without `:2,` gets the info).
+fn with_seen(name: &str) -> String {
+    let (base, flags) = name.split_once(":2,").unwrap_or((name, ""));
+    if flags.contains('S') {
+        return name.to_owned();
+    }
+    let mut letters: Vec<char> = flags.chars().chain(['S']).collect();
+    letters.sort_unstable();
+    let flags: String = letters.into_iter().collect();
+    format!("{base}:2,{flags}")
+}
+
 /// Base name → file name of everything now in `cur/`.
 fn current_names(snapshot: &Snapshot) -> HashMap<String, String> {
     let Ok(entries) = fs::read_dir(snapshot.dir.join("cur")) else {
@@ -95,30 +134,59 @@ fn current_names(snapshot: &Snapshot) -> HashMap<String, String> {
         .collect()
 }
 
+/// The names in `cur/`, sorted (for tests).
+#[cfg(test)]
+pub(crate) fn cur_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir.join("cur"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::maildir;
 
-    #[test]
-    fn removes_exactly_the_marked_files_even_after_a_rename() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
+    /// A Maildir of four messages `cur/<n>.m.h:2,` and its snapshot.
+    fn four(dir: &Path) -> Snapshot {
         maildir::open(dir).unwrap();
         for n in 1..=4 {
             fs::write(dir.join(format!("cur/{n}.m.h:2,")), b"x\n").unwrap();
         }
-        let snap = maildir::scan(dir, &crate::store::UidlFormat::default()).unwrap();
+        maildir::scan(dir, &crate::store::UidlFormat::default()).unwrap()
+    }
+
+
+    #[test]
+    fn removes_exactly_the_marked_files_even_after_a_rename() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let snap = four(dir);
         // Another reader sets a flag on message 3 and someone removes message 4.
         fs::rename(dir.join("cur/3.m.h:2,"), dir.join("cur/3.m.h:2,S")).unwrap();
         fs::remove_file(dir.join("cur/4.m.h:2,")).unwrap();
         assert_eq!(commit(&snap, &[0, 2, 3]), 0);
-        let mut left: Vec<String> = fs::read_dir(dir.join("cur"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["2.m.h:2,"]);
+        assert_eq!(cur_names(dir), ["2.m.h:2,"]);
+    }
+
+    #[test]
+    fn seen_is_added_in_order_and_survives_a_rename_by_another_reader() {
+        assert_eq!(with_seen("1.m.h:2,"), "1.m.h:2,S");
+        assert_eq!(with_seen("1.m.h:2,FR"), "1.m.h:2,FRS");
+        assert_eq!(with_seen("1.m.h:2,RT"), "1.m.h:2,RST");
+        assert_eq!(with_seen("1.m.h:2,Sa"), "1.m.h:2,Sa");
+        assert_eq!(with_seen("1.m.h"), "1.m.h:2,S");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let snap = four(dir);
+        // An IMAP reader flags message 2 replied, and message 3 goes.
+        fs::rename(dir.join("cur/2.m.h:2,"), dir.join("cur/2.m.h:2,R")).unwrap();
+        fs::remove_file(dir.join("cur/3.m.h:2,")).unwrap();
+        mark_seen(&snap, &[0, 1, 2]);
+        assert_eq!(cur_names(dir), ["1.m.h:2,S", "2.m.h:2,RS", "4.m.h:2,"]);
     }
 
     /// The quota's totals: every line's bytes and count summed, as a

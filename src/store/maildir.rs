@@ -209,6 +209,18 @@ impl Maildrop for Arc<Snapshot> {
     fn total_octets(&self) -> u64 {
         self.total_octets
     }
+    fn seen(&self, index: usize) -> bool {
+        // Mail left in new/ (a Maildir the login could not move it out of)
+        // is not flagged: flags live in cur/ names.
+        self.in_new(index) || has_flag(self.file_name(index), 'S')
+    }
+}
+
+/// Whether the Maildir name carries `flag` in its `:2,` info.
+pub(crate) fn has_flag(file_name: &str, flag: char) -> bool {
+    file_name
+        .split_once(":2,")
+        .is_some_and(|(_, flags)| flags.contains(flag))
 }
 
 /// Sizes of one message.

@@ -198,12 +198,7 @@ fn deliver(dir: &Path, n: u32) {
 }
 
 fn left(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir.join("cur"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
+    super::commit::cur_names(dir)
 }
 
 fn expire(days: u32) -> SitePolicy {

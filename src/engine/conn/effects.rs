@@ -112,7 +112,9 @@ impl Conn {
                     debug_assert!(false, "commit without a mailbox");
                     return self.complete(Completion::Committed(false), cx);
                 };
-                if !store::policy::update_has_work(&mailbox.snapshot, &update.deleted) {
+                if update.seen.is_empty()
+                    && !store::policy::update_has_work(&mailbox.snapshot, &update.deleted)
+                {
                     return self.complete(Completion::Committed(true), cx);
                 }
                 let snapshot = Arc::clone(&mailbox.snapshot);
