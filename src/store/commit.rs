@@ -159,7 +159,6 @@ mod tests {
         maildir::scan(dir, &crate::store::UidlFormat::default()).unwrap()
     }
 
-
     #[test]
     fn removes_exactly_the_marked_files_even_after_a_rename() {
         let tmp = tempfile::tempdir().unwrap();
