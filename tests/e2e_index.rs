@@ -381,6 +381,47 @@ fn an_index_dir_from_the_mail_location_is_used() {
     }
 }
 
+engine_test!(an_inbox_elsewhere_is_served_and_a_control_dir_is_refused);
+/// Dovecot's `:INBOX=` puts INBOX somewhere else than the root Maildir:
+/// POP3 serves that one. `:CONTROL=` (where Dovecot keeps
+/// `dovecot-uidlist`) stops the server at start, naming the parameter.
+fn an_inbox_elsewhere_is_served_and_a_control_dir_is_refused(engine: Engine) {
+    let mut tree = Tree::new();
+    let md = tree.user("ivy", "pw");
+    tree.deliver("ivy", 1, b"Subject: root folder\n\nnot the inbox\n");
+    let inbox = md.join(".INBOX");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(inbox.join(sub)).unwrap();
+    }
+    for n in 1..=2 {
+        fs::write(inbox.join(format!("cur/170000000{n}.M{n}.in:2,")), b"in\n").unwrap();
+    }
+    fs::write(
+        tree.passwd(),
+        format!(
+            "ivy:{{PLAIN}}pw:1000:1000::::userdb_mail=maildir:{}:INBOX={}\n",
+            md.display(),
+            inbox.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&tree, engine);
+    assert_eq!(session(&server, "ivy").len(), 2, "{}", server.log());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardpop"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--engine", engine.arg()])
+        .arg("--passwd-file")
+        .arg(tree.passwd())
+        .arg("--mail-location")
+        .arg(format!("{}:CONTROL=/var/control/%u", tree.location()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CONTROL=/var/control/%u"), "{stderr}");
+    assert!(stderr.contains("dovecot-uidlist"), "{stderr}");
+}
+
 /// The effective uid, from /proc (no unsafe, no libc call).
 fn effective_uid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").unwrap();

@@ -4,8 +4,13 @@
 //! long forms `%{user}` `%{username}` `%{domain}` `%{home}`, and Dovecot's
 //! trailing `:KEY=value` parameters. `:INDEX=DIR` places the mailbox index
 //! (see [`super::index`]) under DIR, expanded like the path, so indexes can
-//! sit on local SSD while mail sits on NFS; `:INDEX=MEMORY` keeps none. The
-//! other parameters tune Dovecot's own files and are ignored.
+//! sit on local SSD while mail sits on NFS; `:INDEX=MEMORY` keeps none.
+//! `:INBOX=PATH` is where the INBOX Maildir is (Dovecot's default: the root
+//! path), and that is what POP3 serves. `:CONTROL=DIR` is refused: Dovecot
+//! keeps `dovecot-uidlist` there, and serving the tree without it would
+//! give every message a new UIDL, so every client would fetch all its mail
+//! again. The other parameters tune Dovecot's own files and folders other
+//! than INBOX, and are ignored.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -14,6 +19,7 @@ use std::path::{Path, PathBuf};
 /// A parsed `mail_location`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MailLocation {
+    /// The Maildir served: `:INBOX=` when given, else the root path.
     template: String,
     /// The `:INDEX=` value, unexpanded.
     index: Option<String>,
@@ -52,6 +58,9 @@ pub enum LocationError {
     Relative(PathBuf),
     /// The user name could escape the mail root (`/`, `..`, NUL, control bytes).
     UnsafeUser,
+    /// A parameter that would make shardpop serve something other than
+    /// what Dovecot serves.
+    UnsupportedParameter(String),
 }
 
 impl fmt::Display for LocationError {
@@ -66,6 +75,11 @@ impl fmt::Display for LocationError {
             }
             LocationError::Relative(p) => write!(f, "mail location expands to relative path {p:?}"),
             LocationError::UnsafeUser => f.write_str("user name could escape the mail root"),
+            LocationError::UnsupportedParameter(p) => write!(
+                f,
+                "mail location parameter {p}: not supported (Dovecot keeps dovecot-uidlist \
+                 there; without it every UIDL would change; see docs/migration.md)"
+            ),
         }
     }
 }
@@ -79,12 +93,21 @@ impl MailLocation {
             return Err(LocationError::UnsupportedFormat(s.to_string()));
         };
         let mut parts = rest.split(':');
-        let template = parts.next().unwrap_or_default().to_string();
-        // A repeated INDEX= : the last one counts.
-        let index = parts
-            .rev()
-            .find_map(|p| p.strip_prefix("INDEX="))
-            .map(str::to_string);
+        let root = parts.next().unwrap_or_default().to_string();
+        let params: Vec<&str> = parts.collect();
+        if let Some(control) = params.iter().find(|p| p.starts_with("CONTROL=")) {
+            return Err(LocationError::UnsupportedParameter((*control).to_string()));
+        }
+        // A repeated parameter: the last one counts.
+        let last = |key: &str| {
+            params
+                .iter()
+                .rev()
+                .find_map(|p| p.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let index = last("INDEX=");
+        let template = last("INBOX=").filter(|t| !t.is_empty()).unwrap_or(root);
         // Check the variables now so a typo fails at startup, not at login.
         let probe = MailLocation { template, index };
         probe.expand_paths("u@d", Some(Path::new("/h")))?;
@@ -168,6 +191,27 @@ mod tests {
 
     fn expand(template: &str, user: &str, home: Option<&str>) -> Result<PathBuf, LocationError> {
         MailLocation::parse(template)?.expand(user, home.map(Path::new))
+    }
+
+    #[test]
+    fn inbox_is_served_and_control_is_refused() {
+        let paths = MailLocation::parse("maildir:~/Maildir:INBOX=~/Maildir/.INBOX:LAYOUT=fs")
+            .unwrap()
+            .expand_paths("a", Some(Path::new("/home/a")))
+            .unwrap();
+        assert_eq!(paths.maildir, PathBuf::from("/home/a/Maildir/.INBOX"));
+        assert_eq!(paths.index, IndexDir::Maildir);
+        assert_eq!(
+            MailLocation::parse("maildir:~/Maildir:INDEX=/idx/%u:CONTROL=/ctl/%u"),
+            Err(LocationError::UnsupportedParameter(
+                "CONTROL=/ctl/%u".into()
+            ))
+        );
+        assert!(
+            LocationError::UnsupportedParameter("CONTROL=/x".into())
+                .to_string()
+                .contains("dovecot-uidlist")
+        );
     }
 
     #[test]
