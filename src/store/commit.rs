@@ -31,7 +31,7 @@ pub fn commit(snapshot: &Snapshot, deleted: &[usize]) -> usize {
     for &index in deleted {
         let path = snapshot.path(index);
         // A size the name does not give is read before the file goes.
-        let bytes = snapshot
+        let mut bytes = snapshot
             .file_bytes(index)
             .or_else(|| fs::symlink_metadata(&path).ok().map(|m| m.len()));
         let result = match fs::remove_file(&path) {
@@ -39,7 +39,13 @@ pub fn commit(snapshot: &Snapshot, deleted: &[usize]) -> usize {
                 let base = snapshot.base_name(index);
                 let names = renamed.get_or_insert_with(|| current_names(snapshot));
                 match names.get(base) {
-                    Some(name) => fs::remove_file(snapshot.dir.join("cur").join(name)),
+                    Some(name) => {
+                        let now = snapshot.dir.join("cur").join(name);
+                        if bytes.is_none() {
+                            bytes = fs::symlink_metadata(&now).ok().map(|m| m.len());
+                        }
+                        fs::remove_file(now)
+                    }
                     // Whoever removed it accounted for it.
                     None => continue,
                 }
@@ -212,6 +218,8 @@ mod tests {
         let snap = maildir::scan(dir, &crate::store::UidlFormat::default()).unwrap();
         // Message 4 is expunged by another program first: not ours to count.
         fs::remove_file(dir.join("cur/4.m.h:2,")).unwrap();
+        // Message 3 (its size only on disk) is flagged by an IMAP reader.
+        fs::rename(dir.join("cur/3.m.h,W=8:2,"), dir.join("cur/3.m.h,W=8:2,S")).unwrap();
         assert_eq!(commit(&snap, &[0, 2, 3]), 0);
         let text = fs::read_to_string(dir.join(MAILDIRSIZE_FILE)).unwrap();
         assert_eq!(text, "1000000S,100C\n17 4\n-12 -2\n");
