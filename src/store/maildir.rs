@@ -217,7 +217,7 @@ impl Maildrop for Arc<Snapshot> {
 }
 
 /// Whether the Maildir name carries `flag` in its `:2,` info.
-pub(crate) fn has_flag(file_name: &str, flag: char) -> bool {
+fn has_flag(file_name: &str, flag: char) -> bool {
     file_name
         .split_once(":2,")
         .is_some_and(|(_, flags)| flags.contains(flag))
