@@ -343,9 +343,9 @@ fn run(ctx: &LoginContext, job: Job) {
                 &snapshot,
                 &update.deleted,
                 &update.retrieved,
+                &update.seen,
                 store::policy::unix_now(),
             );
-            store::commit::mark_seen(&snapshot, &update.seen);
             (reply, Outcome::Committed { failed })
         }
     };

@@ -7,21 +7,29 @@ use crate::protocol::Expire;
 /// An in-memory maildrop: (octets, uidl) per message.
 struct MemDrop(Vec<(u64, &'static str)>);
 
-/// A maildrop whose owner has their own RFC 2449 policy.
-struct PolicyDrop(MemDrop, SitePolicy);
+/// A [`MemDrop`] whose owner may have their own RFC 2449 policy, and whose
+/// messages may already be \Seen.
+struct OwnedDrop {
+    records: MemDrop,
+    policy: Option<SitePolicy>,
+    seen: fn(usize) -> bool,
+}
 
-impl Maildrop for PolicyDrop {
+impl Maildrop for OwnedDrop {
     fn count(&self) -> usize {
-        self.0.count()
+        self.records.count()
     }
     fn octets(&self, index: usize) -> u64 {
-        self.0.octets(index)
+        self.records.octets(index)
     }
     fn uidl(&self, index: usize) -> &[u8] {
-        self.0.uidl(index)
+        self.records.uidl(index)
     }
     fn policy(&self) -> Option<SitePolicy> {
-        Some(self.1)
+        self.policy
+    }
+    fn seen(&self, index: usize) -> bool {
+        (self.seen)(index)
     }
 }
 
@@ -873,7 +881,11 @@ fn logged_in_with(user: Option<SitePolicy>) -> Session {
     assert!(feed(&mut s, "PASS secret\r\n").1.is_some());
     let records = MemDrop(vec![(120, "uid-a"), (200, "uid-b"), (5, "uid-c")]);
     let maildrop: Box<dyn Maildrop> = match user {
-        Some(policy) => Box::new(PolicyDrop(records, policy)),
+        Some(policy) => Box::new(OwnedDrop {
+            records,
+            policy: Some(policy),
+            seen: |_| true,
+        }),
         None => Box::new(records),
     };
     let mut out = Vec::new();
@@ -1129,24 +1141,6 @@ fn a_listing_grows_its_buffer_once_per_chunk() {
     }
 }
 
-/// `drop3()`'s messages, of which only the second is already \Seen.
-struct FlaggedDrop(MemDrop);
-
-impl Maildrop for FlaggedDrop {
-    fn count(&self) -> usize {
-        self.0.count()
-    }
-    fn octets(&self, index: usize) -> u64 {
-        self.0.octets(index)
-    }
-    fn uidl(&self, index: usize) -> &[u8] {
-        self.0.uidl(index)
-    }
-    fn seen(&self, index: usize) -> bool {
-        index == 1
-    }
-}
-
 fn logged_in_flagged(seen_on_retr: bool) -> Session {
     let limits = Limits {
         seen_on_retr,
@@ -1155,14 +1149,16 @@ fn logged_in_flagged(seen_on_retr: bool) -> Session {
     let mut s = Session::new(limits, offer(), None);
     say(&mut s, "USER alice\r\n");
     assert!(feed(&mut s, "PASS secret\r\n").1.is_some());
-    let records = MemDrop(vec![(120, "uid-a"), (200, "uid-b"), (5, "uid-c")]);
+    // `drop3()`'s messages, of which only the second is already \Seen.
+    let flagged = OwnedDrop {
+        records: MemDrop(vec![(120, "uid-a"), (200, "uid-b"), (5, "uid-c")]),
+        policy: None,
+        seen: |index| index == 1,
+    };
     let mut out = Vec::new();
     assert!(
-        s.complete(
-            Completion::LoggedIn(Box::new(FlaggedDrop(records))),
-            &mut out
-        )
-        .is_none()
+        s.complete(Completion::LoggedIn(Box::new(flagged)), &mut out)
+            .is_none()
     );
     s
 }

@@ -945,6 +945,11 @@ mod tests {
         fs::write(dir.join(sub).join(name), body).unwrap();
     }
 
+    /// Writes `dir`'s `dovecot-uidlist`.
+    fn uidlist(dir: &Path, text: &str) {
+        fs::write(dir.join(UIDLIST_FILE), text).unwrap();
+    }
+
     #[test]
     fn scan_orders_sizes_and_moves_new_mail() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1220,11 +1225,7 @@ mod tests {
             "the update kept it valid"
         );
         // A dovecot-uidlist appearing changes the Maildir: it is seen.
-        fs::write(
-            dir.join(UIDLIST_FILE),
-            "3 V5 N2 G0\n1 Pkept :1700000001.M1P1.h\n",
-        )
-        .unwrap();
+        uidlist(&dir, "3 V5 N2 G0\n1 Pkept :1700000001.M1P1.h\n");
         let (n, snapshot) = lookups(&dir, &place, later(12));
         assert_eq!(
             n, 3,
@@ -1477,11 +1478,10 @@ mod tests {
         write(&dir, "cur", "1700000006.M6.h:2,S", b"y\n");
         write(&dir, "cur", "1700000001.M1.h:2,", b"z\n");
         // Dovecot numbered 6 before 5; 1 is not in its list yet.
-        fs::write(
-            dir.join(UIDLIST_FILE),
+        uidlist(
+            &dir,
             "3 V1655390361 N3 G0\n1 :1700000006.M6.h\n2 :1700000005.M5.h\n",
-        )
-        .unwrap();
+        );
         let format = UidlFormat::default();
         let place = IndexDir::Maildir;
         let expect = |s: &Snapshot, want: &[&str]| {
@@ -1502,11 +1502,10 @@ mod tests {
         );
         // Dovecot adds message 1 (in place, as it appends): its UIDL changes
         // exactly as it does without an index.
-        fs::write(
-            dir.join(UIDLIST_FILE),
+        uidlist(
+            &dir,
             "3 V1655390361 N4 G0\n1 :1700000006.M6.h\n2 :1700000005.M5.h\n3 :1700000001.M1.h\n",
-        )
-        .unwrap();
+        );
         let s = load_at(&dir, &place, &format, later(6)).unwrap();
         expect(
             &s,
@@ -1526,12 +1525,11 @@ mod tests {
         write(&dir, "cur", "1700000003.M3.h:2,", b"c\n");
         // What Dovecot's dsync leaves when the old server's UIDLs were the
         // file names (a bare `P`), beside a saved UIDL of another form.
-        fs::write(
-            dir.join(UIDLIST_FILE),
+        uidlist(
+            &dir,
             "3 V1655390361 N4 G0\n1 P :1700000001.M1.h,S=2\n2 P :1700000002.M2.h\n\
              3 Pold-3 :1700000003.M3.h\n",
-        )
-        .unwrap();
+        );
         let s = scan(&dir, &UidlFormat::default()).unwrap();
         let uidls: Vec<&[u8]> = (0..3).map(|i| s.uidl(i)).collect();
         assert_eq!(
@@ -1552,12 +1550,11 @@ mod tests {
         }
         // As Dovecot sorts: by `O`, a record without one as if its `O` were
         // the largest, equal orders by UID; unnumbered mail after all.
-        fs::write(
-            dir.join(UIDLIST_FILE),
+        uidlist(
+            &dir,
             "3 V1 N6 G0\n1 O5 :1700000001.M1.h\n2 :1700000002.M2.h\n\
              3 O1 :1700000003.M3.h\n4 O5 :1700000004.M4.h\n5 :1700000005.M5.h\n",
-        )
-        .unwrap();
+        );
         let s = scan(&dir, &UidlFormat::default()).unwrap();
         let order: Vec<&str> = (0..6).map(|i| &s.base_name(i)[9..10]).collect();
         assert_eq!(order, ["3", "1", "4", "2", "5", "6"]);
@@ -1630,11 +1627,7 @@ mod tests {
         assert_ne!(uidls(&changed)[1], "UID2-1690000000");
         assert_eq!(seen(&changed), seen(&scan(&dir, &format).unwrap()));
         // A dovecot-uidlist, once written, is the source and wins.
-        fs::write(
-            dir.join(UIDLIST_FILE),
-            "3 V5 N2 G0\n1 Pkept :1700000001.11_1.host\n",
-        )
-        .unwrap();
+        uidlist(&dir, "3 V5 N2 G0\n1 Pkept :1700000001.11_1.host\n");
         let dovecot = load_at(&dir, &place, &format, later(12)).unwrap();
         assert_eq!(dovecot.uidl(0), b"kept");
         assert_eq!(seen(&dovecot), seen(&scan(&dir, &format).unwrap()));
@@ -1682,7 +1675,7 @@ mod tests {
                             text.push_str(&format!("{} :{}\n", uid + 1, base_name(&n)));
                         }
                     }
-                    fs::write(dir.join(UIDLIST_FILE), text).unwrap();
+                    uidlist(&dir, &text);
                 }
             }
             clock += 3;

@@ -256,11 +256,11 @@ pub fn expired<'a>(
         .collect()
 }
 
-/// False when [`update`] would touch no file: nothing marked and no EXPIRE
-/// policy. Most sessions of a polling client end so, and the engine then
-/// answers QUIT without a trip through the worker pool.
-pub fn update_has_work(snapshot: &Snapshot, deleted: &[usize]) -> bool {
-    !deleted.is_empty() || expire_days(snapshot).is_some()
+/// False when [`update`] would touch no file: nothing marked, no flag to
+/// set and no EXPIRE policy. Most sessions of a polling client end so, and
+/// the engine then answers QUIT without a trip through the worker pool.
+pub fn update_has_work(snapshot: &Snapshot, deleted: &[usize], seen: &[usize]) -> bool {
+    !deleted.is_empty() || !seen.is_empty() || expire_days(snapshot).is_some()
 }
 
 /// The owner's EXPIRE n, when the policy has one.
@@ -276,8 +276,23 @@ fn expire_days(snapshot: &Snapshot) -> Option<u32> {
 /// record is kept), removes every message retrieved at least n days before
 /// `now` (EXPIRE 0: including those retrieved in this session), and
 /// rewrites the retrieval file without the records of messages removed or
-/// no longer there. Returns how many files could not be removed.
-pub fn update(snapshot: &Snapshot, deleted: &[usize], retrieved: &[usize], now: u64) -> usize {
+/// no longer there; then flags `seen` \Seen. Returns how many files could
+/// not be removed.
+pub fn update(
+    snapshot: &Snapshot,
+    deleted: &[usize],
+    retrieved: &[usize],
+    seen: &[usize],
+    now: u64,
+) -> usize {
+    let failed = remove(snapshot, deleted, retrieved, now);
+    // A message EXPIRE just removed is simply not found by its base name.
+    commit::mark_seen(snapshot, seen);
+    failed
+}
+
+/// [`update`]'s removals, and the retrieval records EXPIRE keeps.
+fn remove(snapshot: &Snapshot, deleted: &[usize], retrieved: &[usize], now: u64) -> usize {
     let Some(days) = expire_days(snapshot) else {
         return commit::commit(snapshot, deleted);
     };

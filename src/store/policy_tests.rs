@@ -239,7 +239,7 @@ fn expire_n_deletes_at_a_later_session_and_keeps_first_retrieval() {
     deliver(&dir, 3);
     // Session 1: RETR 1 and 2, QUIT.
     let m = mailbox(&dir, expire(3), NOW).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[0, 1], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[], &[0, 1], &[], NOW), 0);
     drop(m);
     assert_eq!(left(&dir).len(), 3);
     let times = parse_retrieved(&fs::read(dir.join(RETRIEVED_FILE)).unwrap()).unwrap();
@@ -247,13 +247,13 @@ fn expire_n_deletes_at_a_later_session_and_keeps_first_retrieval() {
     assert!(times.values().all(|&t| t == NOW));
     // Session 2, two days later: RETR 1 again keeps its first time.
     let m = mailbox(&dir, expire(3), NOW + 2 * DAY).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[0], NOW + 2 * DAY), 0);
+    assert_eq!(update(&m.snapshot, &[], &[0], &[], NOW + 2 * DAY), 0);
     drop(m);
     assert_eq!(left(&dir).len(), 3);
     // Session 3, three days after the first RETR: both expire at QUIT,
     // message 3 (never retrieved) stays, and the records go with them.
     let m = mailbox(&dir, expire(3), NOW + 3 * DAY).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[], NOW + 3 * DAY), 0);
+    assert_eq!(update(&m.snapshot, &[], &[], &[], NOW + 3 * DAY), 0);
     drop(m);
     assert_eq!(left(&dir), ["1700000003.M3.h:2,"]);
     assert!(!dir.join(RETRIEVED_FILE).exists());
@@ -265,7 +265,7 @@ fn expire_zero_deletes_what_the_session_retrieved() {
     let dir = tmp.path().join("Maildir");
     deliver(&dir, 3);
     let m = mailbox(&dir, expire(0), NOW).unwrap();
-    assert_eq!(update(&m.snapshot, &[2], &[0], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[2], &[0], &[], NOW), 0);
     drop(m);
     assert_eq!(left(&dir), ["1700000002.M2.h:2,"]);
     assert!(!dir.join(RETRIEVED_FILE).exists());
@@ -290,11 +290,11 @@ fn never_or_absent_deletes_only_what_was_marked() {
         SitePolicy::default(),
     ] {
         let m = mailbox(&dir, policy, NOW).unwrap();
-        assert_eq!(update(&m.snapshot, &[], &[0, 1], NOW), 0);
+        assert_eq!(update(&m.snapshot, &[], &[0, 1], &[], NOW), 0);
     }
     assert_eq!(left(&dir).len(), 2);
     let m = mailbox(&dir, SitePolicy::default(), NOW).unwrap();
-    assert_eq!(update(&m.snapshot, &[1], &[], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[1], &[], &[], NOW), 0);
     assert_eq!(left(&dir), ["1700000001.M1.h:2,"]);
 }
 
@@ -306,7 +306,7 @@ fn a_corrupt_retrieval_file_is_empty_and_vanished_records_are_dropped() {
     fs::write(dir.join(RETRIEVED_FILE), b"\x00\x01 not a file\n").unwrap();
     let m = mailbox(&dir, expire(1), NOW).unwrap();
     // Nothing expires on garbage; the file is rewritten from this session.
-    assert_eq!(update(&m.snapshot, &[], &[1], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[], &[1], &[], NOW), 0);
     drop(m);
     assert_eq!(left(&dir).len(), 2);
     let times = parse_retrieved(&fs::read(dir.join(RETRIEVED_FILE)).unwrap()).unwrap();
@@ -318,13 +318,13 @@ fn a_corrupt_retrieval_file_is_empty_and_vanished_records_are_dropped() {
     text.push_str(&format!("{NOW} elsewhere\n"));
     fs::write(dir.join(RETRIEVED_FILE), text).unwrap();
     let m = mailbox(&dir, expire(1), NOW).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[], &[], &[], NOW), 0);
     drop(m);
     assert!(!dir.join(RETRIEVED_FILE).exists());
     // A record survives a flag change by another reader (base name).
     deliver(&dir, 1);
     let m = mailbox(&dir, expire(1), NOW).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[0], NOW), 0);
+    assert_eq!(update(&m.snapshot, &[], &[0], &[], NOW), 0);
     drop(m);
     fs::rename(
         dir.join("cur/1700000001.M1.h:2,"),
@@ -332,7 +332,7 @@ fn a_corrupt_retrieval_file_is_empty_and_vanished_records_are_dropped() {
     )
     .unwrap();
     let m = mailbox(&dir, expire(1), NOW + DAY).unwrap();
-    assert_eq!(update(&m.snapshot, &[], &[], NOW + DAY), 0);
+    assert_eq!(update(&m.snapshot, &[], &[], &[], NOW + DAY), 0);
     assert!(left(&dir).is_empty());
 }
 
@@ -388,13 +388,13 @@ fn an_update_without_work_touches_no_file() {
                 .unwrap();
                 let m = mailbox(&dir, policy, NOW).unwrap();
                 let before = tree(&dir);
-                let has_work = update_has_work(&m.snapshot, deleted);
+                let has_work = update_has_work(&m.snapshot, deleted, &[]);
                 assert_eq!(
                     has_work,
                     !deleted.is_empty() || matches!(policy.expire, Some(Expire::Days(_))),
                     "{policy:?} {deleted:?}"
                 );
-                update(&m.snapshot, deleted, retrieved, NOW);
+                update(&m.snapshot, deleted, retrieved, &[], NOW);
                 if !has_work {
                     assert_eq!(tree(&dir), before, "{policy:?} {retrieved:?}");
                 } else {

@@ -112,8 +112,7 @@ impl Conn {
                     debug_assert!(false, "commit without a mailbox");
                     return self.complete(Completion::Committed(false), cx);
                 };
-                if update.seen.is_empty()
-                    && !store::policy::update_has_work(&mailbox.snapshot, &update.deleted)
+                if !store::policy::update_has_work(&mailbox.snapshot, &update.deleted, &update.seen)
                 {
                     return self.complete(Completion::Committed(true), cx);
                 }
